@@ -1,0 +1,95 @@
+"""Saving and loading tokenizers: a folder with ``config.json`` + ``model.safetensors``.
+
+Pretrained foreign checkpoints (SD ``vq-f8``, LlamaGen ``vq-ds8-c2i``) are read by their own loaders,
+registered in :data:`FOREIGN_LOADERS` by kind.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from purrception.errors import PurrError
+from purrception.io import atomic_save_json, atomic_write, load_json
+from purrception.tokenizers.base import VQTokenizer
+from purrception.tokenizers.small_vq import SmallVQ, SmallVQConfig
+
+__all__ = ["save_tokenizer", "load_tokenizer", "TRAINABLE_KINDS", "FOREIGN_LOADERS"]
+
+log = logging.getLogger(__name__)
+
+#: kinds saved by :func:`save_tokenizer` as a folder: kind -> (class, config class)
+TRAINABLE_KINDS: dict[str, tuple[type[VQTokenizer], type]] = {"small-vq": (SmallVQ, SmallVQConfig)}
+
+#: kinds read from a foreign pretrained file: kind -> loader(path) -> VQTokenizer
+FOREIGN_LOADERS: dict[str, Callable[[Path], VQTokenizer]] = {}
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def save_tokenizer(tokenizer: VQTokenizer, folder: str | Path, metrics: dict[str, Any] | None = None) -> Path:
+    """Write ``folder/model.safetensors`` then ``folder/config.json`` (the config last: it marks completion)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in tokenizer.state_dict().items()}
+    atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp))
+    atomic_save_json(folder / CONFIG_NAME, {
+        "format": "purrception-tokenizer",
+        "kind": tokenizer.kind,
+        "config": tokenizer.config_dict(),
+        "identity": tokenizer.identity().to_dict(),
+        "metrics": metrics or {},
+    })
+    return folder
+
+
+def load_tokenizer(path: str | Path, kind: str | None = None) -> VQTokenizer:
+    """Load a tokenizer folder written by :func:`save_tokenizer`, or a foreign checkpoint file of ``kind``.
+
+    The result is in eval mode with gradients disabled (tokenizers are frozen, paper App. C).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise PurrError(f"tokenizer not found: {path}")
+    if kind is not None and kind in FOREIGN_LOADERS:
+        tokenizer = FOREIGN_LOADERS[kind](path)
+    elif path.is_dir():
+        tokenizer = _load_folder(path)
+    else:
+        known = ", ".join(sorted(FOREIGN_LOADERS)) or "none installed"
+        raise PurrError(f"{path} is a file: name its kind with --tokenizer-kind ({known}), "
+                        f"or pass a tokenizer folder made by `purr tokenizer train`")
+    tokenizer.eval().requires_grad_(False)
+    return tokenizer
+
+
+def _load_folder(folder: Path) -> VQTokenizer:
+    meta = load_json(folder / CONFIG_NAME, "tokenizer config")
+    if not isinstance(meta, dict) or meta.get("format") != "purrception-tokenizer":
+        raise PurrError(f"{folder / CONFIG_NAME} is not a purrception tokenizer config")
+    kind = meta.get("kind")
+    if kind not in TRAINABLE_KINDS:
+        raise PurrError(f"unknown tokenizer kind {kind!r} in {folder}; known: {', '.join(TRAINABLE_KINDS)}")
+    cls, config_cls = TRAINABLE_KINDS[kind]
+    try:
+        model = cls(config_cls(**meta["config"]))
+    except TypeError as err:
+        raise PurrError(f"tokenizer config in {folder} does not match this version: {err}") from None
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise PurrError(f"tokenizer weights missing: {weights}")
+    try:
+        state = load_file(str(weights))
+    except Exception as err:
+        raise PurrError(f"cannot read tokenizer weights {weights}: {err}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise PurrError(f"tokenizer weights in {weights} do not fit its config: {str(err).splitlines()[0]}") from None
+    return model
+
