@@ -1,0 +1,5 @@
+import sys
+
+from purrception.cli import main
+
+sys.exit(main())

@@ -1,0 +1,54 @@
+"""The ``purr`` command: one parser, one module per subcommand group, each a thin layer over the library.
+
+Every module in :data:`COMMAND_MODULES` exposes ``register(subparsers)``, which adds its subcommands and sets
+``func=handler`` on them; a handler takes the parsed ``argparse.Namespace`` and returns an exit code.
+User errors (:class:`~purrception.errors.PurrError`) print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from purrception.errors import PurrError
+
+__all__ = ["main", "build_parser", "COMMAND_MODULES"]
+
+#: subcommand modules, in the order their commands appear in ``purr --help``
+COMMAND_MODULES = [
+    "purrception.cli.demo",
+    "purrception.cli.tokenizer",
+    "purrception.cli.train",
+    "purrception.cli.sample",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="purr", description="Purrception: variational flow matching over VQ latents.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return int(args.func(args) or 0)
+    except PurrError as err:
+        print(f"purr: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("purr: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The interface shared by every method, and the registry that picks one by name.
+
+A method owns the math of one paper objective: how a training pair is built from clean codes, what the loss is,
+and how the backbone's output becomes a velocity (or, for DFM, a token update). It owns no I/O, no logging and no
+distributed code (DESIGN.md §2). Time convention everywhere: ``z0`` noise at ``t = 0``, ``z1`` data at ``t = 1``,
+``z_t = t z1 + (1 - t) z0``.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+
+from purrception.models.dit import DiT
+
+__all__ = ["LossOutput", "SamplerSettings", "FlowMethod", "METHODS", "register_method", "get_method", "drop_labels", "sample_time"]
+
+
+@dataclass
+class LossOutput:
+    """A scalar training loss and the named parts worth logging (detached)."""
+
+    loss: torch.Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def drop_labels(y: torch.Tensor, prob: float, null_class: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Replace each label by the null class with probability ``prob`` (label dropout, trains CFG)."""
+    if prob <= 0:
+        return y
+    drop = torch.rand(y.shape, generator=generator, device=y.device) < prob
+    return torch.where(drop, torch.full_like(y, null_class), y)
+
+
+def sample_time(batch: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``t ~ U(0, 1)`` per sample (paper App. B)."""
+    return torch.rand(batch, generator=generator, device=device)
+
+
+class FlowMethod(abc.ABC):
+    """One training objective and its sampler over a frozen codebook ``E`` (``K x d``).
+
+    Args:
+        codebook: the tokenizer's codebook as the flow sees it, ``(K, d)``.
+        label_dropout: probability of replacing a label by the null class during training.
+        **options: method-specific options (see each subclass); saved in checkpoints.
+    """
+
+    name: ClassVar[str]
+    #: does the backbone read token ids (True) or continuous latents (False)?
+    discrete_input: ClassVar[bool] = False
+
+    def __init__(self, codebook: torch.Tensor, label_dropout: float = 0.1):
+        self.codebook = codebook
+        self.label_dropout = label_dropout
+
+    @property
+    def codebook_size(self) -> int:
+        return int(self.codebook.shape[0])
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.codebook.shape[1])
+
+    def to(self, device: torch.device | str) -> "FlowMethod":
+        self.codebook = self.codebook.to(device)
+        return self
+
+    def options(self) -> dict[str, Any]:
+        """Constructor options, for the checkpoint (override to add method-specific ones)."""
+        return {"label_dropout": self.label_dropout}
+
+    @abc.abstractmethod
+    def backbone_io(self) -> dict[str, int]:
+        """DiT fields this method fixes: ``in_channels``, ``out_channels`` and ``input_vocab_size``."""
+
+    @abc.abstractmethod
+    def loss(self, model: DiT, codes: torch.Tensor, y: torch.Tensor,
+             generator: torch.Generator | None = None) -> LossOutput:
+        """Training loss for clean codes ``(B, h, w)`` and labels ``(B,)``."""
+
+    @abc.abstractmethod
+    def generate(self, model: DiT, noise: torch.Tensor, y: torch.Tensor, sampler: "SamplerSettings",
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Generate codes ``(B, h, w)`` from ``noise`` ``(B, d, h, w)`` and labels ``(B,)``."""
+
+
+@dataclass
+class SamplerSettings:
+    """Inference knobs shared by all methods.
+
+    ``tau`` and ``cfg_scale`` are constants or callables of ``t`` (schedules). ``steps`` is the number of
+    integration steps T on the uniform grid ``t_i = i / T``.
+    """
+
+    steps: int = 100
+    tau: float | Callable[[float], float] = 1.0
+    cfg_scale: float | Callable[[float], float] = 1.0
+    solver: str = "euler"
+
+    def tau_at(self, t: float) -> float:
+        return float(self.tau(t)) if callable(self.tau) else float(self.tau)
+
+    def cfg_at(self, t: float) -> float:
+        return float(self.cfg_scale(t)) if callable(self.cfg_scale) else float(self.cfg_scale)
+
+
+METHODS: dict[str, type[FlowMethod]] = {}
+
+
+def register_method(cls: type[FlowMethod]) -> type[FlowMethod]:
+    """Class decorator: make a method selectable by its ``name``."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[FlowMethod]:
+    from purrception.errors import PurrError
+
+    if name not in METHODS:
+        raise PurrError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
+    return METHODS[name]

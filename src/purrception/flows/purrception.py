@@ -1,0 +1,72 @@
+"""Purrception: variational flow matching with a categorical posterior over codebook indices (paper Sec. 3)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from purrception.errors import PurrError
+from purrception.flows.base import FlowMethod, LossOutput, SamplerSettings, drop_labels, register_method, sample_time
+from purrception.flows.categorical import cross_entropy_and_zloss, posterior_mean
+from purrception.models.dit import DiT
+from purrception.sampling.guidance import guided_features
+from purrception.sampling.solvers import integrate
+from purrception.tokenizers.base import nearest_code
+
+__all__ = ["Purrception", "purrception_velocity"]
+
+
+def purrception_velocity(mu: torch.Tensor, z_t: torch.Tensor, t: float) -> torch.Tensor:
+    """``v = (mu - z_t) / (1 - t)`` (paper eqs. 7 and 13); ``t < 1`` on the sampling grid."""
+    return (mu - z_t) / (1.0 - t)
+
+
+@register_method
+class Purrception(FlowMethod):
+    """Cross-entropy over codebook indices (eq. 14) + z-loss (App. D); velocity from the posterior mean (eq. 13).
+
+    Args:
+        codebook: ``E``, ``(K, d)``.
+        label_dropout: probability of the null class during training (trains CFG).
+        z_loss_weight: weight of ``mean(logsumexp(logits)^2)``; the paper uses ``1e-5``.
+    """
+
+    name = "purrception"
+
+    def __init__(self, codebook: torch.Tensor, label_dropout: float = 0.1, z_loss_weight: float = 1e-5):
+        super().__init__(codebook, label_dropout)
+        self.z_loss_weight = z_loss_weight
+
+    def options(self) -> dict[str, Any]:
+        return {**super().options(), "z_loss_weight": self.z_loss_weight}
+
+    def backbone_io(self) -> dict[str, int]:
+        return {"in_channels": self.latent_dim, "out_channels": self.codebook_size, "input_vocab_size": 0}
+
+    def loss(self, model: DiT, codes: torch.Tensor, y: torch.Tensor,
+             generator: torch.Generator | None = None) -> LossOutput:
+        """Paper App. B training step: ``z_t = t E[c] + (1 - t) z0``; CE(c, pi(z_t)) + lambda_z logsumexp^2."""
+        z1 = self.codebook[codes.long()].permute(0, 3, 1, 2)                       # (B, d, h, w)
+        z0 = torch.randn(z1.shape, generator=generator, device=z1.device)
+        t = sample_time(z1.shape[0], z1.device, generator)
+        z_t = t[:, None, None, None] * z1 + (1 - t[:, None, None, None]) * z0
+        y = drop_labels(y, self.label_dropout, model.null_class, generator)
+        ce, z_sq = cross_entropy_and_zloss(model, model.features(z_t, t, y), codes)
+        loss = ce + self.z_loss_weight * z_sq
+        return LossOutput(loss, {"ce": ce.item(), "z_loss": z_sq.item()})
+
+    def velocity(self, model: DiT, z: torch.Tensor, t: float, y: torch.Tensor, tau: float,
+                 cfg_scale: float) -> torch.Tensor:
+        """Guided velocity at ``(z, t)`` with temperature ``tau`` (eqs. 13, 15)."""
+        if tau <= 0:
+            raise PurrError(f"temperature tau must be > 0, got {tau}")
+        mu = posterior_mean(model, guided_features(model, z, t, y, cfg_scale), self.codebook, tau)
+        return purrception_velocity(mu, z, t)
+
+    @torch.no_grad()
+    def generate(self, model: DiT, noise: torch.Tensor, y: torch.Tensor, sampler: SamplerSettings,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Integrate ``dz/dt = v`` from ``z0 = noise`` and snap ``z_1`` to the nearest code (App. B)."""
+        v = lambda z, t: self.velocity(model, z, t, y, sampler.tau_at(t), sampler.cfg_at(t))  # noqa: E731
+        return nearest_code(integrate(v, noise, sampler.steps, sampler.solver), self.codebook)
