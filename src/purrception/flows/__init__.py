@@ -2,5 +2,9 @@
 
 from purrception.flows.base import METHODS, FlowMethod, LossOutput, SamplerSettings, get_method, register_method
 from purrception.flows.purrception import Purrception
+from purrception.flows.cfm import CFM
+from purrception.flows.cfm_endpoint import CFMEndpoint
+from purrception.flows.dfm import DFM
 
-__all__ = ["METHODS", "FlowMethod", "LossOutput", "SamplerSettings", "get_method", "register_method", "Purrception"]
+__all__ = ["METHODS", "FlowMethod", "LossOutput", "SamplerSettings", "get_method", "register_method", "Purrception",
+           "CFM", "CFMEndpoint", "DFM"]

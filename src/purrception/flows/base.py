@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import torch
 
 from purrception.models.dit import DiT
 
-__all__ = ["LossOutput", "SamplerSettings", "FlowMethod", "METHODS", "register_method", "get_method", "drop_labels", "sample_time"]
+__all__ = ["LossOutput", "SamplerSettings", "FlowMethod", "METHODS", "register_method", "get_method", "drop_labels",
+           "sample_time", "PathSample", "make_path_sample"]
 
 
 @dataclass
@@ -38,6 +39,32 @@ def drop_labels(y: torch.Tensor, prob: float, null_class: int, generator: torch.
 def sample_time(batch: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
     """``t ~ U(0, 1)`` per sample (paper App. B)."""
     return torch.rand(batch, generator=generator, device=device)
+
+
+class PathSample(NamedTuple):
+    """One draw from the linear path: noise ``z0``, clean latents ``z1`` (both ``(B, d, h, w)``), ``t`` ``(B,)``
+    and ``z_t = t z1 + (1 - t) z0``."""
+
+    z0: torch.Tensor
+    z1: torch.Tensor
+    t: torch.Tensor
+    z_t: torch.Tensor
+
+
+def make_path_sample(codebook: torch.Tensor, codes: torch.Tensor,
+                     generator: torch.Generator | None = None) -> PathSample:
+    """``z1 = E[c]``, ``z0 ~ N(0, I)``, ``t ~ U(0, 1)``, ``z_t = t z1 + (1 - t) z0``.
+
+    The linear (OT) path of paper Sec. 2.2 (eq. 7's conditional field) and App. B (Fig. 6, training).
+
+    Shared by every continuous-latent method so that they see the same pairs for the same generator state
+    (draw order: ``z0`` then ``t``).
+    """
+    z1 = codebook[codes.long()].permute(0, 3, 1, 2)                           # (B, d, h, w)
+    z0 = torch.randn(z1.shape, generator=generator, device=z1.device)
+    t = sample_time(z1.shape[0], z1.device, generator)
+    tb = t[:, None, None, None]
+    return PathSample(z0, z1, t, tb * z1 + (1 - tb) * z0)
 
 
 class FlowMethod(abc.ABC):

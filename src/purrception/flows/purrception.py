@@ -7,7 +7,8 @@ from typing import Any
 import torch
 
 from purrception.errors import PurrError
-from purrception.flows.base import FlowMethod, LossOutput, SamplerSettings, drop_labels, register_method, sample_time
+from purrception.flows.base import (FlowMethod, LossOutput, SamplerSettings, drop_labels, make_path_sample,
+                                    register_method)
 from purrception.flows.categorical import cross_entropy_and_zloss, posterior_mean
 from purrception.models.dit import DiT
 from purrception.sampling.guidance import guided_features
@@ -47,12 +48,9 @@ class Purrception(FlowMethod):
     def loss(self, model: DiT, codes: torch.Tensor, y: torch.Tensor,
              generator: torch.Generator | None = None) -> LossOutput:
         """Paper App. B training step: ``z_t = t E[c] + (1 - t) z0``; CE(c, pi(z_t)) + lambda_z logsumexp^2."""
-        z1 = self.codebook[codes.long()].permute(0, 3, 1, 2)                       # (B, d, h, w)
-        z0 = torch.randn(z1.shape, generator=generator, device=z1.device)
-        t = sample_time(z1.shape[0], z1.device, generator)
-        z_t = t[:, None, None, None] * z1 + (1 - t[:, None, None, None]) * z0
+        path = make_path_sample(self.codebook, codes, generator)
         y = drop_labels(y, self.label_dropout, model.null_class, generator)
-        ce, z_sq = cross_entropy_and_zloss(model, model.features(z_t, t, y), codes)
+        ce, z_sq = cross_entropy_and_zloss(model, model.features(path.z_t, path.t, y), codes)
         loss = ce + self.z_loss_weight * z_sq
         return LossOutput(loss, {"ce": ce.item(), "z_loss": z_sq.item()})
 

@@ -1,0 +1,181 @@
+"""DFM: masked discrete flow matching over codebook indices (Gat et al. 2024, "Discrete Flow Matching").
+
+The fully discrete baseline of the paper (Sec. 4.1, Fig. 3). State: token ids ``x_t`` in ``{0..K-1} u {M}`` with
+the mask ``M = K``; the backbone reads ids through a ``K + 1`` entry embedding table and outputs ``K`` logits per
+position (the probability denoiser ``p_{1|t}(x_1^i | x_t)``).
+
+- Source and path (Gat et al. Sec. 2, the mixture path with a masked source):
+  ``p_t(x^i | x_0, x_1) = (1 - kappa(t)) delta_M(x^i) + kappa(t) delta_{x_1^i}(x^i)``, independently per position;
+  ``kappa`` is a scheduler from :data:`KAPPA_SCHEDULERS` (``kappa(0) = 0``, ``kappa(1) = 1``).
+- Loss (Gat et al.'s cross-entropy training of the probability denoiser): ``-log p_{1|t}(x_1^i | x_t)``.
+  **Masked positions only**, averaged over the masked positions of the batch: at a revealed position
+  ``x_t^i = x_1^i`` and the sampler never reads the prediction there, so its CE carries no signal (the
+  standard masked-DFM / MaskGIT choice; it is also where the generalized-KL loss of the mixture path is nonzero).
+  Optional z-loss on the same positions, ``z_loss_weight * mean(logsumexp^2)`` (as paper App. D).
+- Sampler (Gat et al.'s Euler step for the mixture path with conditional velocity
+  ``u_t^i = kappa'(t) / (1 - kappa(t)) [delta_{x_1^i} - delta_{x_t^i}]``): from ``t`` to ``t + h`` a still-masked
+  position is revealed with probability ``(kappa(t+h) - kappa(t)) / (1 - kappa(t))``, to a draw from
+  ``softmax(logits / tau)``; revealed positions never change; the last step reveals every remaining mask.
+
+Per-image randomness: the sampler draws nothing from a shared generator. Position ``i`` gets two uniforms from
+the image's own noise, ``u = Phi(noise[0, i])`` and ``w = Phi(noise[1, i])`` (``Phi`` the normal CDF), is revealed
+at the first step whose ``kappa(t + h) >= u``, and takes the code at quantile ``w`` of that step's categorical.
+Since ``P(kappa(t) < u <= kappa(t+h) | u > kappa(t)) = (kappa(t+h) - kappa(t)) / (1 - kappa(t))``, this is the
+step rule above in law, and image ``k`` depends only on ``(seed, k)`` like every other method
+(:func:`purrception.sampling.generate.generate_codes`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from purrception.errors import PurrError
+from purrception.flows.base import FlowMethod, LossOutput, SamplerSettings, drop_labels, register_method, sample_time
+from purrception.flows.categorical import logits_from_features
+from purrception.models.dit import DiT
+from purrception.sampling.guidance import guided_features
+
+__all__ = ["KAPPA_SCHEDULERS", "get_scheduler", "mask_path_sample", "sample_from_quantile", "discrete_euler", "DFM"]
+
+Scheduler = Callable[[torch.Tensor], torch.Tensor]
+
+#: ``kappa(t)``: probability that a position is revealed (holds its data token) at time ``t``.
+KAPPA_SCHEDULERS: dict[str, Scheduler] = {
+    "linear": lambda t: t,
+    "cosine": lambda t: 1 - torch.cos(0.5 * math.pi * t),
+}
+
+
+def get_scheduler(name: str) -> Scheduler:
+    if name not in KAPPA_SCHEDULERS:
+        raise PurrError(f"unknown DFM scheduler {name!r}; choose one of: {', '.join(KAPPA_SCHEDULERS)}")
+    return KAPPA_SCHEDULERS[name]
+
+
+def mask_path_sample(codes: torch.Tensor, t: torch.Tensor, kappa: Scheduler, mask_id: int,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """``x_t`` ``(B, h, w)``: each position keeps its code with probability ``kappa(t_b)``, else is ``mask_id``."""
+    keep = torch.rand(codes.shape, generator=generator, device=codes.device) < kappa(t)[:, None, None]
+    return torch.where(keep, codes.long(), torch.full_like(codes, mask_id, dtype=torch.long))
+
+
+def sample_from_quantile(probs: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF draw: the index at quantile ``w`` ``(...)`` in ``[0, 1]`` of ``probs`` ``(..., K)``.
+
+    ``w`` is capped at ``1 - 1e-6`` of the total mass so float rounding can never select a zero-probability tail.
+    """
+    cdf = probs.float().cumsum(-1)
+    target = w.float().clamp(0.0, 1.0 - 1e-6) * cdf[..., -1]
+    idx = torch.searchsorted(cdf.contiguous(), target[..., None].contiguous(), right=True)[..., 0]
+    return idx.clamp_(max=probs.shape[-1] - 1)
+
+
+def discrete_euler(logits_fn: Callable[[torch.Tensor, float], torch.Tensor], noise: torch.Tensor, steps: int,
+                   kappa: Scheduler, mask_id: int, tau_at: Callable[[float], float]) -> torch.Tensor:
+    """Masked-DFM Euler sampler (module docstring): tokens ``(B, h, w)`` from the all-mask source.
+
+    Args:
+        logits_fn: ``(x_t (B, h, w) ids, t) -> logits (B, h, w, K)`` of the probability denoiser.
+        noise: ``(B, >=2, h, w)`` standard normal; channels 0 and 1 give the reveal and the draw quantiles.
+        steps: number of steps ``T`` on the grid ``t_s = s / T``.
+        kappa: the scheduler the model was trained with.
+        mask_id: the mask token id (``K``).
+        tau_at: temperature at ``t`` (``softmax(logits / tau)``).
+    """
+    if steps <= 0:
+        raise PurrError(f"steps must be a positive integer, got {steps}")
+    if noise.shape[1] < 2:
+        raise PurrError(f"DFM sampling reads 2 noise channels per position, got {noise.shape[1]}; use a tokenizer "
+                        "with latent dim >= 2")
+    u_reveal = torch.special.ndtr(noise[:, 0].double())                   # (B, h, w)
+    w_draw = torch.special.ndtr(noise[:, 1].double())                     # (B, h, w)
+    k = kappa(torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)).tolist()
+    x = torch.full(u_reveal.shape, mask_id, dtype=torch.long, device=noise.device)
+    for s in range(steps):
+        masked = x == mask_id
+        reveal = masked if s == steps - 1 else masked & (u_reveal <= k[s + 1])
+        if not bool(reveal.any()):
+            continue  # no position changes this step, so the denoiser's output would be unused
+        t = s / steps
+        tau = tau_at(t)
+        if tau <= 0:
+            raise PurrError(f"temperature tau must be > 0, got {tau}")
+        probs = torch.softmax(logits_fn(x, t).float() / tau, dim=-1)      # (B, h, w, K)
+        x = torch.where(reveal, sample_from_quantile(probs, w_draw), x)
+    return x
+
+
+@register_method
+class DFM(FlowMethod):
+    """Masked discrete flow matching (Gat et al. 2024) on codebook indices; see the module docstring.
+
+    Args:
+        codebook: ``E``, ``(K, d)`` (only ``K`` and, for sampling noise, ``d >= 2`` are used).
+        label_dropout: probability of the null class during training (trains CFG).
+        scheduler: name of ``kappa`` in :data:`KAPPA_SCHEDULERS`.
+        z_loss_weight: weight of ``mean(logsumexp(logits)^2)`` over masked positions; 0 = off.
+        embed_dim: width of the ``K + 1`` entry token embedding that feeds the backbone's patch embedding.
+    """
+
+    name = "dfm"
+    discrete_input = True
+
+    def __init__(self, codebook: torch.Tensor, label_dropout: float = 0.1, scheduler: str = "linear",
+                 z_loss_weight: float = 0.0, embed_dim: int = 64):
+        super().__init__(codebook, label_dropout)
+        self.kappa = get_scheduler(scheduler)
+        self.scheduler = scheduler
+        self.z_loss_weight = z_loss_weight
+        if int(embed_dim) <= 0:
+            raise PurrError(f"DFM embed_dim must be a positive integer, got {embed_dim}")
+        self.embed_dim = int(embed_dim)
+
+    @property
+    def mask_id(self) -> int:
+        return self.codebook_size
+
+    def options(self) -> dict[str, Any]:
+        return {**super().options(), "scheduler": self.scheduler, "z_loss_weight": self.z_loss_weight,
+                "embed_dim": self.embed_dim}
+
+    def backbone_io(self) -> dict[str, int]:
+        return {"in_channels": self.embed_dim, "out_channels": self.codebook_size,
+                "input_vocab_size": self.codebook_size + 1}
+
+    def loss(self, model: DiT, codes: torch.Tensor, y: torch.Tensor,
+             generator: torch.Generator | None = None) -> LossOutput:
+        """CE of the denoiser on the masked positions of ``x_t ~ p_t(. | x_1 = codes)`` (+ optional z-loss)."""
+        t = sample_time(codes.shape[0], codes.device, generator)
+        x_t = mask_path_sample(codes, t, self.kappa, self.mask_id, generator)
+        y = drop_labels(y, self.label_dropout, model.null_class, generator)
+        logits = logits_from_features(model, model.features(x_t, t, y))    # (B, h, w, K)
+        masked = x_t == self.mask_id
+        if not bool(masked.any()):  # every position revealed: nothing to predict in this batch
+            zero = logits.sum() * 0.0
+            return LossOutput(zero, {"ce": 0.0, "z_loss": 0.0, "masked_frac": 0.0})
+        chosen = logits[masked]                                             # (M, K)
+        ce = F.cross_entropy(chosen, codes.long()[masked])
+        z_sq = torch.logsumexp(chosen, dim=-1).pow(2).mean()
+        loss = ce + self.z_loss_weight * z_sq
+        return LossOutput(loss, {"ce": ce.item(), "z_loss": z_sq.item(), "masked_frac": masked.float().mean().item()})
+
+    def logits(self, model: DiT, x: torch.Tensor, t: float, y: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+        """Guided denoiser logits ``(B, h, w, K)`` at ids ``x``: CFG mixes the features, the K-way head runs once."""
+        return logits_from_features(model, guided_features(model, x, t, y, cfg_scale))
+
+    @torch.no_grad()
+    def generate(self, model: DiT, noise: torch.Tensor, y: torch.Tensor, sampler: SamplerSettings,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Codes ``(B, h, w)`` from the all-mask source; ``noise`` supplies the per-image randomness.
+
+        Only ``sampler.solver == "euler"`` is accepted: this is the discrete Euler sampler of the mixture path.
+        """
+        if sampler.solver != "euler":
+            raise PurrError(f"solver {sampler.solver!r} does not apply to dfm (it has its own discrete Euler sampler); "
+                            "use --solver euler")
+        logits_fn = lambda x, t: self.logits(model, x, t, y, sampler.cfg_at(t))  # noqa: E731
+        return discrete_euler(logits_fn, noise, sampler.steps, self.kappa, self.mask_id, sampler.tau_at)
