@@ -68,7 +68,7 @@ def dit_config_from_preset(name: str, **overrides: Any) -> DiTConfig:
     size, _, patch = key.partition("/")
     if size not in DIT_PRESETS or not patch.isdigit():
         raise ValueError(f"unknown DiT preset {name!r}; use DiT-<{'|'.join(DIT_PRESETS)}>/<patch>, e.g. DiT-B/2")
-    return DiTConfig(patch_size=int(patch), **DIT_PRESETS[size], **overrides)
+    return DiTConfig(**{"patch_size": int(patch), **DIT_PRESETS[size], **overrides})  # overrides win over the preset
 
 
 # ------------------------------------------------------------------------------------------------------------
