@@ -9,10 +9,17 @@ Layout of a shard folder::
 
 Reading (and training on) shards needs no tokenizer: ``codes.npy`` is memory-mapped, so ImageNet-sized shards
 (1.28M x 32 x 32 uint16 = 2.6 GB) are never loaded into RAM whole.
+
+Large encodes are written in *parts* (``<folder>/.parts/part-NNNNNN.npz``, each written atomically, by one rank)
+and merged by :func:`merge_token_parts`, which streams them into ``codes.npy`` through a temporary file and writes
+the manifest last: a folder with a manifest is always complete, and a crash at any point leaves either the parts
+(to resume from) or the finished shards.
 """
 
 from __future__ import annotations
 
+import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +31,10 @@ from purrception.errors import PurrError
 from purrception.io import atomic_save_json, atomic_write, load_json, sha256_of_tensor
 from purrception.tokenizers.base import TokenizerIdentity
 
-__all__ = ["TokenShards", "write_token_shards", "codes_dtype_for", "check_same_tokenizer"]
+__all__ = ["TokenShards", "write_token_shards", "codes_dtype_for", "check_same_tokenizer", "parts_dir", "part_path",
+           "write_token_part", "read_token_part", "merge_token_parts"]
+
+log = logging.getLogger(__name__)
 
 FORMAT = "purrception-shards"
 MANIFEST = "manifest.json"
@@ -61,17 +71,119 @@ def write_token_shards(folder: str | Path, codes: np.ndarray, labels: np.ndarray
     _save_npy(folder / "codes.npy", codes.astype(codes_dtype_for(identity.codebook_size)))
     _save_npy(folder / "labels.npy", labels)
     _save_npy(folder / "codebook.npy", np.asarray(codebook, dtype=np.float32))
+    _write_manifest(folder, identity, codes.shape[0], codes.shape[1:], num_classes, source, preprocessing)
+    return folder
+
+
+def _write_manifest(folder: Path, identity: TokenizerIdentity, num_items: int, latent_shape: Any, num_classes: int,
+                    source: dict[str, Any], preprocessing: dict[str, Any]) -> None:
     atomic_save_json(folder / MANIFEST, {
         "format": FORMAT,
         "version": 1,
         "tokenizer": identity.to_dict(),
-        "num_items": int(codes.shape[0]),
-        "latent_shape": list(codes.shape[1:]),
+        "num_items": int(num_items),
+        "latent_shape": [int(s) for s in latent_shape],
         "codes_dtype": str(codes_dtype_for(identity.codebook_size)),
         "num_classes": int(num_classes),
         "source": source,
         "preprocessing": preprocessing,
     })
+
+
+# ---- parts: resumable, multi-rank writing ---------------------------------------------------------------------
+PARTS_DIR = ".parts"
+
+
+def parts_dir(folder: str | Path) -> Path:
+    """Where the parts of an unfinished encode into ``folder`` live."""
+    return Path(folder) / PARTS_DIR
+
+
+def part_path(folder: str | Path, index: int) -> Path:
+    """File of part ``index`` of the shard folder ``folder``."""
+    return parts_dir(folder) / f"part-{index:06d}.npz"
+
+
+def write_token_part(folder: str | Path, index: int, codes: np.ndarray, labels: np.ndarray,
+                     codebook_size: int) -> Path:
+    """Atomically write part ``index``: codes ``(n, h, w)`` (as :func:`codes_dtype_for`) and labels ``(n,)``."""
+    codes = np.asarray(codes)
+    labels = np.asarray(labels, dtype=np.int64)
+    if codes.ndim != 3 or labels.shape != (codes.shape[0],):
+        raise PurrError(f"part codes must be (n, h, w) and labels (n,); got {codes.shape} and {labels.shape}")
+    if codes.size and (codes.min() < 0 or codes.max() >= codebook_size):
+        raise PurrError(f"codes outside [0, {codebook_size}) in part {index}")
+    path = part_path(folder, index)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, codes=codes.astype(codes_dtype_for(codebook_size)), labels=labels)
+
+    atomic_write(path, write)
+    return path
+
+
+def read_token_part(folder: str | Path, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Codes and labels of part ``index``; a damaged part is a :class:`PurrError` naming the file."""
+    path = part_path(folder, index)
+    try:
+        with np.load(path) as data:
+            codes, labels = data["codes"], data["labels"]
+    except (OSError, ValueError, KeyError) as err:
+        raise PurrError(f"cannot read part {path} ({err}); delete it and re-run `purr encode` to redo it") from None
+    if codes.ndim != 3 or labels.shape != (codes.shape[0],):
+        raise PurrError(f"part {path} is malformed; delete it and re-run `purr encode` to redo it")
+    return codes, labels
+
+
+def merge_token_parts(folder: str | Path, part_sizes: list[int], latent_shape: tuple[int, int],
+                      codebook: np.ndarray, identity: TokenizerIdentity, num_classes: int, source: dict[str, Any],
+                      preprocessing: dict[str, Any], keep_parts: bool = False) -> Path:
+    """Stream parts ``0 .. len(part_sizes)-1`` into one shard folder; the manifest is written last.
+
+    ``codes.npy`` is filled through a memory map of a temporary file and renamed into place, so memory stays
+    bounded by one part (plus the int64 labels). The parts are removed once the manifest exists.
+
+    Args:
+        folder: the shard folder holding ``.parts/``.
+        part_sizes: number of items every part must hold, in order.
+        latent_shape: ``(h, w)`` of one item.
+        codebook: ``(K, d)`` codebook as the flow sees it.
+        identity: the tokenizer that made the codes.
+        num_classes: number of classes of the labels.
+        source: description of the input data (recorded in the manifest).
+        preprocessing: description of the preprocessing (recorded in the manifest).
+        keep_parts: leave ``.parts/`` in place.
+
+    Returns:
+        ``folder``.
+    """
+    folder = Path(folder)
+    total = int(sum(part_sizes))
+    dtype = codes_dtype_for(identity.codebook_size)
+    labels = np.empty(total, dtype=np.int64)
+
+    def write_codes(tmp: str) -> None:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(total, *latent_shape))
+        start = 0
+        for index, size in enumerate(part_sizes):
+            codes, part_labels = read_token_part(folder, index)
+            if codes.shape != (size, *latent_shape):
+                raise PurrError(f"part {part_path(folder, index)} holds codes of shape {codes.shape}, expected "
+                                f"{(size, *latent_shape)}; delete it and re-run `purr encode`")
+            out[start:start + size] = codes
+            labels[start:start + size] = part_labels
+            start += size
+        out.flush()
+        del out
+
+    atomic_write(folder / "codes.npy", write_codes)
+    _save_npy(folder / "labels.npy", labels)
+    _save_npy(folder / "codebook.npy", np.asarray(codebook, dtype=np.float32))
+    _write_manifest(folder, identity, total, latent_shape, num_classes, source, preprocessing)
+    log.info("merged %d part(s) into %s: %d items, %s codes", len(part_sizes), folder, total, dtype)
+    if not keep_parts:
+        shutil.rmtree(parts_dir(folder), ignore_errors=True)
     return folder
 
 

@@ -19,7 +19,7 @@ so that a Lightning ``vq-f8.ckpt`` loads with ``strict=True``; LlamaGen files ar
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch

@@ -1,0 +1,271 @@
+"""Images -> token shards with a frozen tokenizer (``purr encode``): resumable, optionally multi-process.
+
+The work is cut into parts of ``part_size`` images; each part is encoded in batches that never straddle parts and
+written atomically to ``OUT/.parts/`` (see :mod:`purrception.data.shards`). A re-run with the same inputs skips the
+parts already on disk, so an interrupted encode resumes where it stopped and produces byte-identical shards.
+Under ``torchrun`` every rank encodes parts ``rank, rank + world, ...``; rank 0 merges them once all ranks are
+done (the output folder must be visible to every rank). Codes are ``c = argmin_k ||q(x) - E_k||`` (paper eq. 9).
+
+With ``flip=True`` every image is stored twice, original then its horizontal mirror (items ``2i`` and ``2i+1``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from purrception import distributed
+from purrception.data.images import ImageSource, embedded_source, folder_source, image_to_tensor
+from purrception.data.shards import (MANIFEST, codes_dtype_for, merge_token_parts, part_path, parts_dir,
+                                     write_token_part)
+from purrception.errors import PurrError
+from purrception.io import atomic_save_json, load_json
+from purrception.tokenizers.base import VQTokenizer
+from purrception.tokenizers.store import load_tokenizer
+
+__all__ = ["EncodeOptions", "encode_source", "encode_images", "preprocessing_record"]
+
+log = logging.getLogger(__name__)
+
+PLAN_NAME = "plan.json"
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """How to encode.
+
+    Attributes:
+        flip: also store the horizontal mirror of every image.
+        batch_size: images per forward pass (per process).
+        part_size: images per part file (the unit of resumption); batches never straddle parts.
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (under torchrun, ``cuda`` means ``cuda:LOCAL_RANK``).
+        workers: DataLoader worker processes for reading and resizing images.
+        progress: show a progress bar (rank 0 only).
+    """
+
+    flip: bool = False
+    batch_size: int = 32
+    part_size: int = 1024
+    device: str = "cpu"
+    workers: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.part_size < 1:
+            raise PurrError("--batch-size and --part-size must be positive")
+
+
+def preprocessing_record(tokenizer: VQTokenizer, flip: bool) -> dict[str, Any]:
+    """What the manifest records about the pixels the tokenizer saw."""
+    return {
+        "image_size": int(tokenizer.image_size),
+        "channels": int(tokenizer.image_channels),
+        "resize": "shorter side to image_size (2x box reductions, then bicubic); unchanged if already that size",
+        "crop": "center",
+        "range": [-1.0, 1.0],
+        "flip": bool(flip),
+        "flip_layout": "item 2i = image i, item 2i+1 = its horizontal mirror" if flip else None,
+    }
+
+
+class _Images(Dataset):
+    def __init__(self, source: ImageSource, size: int, channels: int):
+        self.source, self.size, self.channels = source, size, channels
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        x = image_to_tensor(self.source.load(index), self.size, self.channels)
+        return x, int(self.source.labels[index])
+
+
+# ---- distributed helpers ---------------------------------------------------------------------------------------
+def _agree(rank: int, value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (so that no rank waits forever for one that refused)."""
+    if not distributed.is_distributed():
+        return value
+    box = [value if rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# ---- the encode loop -------------------------------------------------------------------------------------------
+def _part_ranges(n: int, part_size: int) -> list[tuple[int, int]]:
+    return [(s, min(s + part_size, n)) for s in range(0, n, part_size)]
+
+
+def _check_plan(out: Path, plan: dict[str, Any]) -> str | None:
+    """Create or compare ``OUT/.parts/plan.json``; return an error message or ``None``."""
+    plan_file = parts_dir(out) / PLAN_NAME
+    if plan_file.is_file():
+        old = load_json(plan_file, "encode plan")
+        if old != plan:
+            diff = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
+            return (f"{out} holds an unfinished encode of different inputs or settings ({', '.join(diff)} differ); "
+                    f"delete {parts_dir(out)} or choose another --out")
+        return None
+    atomic_save_json(plan_file, plan)
+    return None
+
+
+def _batches(ranges: list[tuple[int, int]], parts: list[int], batch_size: int) -> list[list[int]]:
+    out = []
+    for p in parts:
+        start, stop = ranges[p]
+        out.extend(list(range(s, min(s + batch_size, stop))) for s in range(start, stop, batch_size))
+    return out
+
+
+@torch.inference_mode()
+def _encode_batch(tokenizer: VQTokenizer, x: torch.Tensor, flip: bool) -> np.ndarray:
+    if flip:
+        b = x.shape[0]
+        codes = tokenizer.encode(torch.cat([x, x.flip(-1)]))  # (2B, h, w)
+        codes = torch.stack([codes[:b], codes[b:]], dim=1).flatten(0, 1)  # interleave: image, mirror, ...
+    else:
+        codes = tokenizer.encode(x)
+    return codes.cpu().numpy()
+
+
+def encode_source(tokenizer: VQTokenizer, source: ImageSource, out: str | Path,
+                  options: EncodeOptions = EncodeOptions()) -> Path:
+    """Encode every image of ``source`` with ``tokenizer`` into the shard folder ``out`` (resumable).
+
+    Args:
+        tokenizer: the frozen tokenizer (moved to ``options.device``).
+        source: the images and labels.
+        out: the shard folder to create; an unfinished encode there with the same plan is resumed.
+        options: batch / part sizes, flip copies, device, workers.
+
+    Returns:
+        ``out``, holding ``codes.npy``, ``labels.npy``, ``codebook.npy`` and ``manifest.json``.
+
+    Raises:
+        PurrError: ``out`` holds other shards or an unfinished encode of other inputs.
+    """
+    out = Path(out)
+    joined_here = not dist.is_initialized()
+    info = distributed.init_distributed(options.device)
+    try:
+        return _encode(tokenizer, source, out, options, info)
+    finally:
+        if joined_here:
+            distributed.cleanup_distributed()
+
+
+def _encode(tokenizer: VQTokenizer, source: ImageSource, out: Path, options: EncodeOptions,
+            info: distributed.DistInfo) -> Path:
+    rank, world, device = info.rank, info.world_size, info.device
+    identity = tokenizer.identity()
+    preprocessing = preprocessing_record(tokenizer, options.flip)
+    copies = 2 if options.flip else 1
+    ranges = _part_ranges(len(source), options.part_size)
+    plan = {"tokenizer": identity.to_dict(), "source": source.description, "preprocessing": preprocessing,
+            "part_size": options.part_size, "num_parts": len(ranges)}
+    source_record = dict(source.description, num_items=len(source) * copies)
+
+    error = None
+    finished = False
+    if rank == 0:
+        if (out / MANIFEST).is_file():
+            manifest = load_json(out / MANIFEST, "shard manifest")
+            same = (isinstance(manifest, dict) and manifest.get("tokenizer") == plan["tokenizer"]
+                    and manifest.get("source") == source_record and manifest.get("preprocessing") == preprocessing)
+            if same:
+                finished = True
+            else:
+                error = f"{out} already holds token shards of other inputs; choose another --out or delete it"
+        else:
+            error = _check_plan(out, plan)
+    error, finished = _agree(rank, (error, finished))
+    if error:
+        raise PurrError(error)
+    if finished:
+        log.info("%s is already complete; nothing to do", out)
+        return out
+
+    mine = list(range(rank, len(ranges), world))
+    todo = [p for p in mine if not part_path(out, p).is_file()]
+    done_items = sum(ranges[p][1] - ranges[p][0] for p in mine if p not in todo)
+    if len(todo) < len(mine):
+        log.info("rank %d: resuming, %d of %d part(s) already on disk", rank, len(mine) - len(todo), len(mine))
+
+    tokenizer = tokenizer.to(device).eval()
+    batches = _batches(ranges, todo, options.batch_size)
+    dataset = _Images(source, tokenizer.image_size, tokenizer.image_channels)
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=options.workers,
+                        pin_memory=device.type == "cuda")
+    my_total = sum(ranges[p][1] - ranges[p][0] for p in mine)
+    bar = tqdm(total=my_total * copies, initial=done_items * copies, unit="img", desc=f"encode {out.name}",
+               disable=not options.progress or rank != 0, dynamic_ncols=True)
+    part_iter = _collect_parts(loader, batches, ranges, options.part_size, tokenizer, device, options.flip, bar)
+    for p, codes, labels in part_iter:
+        write_token_part(out, p, codes, labels, identity.codebook_size)
+        log.debug("rank %d wrote part %d (%d items)", rank, p, len(labels))
+    bar.close()
+
+    distributed.barrier()  # every part is on disk
+    if rank == 0:
+        sizes = [(stop - start) * copies for start, stop in ranges]
+        codebook = tokenizer.codebook.detach().float().cpu().numpy()
+        merge_token_parts(out, sizes, tokenizer.latent_shape, codebook, identity, source.num_classes,
+                          source_record, preprocessing)
+        log.info("wrote %d items (%s codes, %d classes) to %s", sum(sizes),
+                 codes_dtype_for(identity.codebook_size), source.num_classes, out)
+    distributed.barrier()
+    return out
+
+
+def _collect_parts(loader: DataLoader, batches: list[list[int]], ranges: list[tuple[int, int]], part_size: int,
+                   tokenizer: VQTokenizer, device: torch.device, flip: bool,
+                   bar: tqdm) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Yield ``(part index, codes, labels)`` as each part covered by ``batches`` is complete."""
+    copies = 2 if flip else 1
+    pending: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+    for indices, (x, y) in zip(batches, loader):
+        p = indices[0] // part_size
+        codes = _encode_batch(tokenizer, x.to(device, non_blocking=True), flip)
+        labels = np.repeat(y.numpy().astype(np.int64), copies)
+        chunks = pending.setdefault(p, ([], []))
+        chunks[0].append(codes)
+        chunks[1].append(labels)
+        bar.update(len(labels))
+        if indices[-1] == ranges[p][1] - 1:
+            codes_list, labels_list = pending.pop(p)
+            yield p, np.concatenate(codes_list), np.concatenate(labels_list)
+
+
+def encode_images(tokenizer_path: str | Path, out: str | Path, *, tokenizer_kind: str | None = None,
+                  images: str | Path | None = None, labels_file: str | Path | None = None,
+                  embedded: str | None = None, options: EncodeOptions = EncodeOptions()) -> Path:
+    """Load a tokenizer and encode an image folder or the embedded data into token shards (``purr encode``).
+
+    Args:
+        tokenizer_path: a tokenizer folder, or a pretrained checkpoint file with ``tokenizer_kind``.
+        out: the shard folder.
+        tokenizer_kind: ``"sd-vq-f8"`` / ``"llamagen-vq-ds8-c2i"`` for pretrained checkpoint files.
+        images: an image folder (class sub-folders, or flat with ``labels_file``).
+        labels_file: ``<path>,<label>`` lines for a flat folder.
+        embedded: ``"train"``, ``"heldout"`` or ``"all"`` to encode the embedded MNIST digits instead.
+        options: see :class:`EncodeOptions`.
+    """
+    if (images is None) == (embedded is None):
+        raise PurrError("give exactly one of --images FOLDER or --embedded SPLIT")
+    if labels_file is not None and images is None:
+        raise PurrError("--labels goes with --images (a flat image folder)")
+    source = folder_source(images, labels_file) if images is not None else embedded_source(embedded)
+    tokenizer = load_tokenizer(tokenizer_path, kind=tokenizer_kind)
+    if embedded is not None and (tokenizer.image_size, tokenizer.image_channels) != (28, 1):
+        log.warning("the embedded digits are 28x28 grey; they will be resized to %dx%d with %d channel(s)",
+                    tokenizer.image_size, tokenizer.image_size, tokenizer.image_channels)
+    return encode_source(tokenizer, source, out, options)

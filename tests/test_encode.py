@@ -1,0 +1,207 @@
+"""``purr encode``: image folders and the embedded data -> token shards; resumption; two-process encoding."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from purrception.cli import main
+from purrception.data.embedded import load_embedded_mnist
+from purrception.data.encode import EncodeOptions, encode_source
+from purrception.data.images import folder_source, image_to_tensor, resize_center_crop
+from purrception.data.shards import TokenShards, codes_dtype_for, parts_dir
+from purrception.errors import PurrError
+from purrception.tokenizers.small_vq import SmallVQ, SmallVQConfig
+from purrception.tokenizers.store import load_tokenizer, save_tokenizer
+from purrception.tokenizers.train import images_to_tensor
+
+CLASSES = ["cat", "dog", "owl"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)  # random weights: encoding needs no training
+    return save_tokenizer(SmallVQ(SmallVQConfig(codebook_size=32, width=8)), tmp_path_factory.mktemp("tok") / "tok")
+
+
+def _random_image(rng: np.random.Generator, size: tuple[int, int], mode: str) -> Image.Image:
+    w, h = size
+    shape = (h, w, 3) if mode == "RGB" else (h, w)
+    return Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode)
+
+
+@pytest.fixture(scope="module")
+def class_folder(tmp_path_factory) -> Path:
+    """3 class folders x 5 images of assorted sizes and modes (resize + center crop + grey conversion)."""
+    root = tmp_path_factory.mktemp("images") / "train"
+    rng = np.random.default_rng(0)
+    sizes = [(40, 32), (28, 28), (64, 80), (31, 57), (100, 100)]
+    for c in CLASSES:
+        (root / c).mkdir(parents=True)
+        for i, size in enumerate(sizes):
+            _random_image(rng, size, "RGB" if i % 2 else "L").save(root / c / f"{c}{i}.png")
+    (root / "owl" / "notes.txt").write_text("not an image")
+    return root
+
+
+def _expected_codes(tok, files, flip=False) -> np.ndarray:
+    x = torch.stack([image_to_tensor(Image.open(f), tok.image_size, tok.image_channels) for f in files])
+    with torch.inference_mode():
+        codes = tok.encode(x)
+        if flip:
+            codes = torch.stack([codes, tok.encode(x.flip(-1))], 1).flatten(0, 1)
+    return codes.numpy()
+
+
+def test_resize_center_crop():
+    img = Image.fromarray(np.arange(60 * 100, dtype=np.uint32).reshape(60, 100).astype(np.uint8))
+    assert resize_center_crop(img, 28).size == (28, 28)
+    assert resize_center_crop(img, 28) is not img
+    sq = Image.new("RGB", (28, 28))
+    assert resize_center_crop(sq, 28) is sq
+    x = image_to_tensor(Image.new("RGB", (50, 70), (255, 0, 0)), 16, 3)
+    assert x.shape == (3, 16, 16) and torch.equal(x[0], torch.ones(16, 16)) and torch.equal(x[1], -torch.ones(16, 16))
+
+
+def test_codes_dtype_is_the_smallest_that_holds_k():
+    assert codes_dtype_for(256) == np.uint8
+    assert codes_dtype_for(257) == np.uint16
+    assert codes_dtype_for(16384) == np.uint16
+    assert codes_dtype_for(65537) == np.uint32
+
+
+def test_encode_class_folder_cli(tokenizer_dir, class_folder, tmp_path, capsys):
+    out = tmp_path / "shards"
+    assert main(["encode", "--tokenizer", str(tokenizer_dir), "--images", str(class_folder), "--out", str(out),
+                 "--batch-size", "4", "--part-size", "6", "--workers", "0", "--no-progress"]) == 0
+    shards = TokenShards.open(out)
+    tok = load_tokenizer(tokenizer_dir)
+    files = sorted(class_folder.rglob("*.png"))
+    assert len(shards) == 15 and shards.codes.dtype == np.uint8 and shards.latent_shape == (7, 7)
+    assert shards.labels.tolist() == [0] * 5 + [1] * 5 + [2] * 5
+    assert shards.num_classes == 3 and shards.manifest["source"]["class_names"] == CLASSES
+    assert shards.identity == tok.identity()
+    assert np.array_equal(shards.codebook, tok.codebook.numpy())
+    assert shards.manifest["preprocessing"]["image_size"] == 28 and shards.manifest["preprocessing"]["flip"] is False
+    assert np.array_equal(shards.codes, _expected_codes(tok, files))
+    assert not parts_dir(out).exists()
+    assert "15 items" in capsys.readouterr().out
+    # re-running a finished encode does nothing; other inputs into the same folder are refused
+    before = (out / "codes.npy").stat().st_mtime_ns
+    assert main(["encode", "--tokenizer", str(tokenizer_dir), "--images", str(class_folder), "--out", str(out),
+                 "--batch-size", "4", "--part-size", "6", "--workers", "0", "--no-progress"]) == 0
+    assert (out / "codes.npy").stat().st_mtime_ns == before
+    assert main(["encode", "--tokenizer", str(tokenizer_dir), "--images", str(class_folder), "--out", str(out),
+                 "--flip", "--no-progress"]) == 2
+    assert "already holds token shards" in capsys.readouterr().err
+
+
+def test_encode_flat_folder_with_labels_and_flip(tokenizer_dir, class_folder, tmp_path):
+    files = sorted(class_folder.rglob("*.png"))[::2]
+    lines = ["filename,label"] + [f"{f.relative_to(class_folder).as_posix()},{f.parent.name}" for f in files]
+    (tmp_path / "labels.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "flat"
+    assert main(["encode", "--tokenizer", str(tokenizer_dir), "--images", str(class_folder), "--labels",
+                 str(tmp_path / "labels.csv"), "--out", str(out), "--flip", "--batch-size", "3",
+                 "--workers", "0", "--no-progress"]) == 0
+    shards = TokenShards.open(out)
+    names = [f.parent.name for f in files]
+    assert len(shards) == 2 * len(files)
+    assert shards.labels.tolist() == [CLASSES.index(n) for n in names for _ in range(2)]
+    assert shards.manifest["preprocessing"]["flip"] is True
+    assert np.array_equal(shards.codes, _expected_codes(load_tokenizer(tokenizer_dir), files, flip=True))
+
+
+def test_folder_errors(tmp_path):
+    (tmp_path / "flat").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "flat" / "a.png")
+    with pytest.raises(PurrError, match="no class sub-folders"):
+        folder_source(tmp_path / "flat")
+    (tmp_path / "labels.csv").write_text("a.png,0\nmissing.png,1\n")
+    with pytest.raises(PurrError, match="missing.png not found"):
+        folder_source(tmp_path / "flat", tmp_path / "labels.csv")
+    with pytest.raises(PurrError, match="not found"):
+        folder_source(tmp_path / "nope")
+
+
+def test_encode_embedded_cli(tokenizer_dir, tmp_path):
+    out = tmp_path / "heldout"
+    assert main(["encode", "--tokenizer", str(tokenizer_dir), "--embedded", "heldout", "--out", str(out),
+                 "--batch-size", "250", "--part-size", "500", "--no-progress"]) == 0
+    shards = TokenShards.open(out)
+    data = load_embedded_mnist("heldout")
+    tok = load_tokenizer(tokenizer_dir)
+    assert len(shards) == 1000 and np.array_equal(shards.labels, data.labels)
+    assert shards.manifest["source"]["type"] == "embedded-mnist" and shards.num_classes == 10
+    with torch.inference_mode():
+        expected = np.concatenate([tok.encode(images_to_tensor(data.images[i:i + 250])).numpy()
+                                   for i in range(0, 1000, 250)])
+    assert np.array_equal(shards.codes, expected)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_killed_run_resumes_to_identical_shards(tokenizer_dir, class_folder, tmp_path):
+    options = EncodeOptions(batch_size=2, part_size=4, flip=True, progress=False)
+    source = folder_source(class_folder)
+    encode_source(load_tokenizer(tokenizer_dir), source, tmp_path / "straight", options)
+
+    out = tmp_path / "resumed"
+    tok = load_tokenizer(tokenizer_dir)
+    real_encode, calls = tok.encode, []
+
+    def dying_encode(x):
+        calls.append(len(x))
+        if len(calls) == 6:  # mid-way through part 2 (of 4)
+            raise _Killed
+        return real_encode(x)
+
+    tok.encode = dying_encode
+    with pytest.raises(_Killed):
+        encode_source(tok, source, out, options)
+    assert sorted(p.name for p in parts_dir(out).glob("part-*.npz")) == ["part-000000.npz", "part-000001.npz"]
+    assert not (out / "manifest.json").exists()
+    (parts_dir(out) / ".part-000002.npz.x1y2.tmp").write_bytes(b"torn write")  # debris of a killed writer
+
+    with pytest.raises(PurrError, match="unfinished encode of different inputs"):
+        encode_source(load_tokenizer(tokenizer_dir), source, out, EncodeOptions(batch_size=2, part_size=4,
+                                                                               progress=False))
+    calls.clear()
+    tok.encode = lambda x: (calls.append(len(x)), real_encode(x))[1]
+    encode_source(tok, source, out, options)
+    assert len(calls) == 4  # only parts 2 and 3 are encoded (4 + 3 images in batches of 2)
+    for name in ("codes.npy", "labels.npy", "codebook.npy"):
+        assert (out / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
+    assert json.loads((out / "manifest.json").read_text()) == json.loads(
+        (tmp_path / "straight" / "manifest.json").read_text())
+    assert not parts_dir(out).exists()
+
+
+def test_two_process_encode_matches_single_process(tokenizer_dir, class_folder, tmp_path):
+    args = ["encode", "--tokenizer", str(tokenizer_dir), "--images", str(class_folder), "--batch-size", "2",
+            "--part-size", "3", "--workers", "0", "--no-progress"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in each torchrun worker (OMP_NUM_THREADS=1)
+    try:
+        assert main(args + ["--out", str(tmp_path / "one")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           "-m", "purrception", *args, "--out", str(tmp_path / "two")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ("codes.npy", "labels.npy", "codebook.npy"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+    assert TokenShards.open(tmp_path / "two").manifest == TokenShards.open(tmp_path / "one").manifest
+    assert proc.stdout.count("15 items") == 1  # only rank 0 reports
