@@ -45,13 +45,15 @@ def tensor_to_images(x: torch.Tensor) -> np.ndarray:
 
 
 def train_small_vq(images: np.ndarray, model_config: SmallVQConfig, train_config: TokenizerTrainConfig,
-                   progress: bool = True) -> SmallVQ:
-    """Fit a :class:`SmallVQ` to ``images`` (uint8) with MSE reconstruction + commitment loss."""
+                   progress: bool = True, device: str = "cpu") -> SmallVQ:
+    """Fit a :class:`SmallVQ` to ``images`` (uint8) with MSE reconstruction + commitment loss.
+
+    The returned model is on the CPU, in eval mode.
+    """
     torch.manual_seed(train_config.seed)
-    data = images_to_tensor(images)
-    model = SmallVQ(model_config)
-    params = [p for n, p in model.named_parameters()]
-    opt = torch.optim.Adam(params, lr=train_config.lr)
+    data = images_to_tensor(images).to(device)
+    model = SmallVQ(model_config).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=train_config.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=train_config.lr, total_steps=train_config.steps,
                                                 pct_start=0.05)
     gen = torch.Generator().manual_seed(train_config.seed)
@@ -59,7 +61,7 @@ def train_small_vq(images: np.ndarray, model_config: SmallVQConfig, train_config
     bar = tqdm(range(train_config.steps), desc="tokenizer", disable=not progress, dynamic_ncols=True)
     for step in bar:
         idx = torch.randint(0, data.shape[0], (train_config.batch_size,), generator=gen)
-        x = data[idx]
+        x = data[idx.to(device)]
         recon, _, commit = model(x)
         rec = F.mse_loss(recon, x)
         loss = rec + model_config.commitment * commit
@@ -69,8 +71,7 @@ def train_small_vq(images: np.ndarray, model_config: SmallVQConfig, train_config
         sched.step()
         if step % 50 == 0:
             bar.set_postfix(mse=f"{rec.item():.4f}")
-    model.eval()
-    return model
+    return model.cpu().eval()
 
 
 @torch.no_grad()

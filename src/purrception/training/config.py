@@ -61,7 +61,7 @@ class TrainConfig:
 #: Named runs. ``mnist-*`` are sized for 2 CPU cores on the embedded data; ``paper-*`` mirror App. C.
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "mnist-demo": {
-        "model": "DiT-T/1", "steps": 1500, "batch_size": 64, "lr": 1e-3, "warmup_steps": 100,
+        "model": "DiT-T/1", "steps": 1500, "batch_size": 64, "lr": 2e-3, "warmup_steps": 100,
         "ema_decay": 0.999, "ema_warmup": True, "grad_clip": 1.0, "log_every": 50, "ckpt_every": 250,
     },
 }

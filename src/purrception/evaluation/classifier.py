@@ -1,0 +1,147 @@
+"""A small digit classifier for the embedded protocol, trained once on the *held-out* split and cached.
+
+The generators train on the train split; the classifier never sees those images, so its accuracy on
+generated digits (does it read the requested class?) and its penultimate features (for an FID on digits)
+are honest judges. Its own accuracy on the real train split is reported beside every score.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from purrception.data.embedded import load_embedded_mnist
+from purrception.errors import PurrError
+from purrception.io import atomic_save_json, atomic_write, load_json
+
+__all__ = ["MnistClassifier", "train_classifier", "load_or_train_classifier", "classifier_info", "CLASSIFIER_VERSION"]
+
+log = logging.getLogger(__name__)
+
+#: bump when the architecture or training recipe changes: it is part of the cache key.
+CLASSIFIER_VERSION = 1
+_EPOCHS = 30
+_SEED = 1234
+
+
+class MnistClassifier(nn.Module):
+    """Two conv layers, a 128-d penultimate layer (the FID feature space) and a 10-way output."""
+
+    feature_dim = 128
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),      # 14x14
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),     # 7x7
+        )
+        self.fc = nn.Linear(64 * 7 * 7, self.feature_dim)
+        self.out = nn.Linear(self.feature_dim, 10)
+
+    def _penultimate(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.fc(self.conv(x).flatten(1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self._penultimate(x))
+
+    @staticmethod
+    def _prepare(images: np.ndarray) -> torch.Tensor:
+        images = np.asarray(images)
+        if images.ndim != 3 or images.shape[1:] != (28, 28):
+            raise PurrError(f"the digit classifier reads (N, 28, 28) grey images, got shape {images.shape}")
+        return torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0)[:, None]
+
+    @torch.no_grad()
+    def features(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+        """uint8 ``(N, 28, 28)`` -> penultimate features ``(N, 128)`` float64."""
+        self.eval()
+        x = self._prepare(images)
+        return torch.cat([self._penultimate(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]).double().numpy()
+
+    @torch.no_grad()
+    def predict(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+        """uint8 ``(N, 28, 28)`` -> predicted class ids ``(N,)``."""
+        self.eval()
+        x = self._prepare(images)
+        return torch.cat([self(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]).numpy()
+
+
+def _random_shift(x: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:
+    """Augmentation: translate each image by up to ``max_shift`` pixels (zero fill)."""
+    padded = F.pad(x, (max_shift,) * 4, value=-1.0)
+    out = torch.empty_like(x)
+    offsets = torch.randint(0, 2 * max_shift + 1, (x.shape[0], 2), generator=gen)
+    for i, (dy, dx) in enumerate(offsets.tolist()):
+        out[i] = padded[i, :, dy : dy + 28, dx : dx + 28]
+    return out
+
+
+def train_classifier(images: np.ndarray, labels: np.ndarray, epochs: int = _EPOCHS, seed: int = _SEED) -> MnistClassifier:
+    """Fit the classifier with Adam, random shifts, batch 64."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = MnistClassifier()
+    x = MnistClassifier._prepare(images)
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for start in range(0, len(x), 64):
+            idx = perm[start : start + 64]
+            loss = F.cross_entropy(model(_random_shift(x[idx], gen)), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def _cache_key(heldout_labels: np.ndarray, heldout_images: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(f"v{CLASSIFIER_VERSION}-e{_EPOCHS}-s{_SEED}".encode())
+    h.update(heldout_images.tobytes())
+    h.update(heldout_labels.tobytes())
+    return h.hexdigest()[:12]
+
+
+def load_or_train_classifier(cache_dir: str | Path) -> MnistClassifier:
+    """The cached classifier for the embedded data, trained on the held-out split on first use.
+
+    Its accuracy on the (unseen) train split is stored next to it, in ``classifier.json``.
+    """
+    heldout = load_embedded_mnist("heldout")
+    folder = Path(cache_dir) / f"classifier-{_cache_key(heldout.labels, heldout.images)}"
+    weights, meta = folder / "model.safetensors", folder / "classifier.json"
+    model = MnistClassifier()
+    if weights.is_file() and meta.is_file():
+        try:
+            model.load_state_dict(load_file(str(weights)))
+            return model.eval()
+        except Exception as err:
+            log.warning("cached classifier in %s is unreadable (%s); retraining", folder, err)
+    log.info("training the embedded digit classifier on the held-out split (once; cached in %s)", folder)
+    model = train_classifier(heldout.images, heldout.labels)
+    train = load_embedded_mnist("train")
+    accuracy = float((model.predict(train.images) == train.labels).mean())
+    log.info("classifier accuracy on the real train split (never seen by it): %.4f", accuracy)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    atomic_write(weights, lambda tmp: save_file(state, tmp))
+    atomic_save_json(meta, {"version": CLASSIFIER_VERSION, "trained_on": "embedded heldout split (1000 images)",
+                            "accuracy_on_real_train_split": accuracy, "epochs": _EPOCHS, "seed": _SEED})
+    return model
+
+
+def classifier_info(cache_dir: str | Path) -> dict:
+    """The ``classifier.json`` facts of the cached classifier (trains it first if needed)."""
+    load_or_train_classifier(cache_dir)
+    heldout = load_embedded_mnist("heldout")
+    return load_json(Path(cache_dir) / f"classifier-{_cache_key(heldout.labels, heldout.images)}" / "classifier.json",
+                     "classifier info")

@@ -1,0 +1,63 @@
+"""The training loop: loss goes down, checkpoints carry configs, resume is exact, bad runs stop clearly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from purrception.errors import PurrError
+from purrception.training.checkpoint import load_checkpoint
+from purrception.training.loop import train
+
+from conftest import tiny_config
+
+
+def test_short_training_lowers_the_loss(tiny_shards_dir, tmp_path):
+    config = tiny_config(steps=60, batch_size=32, lr=3e-3, log_every=10, ckpt_every=60)
+    train(config, tiny_shards_dir, tmp_path / "run", progress=False)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert losses[-1] < losses[0] - 0.3, losses
+
+
+def test_checkpoint_carries_everything_needed_to_sample(tiny_checkpoint, tiny_tokenizer_dir):
+    ckpt = load_checkpoint(tiny_checkpoint)
+    assert ckpt.method_name == "purrception" and ckpt.step == 4
+    assert ckpt.tokenizer_path == str(tiny_tokenizer_dir)
+    model, method = ckpt.build_model(), ckpt.build_method()
+    assert model.config.out_channels == 32 and method.codebook_size == 32
+    with pytest.raises(PurrError, match="trained with method 'purrception'"):
+        load_checkpoint(tiny_checkpoint, expect_method="cfm")
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny_shards_dir, tmp_path):
+    full = train(tiny_config(steps=6, ckpt_every=3), tiny_shards_dir, tmp_path / "full", progress=False)
+    train(tiny_config(steps=3, ckpt_every=3), tiny_shards_dir, tmp_path / "split", progress=False)
+    # a run "killed" after step 3 resumes with the full config's step count
+    resumed_cfg = tiny_config(steps=6, ckpt_every=3)
+    ckpt3 = load_checkpoint(tmp_path / "split" / "checkpoints" / "step_00000003.pt")
+    ckpt3.raw["config"]["steps"] = 6
+    torch.save(ckpt3.raw, tmp_path / "split" / "checkpoints" / "step_00000003.pt")
+    train(resumed_cfg, tiny_shards_dir, tmp_path / "split", resume=True, progress=False)
+    a = load_checkpoint(full.checkpoint).raw
+    b = load_checkpoint(tmp_path / "split" / "checkpoints" / "step_00000006.pt").raw
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    curve_a = (tmp_path / "full" / "metrics.jsonl").read_text()
+    curve_b = (tmp_path / "split" / "metrics.jsonl").read_text()
+    strip = lambda text: [{k: v for k, v in json.loads(l).items() if k != "images_per_s"} for l in text.splitlines()]  # noqa: E731
+    assert strip(curve_a) == strip(curve_b)
+
+
+def test_existing_run_is_never_overwritten(tiny_shards_dir, tmp_path):
+    train(tiny_config(steps=2, ckpt_every=2), tiny_shards_dir, tmp_path / "run", progress=False)
+    before = (tmp_path / "run" / "checkpoints" / "step_00000002.pt").read_bytes()
+    with pytest.raises(PurrError, match="--resume"):
+        train(tiny_config(steps=2), tiny_shards_dir, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "checkpoints" / "step_00000002.pt").read_bytes() == before
+
+
+def test_nan_loss_stops_with_a_clear_message(tiny_shards_dir, tmp_path):
+    with pytest.raises(PurrError, match="loss became nan"):
+        train(tiny_config(steps=3, lr=float("nan"), ckpt_every=1), tiny_shards_dir, tmp_path / "run", progress=False)
