@@ -177,16 +177,20 @@ def _encode(tokenizer: VQTokenizer, source: ImageSource, out: Path, options: Enc
     error = None
     finished = False
     if rank == 0:
-        if (out / MANIFEST).is_file():
-            manifest = load_json(out / MANIFEST, "shard manifest")
-            same = (isinstance(manifest, dict) and manifest.get("tokenizer") == plan["tokenizer"]
-                    and manifest.get("source") == source_record and manifest.get("preprocessing") == preprocessing)
-            if same:
-                finished = True
+        try:
+            if (out / MANIFEST).is_file():
+                manifest = load_json(out / MANIFEST, "shard manifest")
+                same = (isinstance(manifest, dict) and manifest.get("tokenizer") == plan["tokenizer"]
+                        and manifest.get("source") == source_record
+                        and manifest.get("preprocessing") == preprocessing)
+                if same:
+                    finished = True
+                else:
+                    error = f"{out} already holds token shards of other inputs; choose another --out or delete it"
             else:
-                error = f"{out} already holds token shards of other inputs; choose another --out or delete it"
-        else:
-            error = _check_plan(out, plan)
+                error = _check_plan(out, plan)
+        except (PurrError, OSError) as err:  # told to every rank below, so none waits forever
+            error = str(err)
     error, finished = _agree(rank, (error, finished))
     if error:
         raise PurrError(error)
