@@ -1,8 +1,22 @@
-"""The K-way categorical head: logits, cross-entropy with z-loss, and the posterior mean over the codebook.
+"""The K-way categorical head: cross-entropy with z-loss, and the posterior mean over the codebook.
 
 ``logits = head(h)`` for final features ``h``; the posterior is ``pi = softmax(logits / tau)`` (paper eq. 15) and
-its mean ``mu = pi E`` (eq. 13). These are the reference implementations: they materialise all ``B x h x w x K``
-logits in float32.
+its mean ``mu = pi E`` (eq. 13); training minimises ``CE(logits, c)`` (eq. 14) plus ``lambda_z mean(lse^2)`` with
+``lse = logsumexp(logits)`` (App. D).
+
+With the paper's tokenizers ``K = 16384``, so materialising all ``B x H x W x K`` logits in float32 dominates the
+step's memory (DESIGN.md §3). :func:`cross_entropy_and_zloss` and :func:`posterior_mean` never do: they run the
+head's classifier over chunks of rows (see the row view in ``models.heads``), each chunk holding at most a memory
+budget of logits, and keep only ``O(rows)`` per-row results (log-partition, target logit). Every row's ``K``
+logits live in one chunk, so the softmax needs no cross-chunk (online) rescaling and is exact.
+
+Training gradients come from a custom autograd function. Given ``z_loss_weight`` (the weight the caller puts on
+``z_sq``), it computes the gradients of ``ce + z_loss_weight * z_sq`` during the forward sweep, while each chunk's
+logits are at hand (Liger-kernel style): the head then costs the same three matmuls as the naive head. If the
+backward pass asks for a different combination (or no weight was given) it recomputes each chunk's logits in
+backward instead (one extra matmul). Both give the naive gradients to float tolerance.
+
+The ``naive_*`` functions materialise every logit; they are the references for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -12,16 +26,41 @@ import torch.nn.functional as F
 
 from purrception.models.dit import DiT
 
-__all__ = ["logits_from_features", "cross_entropy_and_zloss", "posterior_mean"]
+__all__ = ["DEFAULT_CHUNK_BYTES", "chunk_rows", "logits_from_features", "naive_cross_entropy_and_zloss",
+           "naive_posterior_mean", "linear_cross_entropy_and_zloss", "cross_entropy_and_zloss", "posterior_mean"]
+
+#: Memory budget for one chunk of logits (and their temporaries), by device type.
+DEFAULT_CHUNK_BYTES: dict[str, int] = {"cpu": 32 << 20, "cuda": 1 << 30}
+_FALLBACK_CHUNK_BYTES = 256 << 20
+#: float32 logits + one same-sized temporary (softmax / gradient, low-precision copy) + slack.
+_BYTES_PER_LOGIT = 12
+
+
+def chunk_rows(num_rows: int, logits_per_row: int, device: torch.device, chunk_bytes: int | None = None) -> int:
+    """Rows per chunk so that one chunk's logits and temporaries fit in ``chunk_bytes`` (default by device)."""
+    budget = chunk_bytes if chunk_bytes is not None else DEFAULT_CHUNK_BYTES.get(device.type, _FALLBACK_CHUNK_BYTES)
+    return max(1, min(num_rows, budget // (logits_per_row * _BYTES_PER_LOGIT)))
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The matmul dtype autocast would use for ``x`` here (its own dtype outside autocast)."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
+# ------------------------------------------------------------------------------------------------------------
+# References: materialise all logits
+# ------------------------------------------------------------------------------------------------------------
 
 
 def logits_from_features(model: DiT, h: torch.Tensor) -> torch.Tensor:
-    """Final features ``(B, N, hidden)`` -> logits ``(B, H, W, K)`` in float32."""
-    return model.unpatchify(model.head(h), model.config.out_channels).float()
+    """Final features ``(B, N, hidden)`` -> all logits ``(B, H, W, K)`` in float32 (float64 stays), materialised."""
+    logits = model.unpatchify(model.head(h), model.config.out_channels)
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
-def cross_entropy_and_zloss(model: DiT, h: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy to ``codes`` ``(B, H, W)`` (eq. 14) and mean squared log-partition (App. D)."""
+def naive_cross_entropy_and_zloss(model: DiT, h: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference for :func:`cross_entropy_and_zloss` on materialised logits (eq. 14, App. D)."""
     logits = logits_from_features(model, h)
     flat = logits.reshape(-1, logits.shape[-1])
     ce = F.cross_entropy(flat, codes.reshape(-1).long())
@@ -29,7 +68,156 @@ def cross_entropy_and_zloss(model: DiT, h: torch.Tensor, codes: torch.Tensor) ->
     return ce, z_sq
 
 
-def posterior_mean(model: DiT, h: torch.Tensor, codebook: torch.Tensor, tau: float) -> torch.Tensor:
-    """``mu = softmax(logits / tau) @ E`` (eqs. 13 and 15) as latents ``(B, d, H, W)``."""
+def naive_posterior_mean(model: DiT, h: torch.Tensor, codebook: torch.Tensor, tau: float) -> torch.Tensor:
+    """Reference for :func:`posterior_mean` on materialised logits (eqs. 13 and 15)."""
     pi = torch.softmax(logits_from_features(model, h) / tau, dim=-1)
-    return (pi @ codebook.float()).permute(0, 3, 1, 2)
+    return (pi @ codebook.to(pi.dtype)).permute(0, 3, 1, 2)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Chunked
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x W^T + b`` in one kernel (the bias add fused into the matmul, as autocast's ``linear`` does)."""
+    return x @ weight.T if bias is None else torch.addmm(bias, x, weight.T)
+
+
+def _sweep(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, groups: int,
+           rows: int, dtype: torch.dtype, grad_ce: torch.Tensor | None = None, grad_z: torch.Tensor | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None]:
+    """One pass over row chunks of ``logits = x W^T + b`` viewed as ``(M, G, K)``.
+
+    Returns the log-partition ``lse`` and the target logits, both ``(M, G)`` float32, and, when ``grad_ce`` and
+    ``grad_z`` are given, the gradients of ``grad_ce * ce + grad_z * z_sq`` w.r.t. ``x``, ``weight``, ``bias``
+    (float32, or float64 for float64 inputs), where ``ce = mean(lse - target)`` and ``z_sq = mean(lse^2)`` over all ``M G`` entries:
+    ``dlogits = softmax * (grad_ce + 2 grad_z lse) / (M G) - grad_ce onehot / (M G)``.
+    """
+    m = x.shape[0]
+    k = weight.shape[0] // groups
+    count = m * groups
+    acc = torch.promote_types(dtype, torch.float32)
+    w = weight.to(dtype)
+    b = None if bias is None else bias.to(dtype)
+    lse = torch.empty(m, groups, dtype=acc, device=x.device)
+    tgt = torch.empty_like(lse)
+    grads = None
+    if grad_ce is not None:
+        gx = torch.empty(x.shape, dtype=acc, device=x.device)
+        gw = torch.zeros(weight.shape, dtype=acc, device=x.device)
+        gb = torch.zeros(weight.shape[0], dtype=acc, device=x.device) if bias is not None else None
+        grads = (gx, gw, gb)
+    for start in range(0, m, rows):
+        stop = min(start + rows, m)
+        xc = x[start:stop].to(dtype)                                            # (c, r)
+        logits = _linear(xc, w, b).to(acc)                                      # (c, G*K)
+        logits = logits.view(stop - start, groups, k)                           # (c, G, K)
+        tc = targets[start:stop].unsqueeze(-1)                                  # (c, G, 1)
+        lse_c = torch.logsumexp(logits, dim=-1)                                 # (c, G)
+        lse[start:stop] = lse_c
+        tgt[start:stop] = logits.gather(-1, tc).squeeze(-1)
+        if grads is None:
+            continue
+        dlogits = logits.sub_(lse_c.unsqueeze(-1)).exp_()                       # softmax, in place
+        dlogits.mul_(((grad_ce + 2.0 * grad_z * lse_c) / count).unsqueeze(-1))
+        dlogits.scatter_add_(-1, tc, (-grad_ce / count).expand(tc.shape).contiguous())
+        if gb is not None:
+            gb += dlogits.sum(0).view(-1)
+        d = dlogits.view(stop - start, groups * k).to(dtype)                    # (c, G*K)
+        gx[start:stop] = d @ w
+        if dtype == acc:
+            gw.addmm_(d.T, xc)
+        else:
+            gw += (d.T @ xc).to(acc)
+    return lse, tgt, grads
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """``(ce, z_sq)`` of ``logits = x W^T + b`` without materialising all logits; see :func:`_sweep`."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, targets, groups, rows, z_loss_weight):  # noqa: D102
+        dtype = _compute_dtype(x)
+        with torch.autocast(x.device.type, enabled=False):
+            if z_loss_weight is None:
+                lse, tgt, grads = _sweep(x, weight, bias, targets, groups, rows, dtype)
+            else:
+                one = torch.ones((), dtype=torch.promote_types(dtype, torch.float32), device=x.device)
+                lse, tgt, grads = _sweep(x, weight, bias, targets, groups, rows, dtype, one, one * z_loss_weight)
+        ctx.save_for_backward(x, weight, bias, targets)
+        ctx.groups, ctx.rows, ctx.dtype, ctx.z_loss_weight, ctx.grads = groups, rows, dtype, z_loss_weight, grads
+        return (lse - tgt).mean(), lse.pow(2).mean()
+
+    @staticmethod
+    def backward(ctx, grad_ce, grad_z):  # noqa: D102
+        x, weight, bias, targets = ctx.saved_tensors
+        grads, ctx.grads = ctx.grads, None
+        ce_w, z_w = float(grad_ce), float(grad_z)
+        if grads is not None and abs(z_w - ctx.z_loss_weight * ce_w) <= 1e-6 * abs(ctx.z_loss_weight * ce_w):
+            gx, gw, gb = (None if g is None else g.mul_(grad_ce) for g in grads)
+        else:
+            with torch.autocast(x.device.type, enabled=False):
+                _, _, (gx, gw, gb) = _sweep(x, weight, bias, targets, ctx.groups, ctx.rows, ctx.dtype,
+                                            grad_ce, grad_z)
+        return (gx.to(x.dtype), gw.to(weight.dtype), None if gb is None else gb.to(bias.dtype),
+                None, None, None, None)
+
+
+def linear_cross_entropy_and_zloss(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                                   targets: torch.Tensor, groups: int = 1, z_loss_weight: float | None = None,
+                                   chunk_bytes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy (eq. 14) and mean squared log-partition (App. D) of ``G`` linear classifiers, chunked.
+
+    Args:
+        x: rows ``(M, r)``.
+        weight: ``(G*K, r)``; group ``g`` owns rows ``g*K:(g+1)*K``.
+        bias: ``(G*K,)`` or ``None``.
+        targets: ``(M, G)`` class ids in ``[0, K)``.
+        groups: ``G``.
+        z_loss_weight: the weight the caller gives ``z_sq`` in its loss; when given, gradients are computed in the
+            forward sweep (no recomputation); any other use of the outputs is still differentiated correctly.
+        chunk_bytes: memory budget for one chunk of logits; default by device (:data:`DEFAULT_CHUNK_BYTES`).
+
+    Returns:
+        ``(ce, z_sq)``, float32 (float64 for float64 inputs) scalars averaged over all ``M G`` entries.
+    """
+    rows = chunk_rows(x.shape[0], weight.shape[0], x.device, chunk_bytes)
+    return _LinearCrossEntropy.apply(x, weight, bias, targets.long(), groups, rows, z_loss_weight)
+
+
+def cross_entropy_and_zloss(model: DiT, h: torch.Tensor, codes: torch.Tensor, z_loss_weight: float | None = None,
+                            chunk_bytes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy to ``codes`` ``(B, H, W)`` (eq. 14) and mean squared log-partition (App. D).
+
+    Equal to :func:`naive_cross_entropy_and_zloss` (values and gradients) without materialising all logits.
+    Pass the loss's ``z_loss_weight`` to get the gradients of ``ce + z_loss_weight * z_sq`` at no extra matmul.
+    """
+    head = model.head
+    return linear_cross_entropy_and_zloss(head.rows(h), head.classifier_weight, head.classifier_bias,
+                                          head.row_targets(codes), head.groups, z_loss_weight, chunk_bytes)
+
+
+def posterior_mean(model: DiT, h: torch.Tensor, codebook: torch.Tensor, tau: float,
+                   chunk_bytes: int | None = None) -> torch.Tensor:
+    """``mu = softmax(logits / tau) @ E`` (eqs. 13 and 15) as latents ``(B, d, H, W)``, chunk by chunk.
+
+    An attention read over the codebook: queries are the head's rows, keys its classifier weights, values ``E``.
+    Softmax and the read are in float32 (float64 for float64 inputs) whatever the autocast dtype of the logits matmul.
+    """
+    head = model.head
+    x = head.rows(h)                                                            # (M, r)
+    groups, k = head.groups, head.out_channels
+    dtype = _compute_dtype(x)
+    acc = torch.promote_types(dtype, torch.float32)
+    rows = chunk_rows(x.shape[0], groups * k, x.device, chunk_bytes)
+    with torch.autocast(x.device.type, enabled=False):
+        w = head.classifier_weight.to(dtype)
+        bias = None if head.classifier_bias is None else head.classifier_bias.to(dtype)
+        book = codebook.to(acc)
+        parts = []
+        for start in range(0, x.shape[0], rows):
+            logits = _linear(x[start:start + rows].to(dtype), w, bias).to(acc)  # (c, G*K)
+            probs = torch.softmax(logits.view(-1, groups, k).div_(tau), dim=-1)  # (c, G, K)
+            parts.append(probs @ book)                                          # (c, G, d)
+    return head.from_rows(torch.cat(parts), h.shape[0]).permute(0, 3, 1, 2)

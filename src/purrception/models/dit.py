@@ -4,7 +4,8 @@ adaLN-Zero blocks, fixed 2-D sin-cos positions, a timestep MLP, a label embeddin
 (id ``num_classes``) for classifier-free guidance, and a zero-initialised final layer.
 
 The backbone is split into :meth:`DiT.features` (everything up to the final modulated layer norm) and an
-output head (``hidden -> p*p*out_channels``). Methods with a K-way categorical output (Purrception, DFM) read the
+output head (``hidden -> p*p*out_channels``; ``models.heads``: DiT's full linear layer, or with ``head_rank > 0`` a
+factorised K-way head). Methods with a K-way categorical output (Purrception, DFM) read the
 features and run their own head so that the ``K`` logits need never be materialised all at once (DESIGN.md §3).
 
 Input is either continuous latents ``(B, in_channels, H, W)`` or, for discrete methods, token ids ``(B, H, W)``
@@ -20,6 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from purrception.models.heads import FactorisedHead, LinearHead, build_head, unpatchify
 
 __all__ = ["DiTConfig", "DiT", "DIT_PRESETS", "dit_config_from_preset"]
 
@@ -48,7 +51,7 @@ class DiTConfig:
     mlp_ratio: float = 4.0
     num_classes: int = 10
     input_vocab_size: int = 0      # > 0: input is token ids embedded by a table of this size (DFM)
-    head_rank: int = 0             # > 0: factorised head of this width (see models.heads)
+    head_rank: int = 0             # > 0: factorised head of this width r (models.heads.FactorisedHead)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DiTConfig":
@@ -192,7 +195,7 @@ class DiT(nn.Module):
         self.y_embedder = LabelEmbedder(c.num_classes, c.hidden_size)
         self.blocks = nn.ModuleList([DiTBlock(c.hidden_size, c.num_heads, c.mlp_ratio) for _ in range(c.depth)])
         self.final_norm = FinalNorm(c.hidden_size)
-        self.head = nn.Linear(c.hidden_size, p * p * c.out_channels)
+        self.head: LinearHead | FactorisedHead = build_head(c.hidden_size, p, c.out_channels, c.head_rank)
         self.initialize_weights()
 
     @property
@@ -220,8 +223,7 @@ class DiT(nn.Module):
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_norm.adaLN_modulation[-1].weight)
         nn.init.zeros_(self.final_norm.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        self.head.zero_init_output()
 
     def features(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Latents ``(B, d, H, W)`` (or token ids ``(B, H, W)``), times ``(B,)``, labels ``(B,)``
@@ -236,9 +238,7 @@ class DiT(nn.Module):
 
     def unpatchify(self, out: torch.Tensor, channels: int) -> torch.Tensor:
         """Per-token outputs ``(B, N, p*p*C)`` -> per-position outputs ``(B, H, W, C)`` (channels last)."""
-        b, p, g = out.shape[0], self.config.patch_size, self.grid
-        out = out.reshape(b, g, g, p, p, channels).permute(0, 1, 3, 2, 4, 5)  # (B, g, p, g, p, C)
-        return out.reshape(b, g * p, g * p, channels)
+        return unpatchify(out, self.config.patch_size, channels)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Full output through the default linear head: ``(B, H, W, out_channels)``."""

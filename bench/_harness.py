@@ -1,0 +1,336 @@
+"""Shared machinery of ``bench/step.py`` and ``bench/head.py``: cases, variants, FLOPs from shapes, and one fresh
+subprocess per measurement (so that CPU peak memory, read from ``ru_maxrss``, belongs to that variant alone).
+
+Not a library module: run the two scripts. A child is started as ``python bench/_harness.py '<case json>'`` and
+prints one JSON line with its measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+Z_LOSS_WEIGHT = 1e-5  # paper App. D
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A DiT shape: ``DiT-B/2`` style presets or ``<hidden>x<depth>/<patch>`` (heads = hidden / 64)."""
+
+    spec: str
+    hidden: int
+    depth: int
+    heads: int
+    patch: int
+
+
+def parse_backbone(spec: str) -> Backbone:
+    from purrception.models.dit import DIT_PRESETS
+
+    size, _, patch = spec.removeprefix("DiT-").partition("/")
+    if size in DIT_PRESETS:
+        p = DIT_PRESETS[size]
+        return Backbone(spec, p["hidden_size"], p["depth"], p["num_heads"], int(patch))
+    hidden, _, depth = size.partition("x")
+    if not (hidden.isdigit() and depth.isdigit() and patch.isdigit()):
+        raise SystemExit(f"backbone {spec!r}: use a preset like DiT-B/2 or <hidden>x<depth>/<patch> like 384x6/2")
+    return Backbone(spec, int(hidden), int(depth), max(1, int(hidden) // 64), int(patch))
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measurement, run in its own process."""
+
+    task: str            # "step" (full training step), "sample" (one guided velocity eval), "head" (head op only)
+    variant: str
+    backbone: Backbone
+    K: int
+    latent: int          # latent grid side H = W
+    d: int               # latent / codebook dim
+    batch: int
+    rank: int            # factorised head width
+    device: str
+    dtype: str           # fp32 | bf16
+    steps: int
+    warmup: int
+    cfg_scale: float
+    tau: float
+    chunk_mib: int       # 0 = library default budget
+    threads: int
+
+
+# ------------------------------------------------------------------------------------------------------------
+# FLOPs from shapes (multiply-adds x 2, matmuls only)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def backbone_flops(c: Case) -> float:
+    """Forward FLOPs of ``DiT.features`` for one image."""
+    h, p = c.backbone.hidden, c.backbone.patch
+    t = (c.latent // p) ** 2
+    per_block = 2 * t * h * 3 * h + 2 * 2 * t * t * h + 2 * t * h * h + 2 * 2 * t * h * 4 * h + 2 * h * 6 * h
+    embed = 2 * t * c.d * p * p * h + 2 * (256 * h + h * h) + 2 * h * 2 * h
+    return c.backbone.depth * per_block + embed
+
+
+def head_flops(c: Case) -> float:
+    """Forward FLOPs of the variant's head for one image (+ the posterior read ``softmax @ E`` when sampling)."""
+    h, p = c.backbone.hidden, c.backbone.patch
+    t = (c.latent // p) ** 2
+    out = VARIANTS[c.variant].out_channels(c)
+    if VARIANTS[c.variant].factorised:
+        return 2 * t * h * p * p * c.rank + 2 * t * p * p * c.rank * out
+    return 2 * t * h * p * p * out
+
+
+def case_flops(c: Case) -> float:
+    """FLOPs per image of what the case times: training = 3x forward; sampling = guided forward + read."""
+    if c.task == "step":
+        return 3 * (backbone_flops(c) + head_flops(c))
+    if c.task == "head":
+        return 3 * head_flops(c)
+    guided = 2 if c.cfg_scale != 1.0 else 1
+    read = 0 if c.variant == "cfm" else 2 * c.latent * c.latent * c.K * c.d
+    return guided * backbone_flops(c) + head_flops(c) + read
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Variants
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How one head is built, trained and read. ``op(model, h, codes) -> (ce, z_sq)`` for K-way heads."""
+
+    name: str
+    description: str
+    factorised: bool
+    categorical: bool
+    op: Callable | None = None
+    read: Callable | None = None
+
+    def out_channels(self, c: Case) -> int:
+        return c.K if self.categorical else c.d
+
+
+def _ops():
+    from purrception.flows import categorical as cat
+
+    hinted = lambda m, h, codes: cat.cross_entropy_and_zloss(m, h, codes, Z_LOSS_WEIGHT, _CHUNK_BYTES)  # noqa: E731
+    plain = lambda m, h, codes: cat.cross_entropy_and_zloss(m, h, codes, None, _CHUNK_BYTES)  # noqa: E731
+    chunked_read = lambda m, h, book, tau: cat.posterior_mean(m, h, book, tau, _CHUNK_BYTES)  # noqa: E731
+    return {"naive": (cat.naive_cross_entropy_and_zloss, cat.naive_posterior_mean),
+            "chunked": (hinted, chunked_read), "chunked-recompute": (plain, chunked_read),
+            "factorised": (hinted, chunked_read)}
+
+
+_CHUNK_BYTES: int | None = None
+
+VARIANTS: dict[str, Variant] = {
+    "cfm": Variant("cfm", "CFM: plain head out_channels=d, MSE (flows.cfm)", False, False),
+    "naive": Variant("naive", "Purrception, all logits materialised (the authors' way)", False, True),
+    "chunked": Variant("chunked", "Purrception, chunked head, grads in the forward sweep", False, True),
+    "chunked-recompute": Variant("chunked-recompute", "Purrception, chunked head, logits recomputed in backward",
+                                 False, True),
+    "factorised": Variant("factorised", "Purrception, factorised head (head_rank=r), chunked", True, True),
+}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The child: build, warm up, time, report
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def run_child(c: Case) -> dict:
+    import torch
+
+    global _CHUNK_BYTES
+    _CHUNK_BYTES = (c.chunk_mib << 20) if c.chunk_mib else None
+    if c.threads:
+        torch.set_num_threads(c.threads)
+    from purrception.flows import METHODS
+    from purrception.flows.base import drop_labels, make_path_sample
+    from purrception.flows.purrception import purrception_velocity
+    from purrception.models.dit import DiT, DiTConfig
+    from purrception.sampling.guidance import guided_features
+
+    device = torch.device(c.device)
+    cuda = device.type == "cuda"
+    base_rss = _rss_bytes()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    variant = VARIANTS[c.variant]
+    torch.manual_seed(0)
+    model_cfg = DiTConfig(input_size=c.latent, in_channels=c.d, out_channels=variant.out_channels(c),
+                          patch_size=c.backbone.patch, hidden_size=c.backbone.hidden, depth=c.backbone.depth,
+                          num_heads=c.backbone.heads, num_classes=1000,
+                          head_rank=c.rank if variant.factorised else 0)
+    model = DiT(model_cfg).to(device)
+    for p in model.head.parameters():     # a trained head is not zero: give softmax something to do
+        torch.nn.init.normal_(p, std=0.02)
+    codebook = torch.randn(c.K, c.d, device=device)
+    gen = torch.Generator(device).manual_seed(0)
+    codes = torch.randint(0, c.K, (c.batch, c.latent, c.latent), device=device, generator=gen)
+    y = torch.randint(0, 1000, (c.batch,), device=device, generator=gen)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=c.dtype == "bf16")
+    ops = _ops()
+    cfm = METHODS["cfm"](codebook) if "cfm" in METHODS else None  # else: DiT forward + MSE, the same cost
+
+    def cfm_loss() -> torch.Tensor:
+        if cfm is not None:
+            return cfm.loss(model, codes, y, gen).loss
+        path = make_path_sample(codebook, codes, gen)
+        out = model(path.z_t, path.t, drop_labels(y, 0.1, model.null_class, gen)).permute(0, 3, 1, 2).float()
+        return (out - (path.z1 - path.z0)).pow(2).mean()
+
+    def cfm_velocity() -> torch.Tensor:
+        if cfm is not None:
+            return cfm.velocity(model, z, 0.5, y, 1.0, c.cfg_scale)
+        h = guided_features(model, z, 0.5, y, c.cfg_scale)
+        return model.unpatchify(model.head(h), c.d).permute(0, 3, 1, 2).float()
+
+    if c.task == "step":
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, eps=1e-6)
+
+        def run() -> None:
+            opt.zero_grad(set_to_none=True)
+            with autocast:
+                if variant.categorical:
+                    path = make_path_sample(codebook, codes, gen)
+                    yy = drop_labels(y, 0.1, model.null_class, gen)
+                    ce, z_sq = ops[c.variant][0](model, model.features(path.z_t, path.t, yy), codes)
+                    loss = ce + Z_LOSS_WEIGHT * z_sq
+                else:
+                    loss = cfm_loss()
+            loss.backward()
+            opt.step()
+    elif c.task == "head":
+        h = torch.randn(c.batch, (c.latent // c.backbone.patch) ** 2, c.backbone.hidden, device=device,
+                        requires_grad=True)
+        target = torch.randn(c.batch, c.d, c.latent, c.latent, device=device)
+
+        def run() -> None:
+            h.grad = None
+            model.zero_grad(set_to_none=True)
+            with autocast:
+                if variant.categorical:
+                    ce, z_sq = ops[c.variant][0](model, h, codes)
+                    loss = ce + Z_LOSS_WEIGHT * z_sq
+                else:
+                    out = model.unpatchify(model.head(h), c.d).permute(0, 3, 1, 2).float()
+                    loss = (out - target).pow(2).mean()
+            loss.backward()
+    else:
+        model.eval()
+        z = torch.randn(c.batch, c.d, c.latent, c.latent, device=device, generator=gen)
+
+        def run() -> None:
+            with torch.no_grad(), autocast:
+                if variant.categorical:
+                    mu = ops[c.variant][1](model, guided_features(model, z, 0.5, y, c.cfg_scale), codebook, c.tau)
+                    purrception_velocity(mu, z, 0.5)
+                else:
+                    cfm_velocity()
+
+    times = []
+    for i in range(c.warmup + c.steps):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        run()
+        if cuda:
+            torch.cuda.synchronize()
+        if i >= c.warmup:
+            times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() if cuda else _rss_bytes() - base_rss
+    return {"seconds": statistics.median(times), "peak_bytes": peak,
+            "head_params": sum(p.numel() for p in model.head.parameters())}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The parent: arguments, one subprocess per case, tables
+# ------------------------------------------------------------------------------------------------------------
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbones", default="256x6/2,384x6/2",
+                        help="comma list: presets (DiT-B/2) or <hidden>x<depth>/<patch> (default: %(default)s)")
+    parser.add_argument("--ks", default="1024,4096,16384", help="codebook sizes K (default: %(default)s)")
+    parser.add_argument("--latent", type=int, default=16, help="latent grid side (32 for 256px images)")
+    parser.add_argument("--latent-dim", type=int, default=4, help="codebook dim d")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rank", type=int, default=64, help="factorised head width r")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma list of " + ", ".join(VARIANTS))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--steps", type=int, default=5, help="timed repetitions (median reported)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--chunk-mib", type=int, default=0, help="chunk memory budget; 0 = library default")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads in each child; 0 = torch default")
+    parser.add_argument("--quick", action="store_true", help="K=16384 only, 3 timed repetitions, 1 warm-up")
+
+
+def cases_from_args(args: argparse.Namespace, task: str, cfg_scale: float = 1.0, tau: float = 1.0) -> list[Case]:
+    ks = [16384] if args.quick else [int(k) for k in args.ks.split(",")]
+    steps, warmup = (3, 1) if args.quick else (args.steps, args.warmup)
+    names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    out = []
+    for spec in args.backbones.split(","):
+        bb = parse_backbone(spec)
+        for k in ks:
+            for name in names:
+                out.append(Case(task, name, bb, k, args.latent, args.latent_dim, args.batch, args.rank, args.device,
+                                args.dtype, steps, warmup, cfg_scale, tau, args.chunk_mib, args.threads))
+    return out
+
+
+def measure(c: Case) -> dict:
+    """Run ``c`` in a fresh Python process and return its measurements."""
+    payload = json.dumps(asdict(c))
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), payload], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if proc.returncode != 0:
+        raise SystemExit(f"case {c.variant} K={c.K} {c.backbone.spec} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def machine_line(device: str) -> str:
+    import platform
+
+    import torch
+
+    what = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()})"
+    return f"machine: {what}; torch {torch.__version__}; threads/child: {torch.get_num_threads()}"
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    fmt = lambda r: "| " + " | ".join(str(v).rjust(w) for v, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([fmt(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(r) for r in rows])
+
+
+def with_variant(c: Case, variant: str) -> Case:
+    return replace(c, variant=variant)
+
+
+if __name__ == "__main__":
+    raw = json.loads(sys.argv[1])
+    raw["backbone"] = Backbone(**raw["backbone"])
+    print(json.dumps(run_child(Case(**raw))))

@@ -1,0 +1,75 @@
+"""Training step and sampling cost of Purrception's K-way head variants against CFM on the same backbone.
+
+For every backbone and K, side by side in one run (each measurement in a fresh process):
+
+- training: median time of one step (forward, backward, AdamW) and peak memory (CPU: ``ru_maxrss`` growth of the
+  child after imports, so it includes weights, gradients and optimizer state; GPU: ``max_memory_allocated``);
+- sampling: median time of one guided velocity evaluation (CFG batched cond/uncond, the head once), per image;
+- each as a ratio to CFM, next to the FLOP ratio to CFM computed from the shapes (``efficiency`` = time ratio /
+  FLOP ratio; 1.0 = no overhead beyond the FLOPs), and the chunked head against the naive one.
+
+Examples:
+    python bench/step.py                                   # CPU, 256x6/2 and 384x6/2, 16x16x4 latents, batch 8
+    python bench/step.py --device cuda --dtype bf16 --backbones DiT-B/2 --latent 32 --batch 32 --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import (VARIANTS, Case, add_common_args, case_flops, cases_from_args, machine_line,  # noqa: E402
+                      measure, table, with_variant)
+
+
+def report(cases: list[Case], title: str, per_image: bool, memory: bool) -> None:
+    results: dict[Case, dict] = {}
+    for c in cases:
+        results[c] = measure(c)
+        print(f"  measured {c.task} {c.backbone.spec} K={c.K} {c.variant}: {results[c]['seconds'] * 1e3:.1f} ms",
+              file=sys.stderr, flush=True)
+    rows = []
+    for c in cases:
+        r = results[c]
+        ms = r["seconds"] * 1e3 / (c.batch if per_image else 1)
+        ref = results.get(with_variant(c, "cfm"))
+        naive = results.get(with_variant(c, "naive"))
+        t_ratio = f"{r['seconds'] / ref['seconds']:.2f}" if ref else "-"
+        f_ratio = f"{case_flops(c) / case_flops(with_variant(c, 'cfm')):.2f}"
+        eff = f"{(r['seconds'] / ref['seconds']) / (case_flops(c) / case_flops(with_variant(c, 'cfm'))):.2f}" if ref else "-"
+        row = [c.backbone.spec, c.K, c.variant, f"{ms:.1f}", t_ratio, f_ratio, eff,
+               f"{r['seconds'] / naive['seconds']:.2f}" if naive and VARIANTS[c.variant].categorical else "-"]
+        if memory:
+            row += [f"{r['peak_bytes'] / 2**20:.0f}", f"{r['peak_bytes'] / ref['peak_bytes']:.2f}" if ref else "-",
+                    f"{r['peak_bytes'] / naive['peak_bytes']:.2f}" if naive and VARIANTS[c.variant].categorical else "-"]
+        rows.append(row)
+    unit = "ms/image" if per_image else "ms/step"
+    header = ["backbone", "K", "variant", unit, "time/CFM", "FLOPs/CFM", "efficiency", "time/naive"]
+    if memory:
+        header += ["peak MiB", "mem/CFM", "mem/naive"]
+    print(f"\n{title}\n")
+    print(table(rows, header))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(parser)
+    parser.add_argument("--cfg-scale", type=float, default=1.5, help="guidance scale while sampling")
+    parser.add_argument("--tau", type=float, default=1.0)
+    parser.add_argument("--skip-sampling", action="store_true")
+    args = parser.parse_args()
+    print(machine_line(args.device))
+    print(f"latents {args.latent}x{args.latent}x{args.latent_dim}, batch {args.batch}, dtype {args.dtype}, "
+          f"factorised rank {args.rank}, chunk budget {args.chunk_mib or 'default'} MiB")
+    report(cases_from_args(args, "step"), "Training step (forward + backward + AdamW)", False, True)
+    if not args.skip_sampling:
+        report(cases_from_args(args, "sample", args.cfg_scale, args.tau),
+               f"Sampling: one velocity evaluation, CFG {args.cfg_scale} (cond+uncond batched), per image",
+               True, False)
+
+
+if __name__ == "__main__":
+    main()

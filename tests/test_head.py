@@ -1,0 +1,170 @@
+"""The chunked K-way head equals the naive one (loss, z-loss, gradients, posterior mean, guided velocity), and the
+factorised head is a real, affine, zero-initialised DiT option."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from purrception.flows import categorical as cat
+from purrception.flows.purrception import Purrception, purrception_velocity
+from purrception.models.dit import DiT, DiTConfig
+from purrception.models.heads import FactorisedHead, LinearHead, patchify_positions, unpatchify
+from purrception.sampling.guidance import guided_features
+
+HIDDEN = 16
+
+
+def make_model(k: int, patch: int, rank: int, side: int = 4) -> DiT:
+    torch.manual_seed(0)
+    cfg = DiTConfig(input_size=side, in_channels=3, out_channels=k, patch_size=patch, hidden_size=HIDDEN, depth=1,
+                    num_heads=2, num_classes=5, head_rank=rank)
+    model = DiT(cfg).double()
+    for p in model.parameters():  # away from DiT's zero init, so that every path carries signal
+        torch.nn.init.normal_(p, std=0.4)
+    return model
+
+
+def features(model: DiT, batch: int = 3) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(batch, model.grid ** 2, HIDDEN, generator=g, dtype=torch.float64, requires_grad=True)
+
+
+def grads(model: DiT, h: torch.Tensor, fn, weights: tuple[float, float]) -> list[torch.Tensor]:
+    ce, z_sq = fn()
+    return [ce.detach(), z_sq.detach(), *torch.autograd.grad(weights[0] * ce + weights[1] * z_sq,
+                                                             [h, *model.head.parameters()])]
+
+
+@pytest.mark.parametrize("k,patch,rank,chunk_bytes", [(7, 1, 0, 1), (37, 2, 0, 3000), (37, 2, 5, 2000),
+                                                      (64, 1, 3, 10_000), (300, 2, 0, 1 << 30)])
+@pytest.mark.parametrize("hint,weights", [(None, (1.0, 0.3)), (0.3, (1.0, 0.3)), (0.3, (0.0, 1.0)),
+                                          (1e-5, (1.0, 1e-5))])
+def test_chunked_loss_and_gradients_equal_naive(k, patch, rank, chunk_bytes, hint, weights):
+    """ce, z_sq and the gradients of ``a ce + b z_sq`` w.r.t. features and every head weight; (0.3, (0, 1)) makes
+    the hinted forward sweep fall back to recomputation (backward asks for the z-loss gradient alone)."""
+    model = make_model(k, patch, rank)
+    h = features(model)
+    codes = torch.randint(0, k, (3, 4, 4), generator=torch.Generator().manual_seed(2))
+    want = grads(model, h, lambda: cat.naive_cross_entropy_and_zloss(model, h, codes), weights)
+    got = grads(model, h, lambda: cat.cross_entropy_and_zloss(model, h, codes, hint, chunk_bytes), weights)
+    assert len(got) == 2 + 1 + len(list(model.head.parameters()))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_small_budget_really_chunks():
+    m = 48
+    rows = cat.chunk_rows(m, 2 * 37, torch.device("cpu"), 3000)
+    assert 1 < rows < m and rows * 2 * 37 * 12 <= 3000
+    assert cat.chunk_rows(m, 10, torch.device("cpu"), 1) == 1
+    assert cat.chunk_rows(m, 10, torch.device("cpu"), 1 << 30) == m
+
+
+def test_loss_equals_cross_entropy_on_hand_logits():
+    """An exact answer: identity classifier, so the logits are the rows themselves."""
+    x = torch.tensor([[0.0, 1.0, 2.0], [3.0, 0.0, -1.0]], dtype=torch.float64)
+    ce, z_sq = cat.linear_cross_entropy_and_zloss(x, torch.eye(3, dtype=torch.float64), None,
+                                                  torch.tensor([[2], [1]]), chunk_bytes=1)
+    lse = torch.log(torch.exp(x).sum(-1))
+    assert ce.item() == pytest.approx(((lse[0] - 2.0) + (lse[1] - 0.0)).item() / 2, abs=1e-14)
+    assert z_sq.item() == pytest.approx(lse.pow(2).mean().item(), abs=1e-14)
+
+
+@pytest.mark.parametrize("k,patch,rank", [(37, 1, 0), (37, 2, 0), (64, 2, 6)])
+@pytest.mark.parametrize("tau", [0.25, 1.0, 3.0])
+@pytest.mark.parametrize("chunk_bytes", [1, 5000, None])
+def test_posterior_mean_equals_naive(k, patch, rank, tau, chunk_bytes):
+    model = make_model(k, patch, rank)
+    h = features(model).detach()
+    book = torch.randn(k, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    got = cat.posterior_mean(model, h, book, tau, chunk_bytes)
+    assert got.shape == (3, 3, 4, 4)
+    torch.testing.assert_close(got, cat.naive_posterior_mean(model, h, book, tau), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("rank", [0, 6])
+@pytest.mark.parametrize("cfg_scale", [1.0, 1.5, 4.0])
+def test_guided_velocity_equals_cfg_on_naive_logits(rank, cfg_scale):
+    """Purrception's velocity (chunked read, CFG on features) == softmax(l_u + s (l_c - l_u)) E, materialised."""
+    model = make_model(37, 2, rank).float().eval()   # the timestep embedding is float32
+    book = torch.randn(37, 3, generator=torch.Generator().manual_seed(4))
+    z = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(5))
+    y = torch.tensor([1, 3])
+    t, tau = 0.4, 0.7
+    with torch.no_grad():
+        got = Purrception(book).velocity(model, z, t, y, tau, cfg_scale)
+        tt = torch.full((2,), t)
+        l_c = cat.logits_from_features(model, model.features(z, tt, y))
+        l_u = cat.logits_from_features(model, model.features(z, tt, torch.full_like(y, model.null_class)))
+        mu = (torch.softmax((l_u + cfg_scale * (l_c - l_u)) / tau, dim=-1) @ book).permute(0, 3, 1, 2)
+    torch.testing.assert_close(got, purrception_velocity(mu, z, t), rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(cat.posterior_mean(model, guided_features(model, z, t, y, cfg_scale), book, tau),
+                                   mu, rtol=1e-4, atol=1e-4)
+
+
+def test_unpatchify_inverts_patchify():
+    x = torch.arange(2 * 6 * 6 * 3).reshape(2, 6, 6, 3)
+    tokens = patchify_positions(x, 2)                                   # (B, N, p*p, C)
+    assert tokens.shape == (2, 9, 4, 3)
+    assert torch.equal(unpatchify(tokens.reshape(2, 9, 12), 2, 3), x)
+    assert torch.equal(tokens[0, 1, 2], x[0, 1, 2])                     # token (0,1), sub-position (1,0)
+
+
+def test_full_head_keeps_checkpoint_keys_and_forward():
+    model = make_model(11, 2, 0)
+    assert isinstance(model.head, LinearHead)
+    assert {k for k in model.state_dict() if k.startswith("head.")} == {"head.weight", "head.bias"}
+    assert model.head.weight.shape == (4 * 11, HIDDEN)
+
+
+def test_factorised_head_sizes_init_and_training_signal():
+    k, rank, p = 50, 6, 2
+    cfg = DiTConfig(input_size=4, in_channels=3, out_channels=k, patch_size=p, hidden_size=HIDDEN, depth=1,
+                    num_heads=2, num_classes=5, head_rank=rank)
+    model = DiT(cfg)
+    head = model.head
+    assert isinstance(head, FactorisedHead)
+    assert sum(q.numel() for q in head.parameters()) == HIDDEN * p * p * rank + p * p * rank + rank * k + k
+    x, t, y = torch.randn(2, 3, 4, 4), torch.rand(2), torch.tensor([0, 4])
+    out = model(x, t, y)
+    assert out.shape == (2, 4, 4, k) and torch.count_nonzero(out) == 0   # DiT's zero-initialised output
+    assert torch.count_nonzero(head.proj.weight) > 0                     # ... without a dead projection
+    ce, z_sq = cat.cross_entropy_and_zloss(model, model.features(x, t, y), torch.randint(0, k, (2, 4, 4)), 1e-5)
+    assert ce.item() == pytest.approx(torch.log(torch.tensor(float(k))).item(), rel=1e-6)
+    (ce + 1e-5 * z_sq).backward()
+    assert torch.count_nonzero(head.classifier.weight.grad) > 0
+    # forward (token layout) and the row view describe the same affine map
+    model_d = make_model(k, p, rank)
+    h = features(model_d).detach()
+    rows = head_rows_logits(model_d, h)
+    torch.testing.assert_close(rows, cat.logits_from_features(model_d, h), rtol=1e-12, atol=1e-12)
+
+
+def head_rows_logits(model: DiT, h: torch.Tensor) -> torch.Tensor:
+    head = model.head
+    out = head.rows(h) @ head.classifier_weight.T + head.classifier_bias
+    return head.from_rows(out.view(out.shape[0], head.groups, -1), h.shape[0])
+
+
+def test_negative_rank_is_rejected():
+    with pytest.raises(ValueError, match="head_rank"):
+        DiT(DiTConfig(head_rank=-1))
+
+
+def test_bf16_autocast_matches_naive_loosely():
+    """Under CPU bf16 autocast both heads do the matmul in bf16 and the softmax in float32."""
+    torch.manual_seed(0)
+    cfg = DiTConfig(input_size=4, in_channels=3, out_channels=40, patch_size=2, hidden_size=HIDDEN, depth=1,
+                    num_heads=2, num_classes=5)
+    model = DiT(cfg)
+    torch.nn.init.normal_(model.head.weight, std=0.3)
+    h = torch.randn(3, 4, HIDDEN, requires_grad=True)
+    codes = torch.randint(0, 40, (3, 4, 4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = grads(model, h, lambda: cat.naive_cross_entropy_and_zloss(model, h, codes), (1.0, 0.1))
+        got = grads(model, h, lambda: cat.cross_entropy_and_zloss(model, h, codes, 0.1, 2000), (1.0, 0.1))
+    for a, b in zip(got, want):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-3)
