@@ -297,12 +297,28 @@ class VQGANTokenizer(VQTokenizer):
         self.quantize = _Quantizer(config)
         self.quant_conv = nn.Conv2d(config.z_channels, config.embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(config.embed_dim, config.z_channels, 1)
+        # LlamaGen's unit-norm rows, computed once on the CPU in float64 and moved with the module: the same bits
+        # on every device, so the codebook hash in shards and checkpoints does not depend on where it was taken.
+        self.register_buffer("unit_codebook", torch.empty(0), persistent=False)
+        self.register_load_state_dict_post_hook(lambda module, keys: module.refresh_codebook())
+        self.refresh_codebook()
+
+    def refresh_codebook(self) -> None:
+        """Recompute the cached unit-norm codebook (LlamaGen) after the embedding weights changed."""
+        if self.config.l2_normalize:
+            weight = self.quantize.embedding.weight.detach()
+            if weight.is_meta:  # shape-only model: nothing to compute
+                self.unit_codebook = torch.empty_like(weight)
+                return
+            unit = F.normalize(weight.to("cpu", torch.float64), p=2, dim=1).to(weight.dtype)
+            self.unit_codebook = unit.to(weight.device)
 
     @property
     def codebook(self) -> torch.Tensor:
         """``E`` (K, d): raw rows for vq-f8, unit-norm rows for LlamaGen (what the decoder actually receives)."""
-        weight = self.quantize.embedding.weight
-        return F.normalize(weight, p=2, dim=1) if self.config.l2_normalize else weight
+        if self.config.l2_normalize:
+            return self.unit_codebook
+        return self.quantize.embedding.weight
 
     def config_dict(self) -> dict[str, Any]:
         return self.config.to_dict()
