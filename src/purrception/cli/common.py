@@ -7,8 +7,10 @@ from pathlib import Path
 
 from purrception.errors import PurrError
 from purrception.flows.base import SamplerSettings
+from purrception.sampling.schedules import SHAPES, Schedule, parse_schedule
+from purrception.sampling.solvers import SOLVERS
 
-__all__ = ["positive_int", "positive_float", "add_sampler_args", "sampler_from_args", "refuse_existing"]
+__all__ = ["positive_int", "positive_float", "schedule_arg", "add_sampler_args", "sampler_from_args", "refuse_existing"]
 
 
 def positive_int(text: str) -> int:
@@ -31,12 +33,30 @@ def positive_float(text: str) -> float:
     return value
 
 
+def schedule_arg(name: str, positive: bool = False):
+    """An argparse ``type``: a number or ``SHAPE:START:END`` (see ``sampling.schedules``); bad specs exit 2."""
+
+    def parse(text: str) -> float | Schedule:
+        try:
+            return parse_schedule(text, name, positive)
+        except PurrError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    return parse
+
+
 def add_sampler_args(parser: argparse.ArgumentParser, steps: int = 100) -> None:
     """``--steps --tau --cfg-scale --solver`` with the paper's defaults (Euler, 100 steps, tau 1, no CFG)."""
+    shapes = "|".join(SHAPES)
     parser.add_argument("--steps", type=positive_int, default=steps, help=f"integration steps T (default {steps})")
-    parser.add_argument("--tau", type=positive_float, default=1.0, help="softmax temperature, eq. 15 (default 1.0)")
-    parser.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
-    parser.add_argument("--solver", default="euler", help="ODE solver (default euler)")
+    parser.add_argument("--tau", type=schedule_arg("--tau", positive=True), default=1.0,
+                        help=f"softmax temperature, eq. 15: a number or a schedule {shapes}:START:END over t "
+                             "(e.g. linear:1.2:0.6; default 1.0)")
+    parser.add_argument("--cfg-scale", type=schedule_arg("--cfg-scale"), default=1.0,
+                        help=f"classifier-free guidance scale (1 = off): a number or {shapes}:START:END")
+    parser.add_argument("--solver", default="euler",
+                        help=f"ODE solver: {', '.join(SOLVERS)}; adaptive ones take NAME:TOL, e.g. dopri5:1e-4 "
+                             "(dopri5, bosh3, adaptive_heun need torchdiffeq; default euler)")
 
 
 def sampler_from_args(args: argparse.Namespace) -> SamplerSettings:

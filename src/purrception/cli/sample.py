@@ -1,4 +1,11 @@
-"""``purr sample CHECKPOINT``: generate images for chosen classes; PNGs, a grid and ``samples.npz``."""
+"""``purr sample CHECKPOINT``: generate images for chosen classes; PNGs, a grid and ``samples.npz``.
+
+With ``--uncertainty-times`` (and optionally ``--topk K --position R,C``) it also reads the categorical posterior
+along each trajectory (``sampling.uncertainty``): ``NNNNN_classY_uncertainty.png`` shows the image next to its
+per-position entropy maps (0 .. log K on the magma colormap, one per time), ``NNNNN_classY_top{K}.png`` the image
+decoded with the position's code replaced by each of the top-K candidates of the final posterior, and
+``uncertainty.npz`` holds the numbers.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +18,12 @@ import numpy as np
 from purrception.cli.common import add_sampler_args, positive_int, sampler_from_args
 from purrception.data.shards import check_same_tokenizer
 from purrception.errors import PurrError
+from purrception.io import atomic_write
 from purrception.sampling.generate import balanced_labels, check_labels, generate_images
 from purrception.sampling.grid import image_grid, save_png, save_samples_npz
+from purrception.sampling.uncertainty import UncertaintyTrace, candidate_codes, entropy_heatmap, trace_labels
 from purrception.tokenizers.base import VQTokenizer
+from purrception.tokenizers.train import tensor_to_images
 from purrception.tokenizers.store import load_tokenizer
 from purrception.training.checkpoint import Checkpoint, load_checkpoint
 from purrception.training.loop import latest_checkpoint
@@ -36,7 +46,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="cpu")
     add_sampler_args(p)
+    p.add_argument("--uncertainty-times", type=_times, default=None, metavar="T1,T2,...",
+                   help="save per-position posterior entropy maps at these times in [0, 1] (purrception only)")
+    p.add_argument("--topk", type=positive_int, default=None,
+                   help="decode each image with --position's code replaced by the final posterior's top-k codes")
+    p.add_argument("--position", type=_position, default=None, metavar="ROW,COL",
+                   help="latent position for --topk (row, column of the code grid)")
     p.set_defaults(func=run)
+
+
+def _times(text: str) -> list[float]:
+    try:
+        times = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated times like 0.25,0.5,0.9, got {text!r}") from None
+    if not times or any(not 0.0 <= t <= 1.0 for t in times):
+        raise argparse.ArgumentTypeError(f"times must be comma-separated numbers in [0, 1], got {text!r}")
+    return times
+
+
+def _position(text: str) -> tuple[int, int]:
+    try:
+        row, col = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ROW,COL like 3,4, got {text!r}") from None
+    if row < 0 or col < 0:
+        raise argparse.ArgumentTypeError(f"ROW,COL must be non-negative, got {text!r}")
+    return row, col
 
 
 def resolve_checkpoint(path: str, expect_method: str | None = None) -> Checkpoint:
@@ -74,18 +110,59 @@ def _labels(args: argparse.Namespace, num_classes: int) -> np.ndarray:
     return np.resize(np.repeat(classes, -(-num // len(classes))), num)
 
 
+def _save_uncertainty(out: Path, trace: UncertaintyTrace, images: np.ndarray, labels: np.ndarray,
+                      tokenizer: VQTokenizer, codebook_size: int, position: tuple[int, int] | None,
+                      batch_size: int, device: str) -> None:
+    """Entropy panels, top-k strips and ``uncertainty.npz`` (see the module docstring)."""
+    rgb = images if images.ndim == 4 else np.repeat(images[..., None], 3, axis=-1)
+    size = rgb.shape[1:3]
+    max_entropy = float(np.log(codebook_size))
+    entropy = trace.entropy.numpy()
+    for i, label in enumerate(labels if trace.times else []):
+        maps = [entropy_heatmap(entropy[i, j], max_entropy, size) for j in range(len(trace.times))]
+        save_png(out / f"{i:05d}_class{label}_uncertainty.png", np.concatenate([rgb[i], *maps], axis=1), scale=4)
+    extra: dict[str, np.ndarray] = {}
+    if trace.topk_codes.shape[1] and position is not None:
+        k = trace.topk_codes.shape[1]
+        swapped = candidate_codes(trace.codes, position, trace.topk_codes).flatten(0, 1)      # (N*k, h, w)
+        decoded = np.concatenate([tensor_to_images(tokenizer.decode(swapped[j:j + batch_size].to(device)))
+                                  for j in range(0, len(swapped), batch_size)])
+        decoded = decoded.reshape(len(labels), k, *decoded.shape[1:])
+        for i, label in enumerate(labels):
+            save_png(out / f"{i:05d}_class{label}_top{k}.png", image_grid(decoded[i], rows=1), scale=4)
+        extra = {"topk_codes": trace.topk_codes.numpy(), "topk_probs": trace.topk_probs.numpy(),
+                 "position": np.asarray(position), "final_time": np.asarray(trace.final_time)}
+    arrays = {"entropy": entropy, "times": np.asarray(trace.times), "labels": labels, "codes": trace.codes.numpy(),
+              "max_entropy": np.asarray(max_entropy), **extra}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    atomic_write(out / "uncertainty.npz", write)
+
+
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise PurrError(f"{out} exists and is not empty; choose another --out (nothing was overwritten)")
+    if (args.topk is None) != (args.position is None):
+        raise PurrError("--topk and --position go together: e.g. --topk 5 --position 3,3")
     ckpt = resolve_checkpoint(args.checkpoint, args.method)
     tokenizer = tokenizer_for(ckpt, args.tokenizer, args.tokenizer_kind)
     labels = _labels(args, ckpt.num_classes)
     sampler = sampler_from_args(args)
     method, model = ckpt.build_method().to(args.device), ckpt.build_model(ema=True).to(args.device)
     tokenizer.to(args.device)
-    images = generate_images(method, model, tokenizer, labels, sampler, args.seed, args.batch_size,
-                             device=args.device, progress=True)
+    trace = None
+    if args.uncertainty_times is not None or args.topk is not None:
+        trace = trace_labels(method, model, labels, sampler, args.seed, args.uncertainty_times or [],
+                             args.topk or 0, args.position, args.batch_size, args.device, progress=True)
+        images = np.concatenate([tensor_to_images(tokenizer.decode(trace.codes[i:i + args.batch_size].to(args.device)))
+                                 for i in range(0, len(labels), args.batch_size)])
+    else:
+        images = generate_images(method, model, tokenizer, labels, sampler, args.seed, args.batch_size,
+                                 device=args.device, progress=True)
     out.mkdir(parents=True, exist_ok=True)
     for i, (image, label) in enumerate(zip(images, labels)):
         save_png(out / f"{i:05d}_class{label}.png", image)
@@ -93,5 +170,9 @@ def run(args: argparse.Namespace) -> int:
     rows = len(np.unique(labels))
     save_png(out / "grid.png", image_grid(images[order], rows=rows), scale=2)
     save_samples_npz(out / "samples.npz", images, labels)
-    log.info("wrote %d images, grid.png and samples.npz to %s", len(images), out)
+    if trace is not None:
+        _save_uncertainty(out, trace, images, labels, tokenizer, method.codebook_size, args.position,
+                          args.batch_size, args.device)
+    log.info("wrote %d images, grid.png and samples.npz to %s (steps %d, solver %s, tau %s, cfg %s)",
+             len(images), out, sampler.steps, sampler.solver, sampler.tau, sampler.cfg_scale)
     return 0

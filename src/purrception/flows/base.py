@@ -17,7 +17,7 @@ import torch
 from purrception.models.dit import DiT
 
 __all__ = ["LossOutput", "SamplerSettings", "FlowMethod", "METHODS", "register_method", "get_method", "drop_labels",
-           "sample_time", "PathSample", "make_path_sample"]
+           "sample_time", "PathSample", "make_path_sample", "endpoint_velocity"]
 
 
 @dataclass
@@ -67,6 +67,11 @@ def make_path_sample(codebook: torch.Tensor, codes: torch.Tensor,
     return PathSample(z0, z1, t, tb * z1 + (1 - tb) * z0)
 
 
+def endpoint_velocity(mu: torch.Tensor, z_t: torch.Tensor, t: float) -> torch.Tensor:
+    """``v = (mu - z_t) / (1 - t)`` (paper eqs. 7 and 13) for an endpoint prediction ``mu``; needs ``t < 1``."""
+    return (mu - z_t) / (1.0 - t)
+
+
 class FlowMethod(abc.ABC):
     """One training objective and its sampler over a frozen codebook ``E`` (``K x d``).
 
@@ -113,6 +118,38 @@ class FlowMethod(abc.ABC):
     def generate(self, model: DiT, noise: torch.Tensor, y: torch.Tensor, sampler: "SamplerSettings",
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """Generate codes ``(B, h, w)`` from ``noise`` ``(B, d, h, w)`` and labels ``(B,)``."""
+
+    # Optional hooks for solvers and uncertainty maps (sampling/solvers.py, sampling/uncertainty.py).
+
+    #: does the velocity come from an endpoint prediction, ``v = (mu(z, t) - z) / (1 - t)`` (:meth:`endpoint`)?
+    has_endpoint: ClassVar[bool] = False
+    #: is ``mu`` the mean of a categorical posterior over codes (:meth:`posterior_logits`)?
+    has_posterior: ClassVar[bool] = False
+
+    def endpoint(self, model: DiT, z: torch.Tensor, t: float, y: torch.Tensor, tau: float,
+                 cfg_scale: float) -> torch.Tensor:
+        """The predicted endpoint ``mu(z, t)`` ``(B, d, h, w)`` behind the velocity (eq. 7); see ``has_endpoint``."""
+        from purrception.errors import PurrError
+
+        raise PurrError(f"method {self.name!r} does not predict an endpoint")
+
+    def posterior_logits(self, model: DiT, z: torch.Tensor, t: float, y: torch.Tensor,
+                         cfg_scale: float) -> torch.Tensor:
+        """Guided logits ``(B, h, w, K)`` of the posterior over codes at ``(z, t)``; see ``has_posterior``."""
+        from purrception.errors import PurrError
+
+        raise PurrError(f"method {self.name!r} has no categorical posterior over codes along its flow; "
+                        "uncertainty maps need a purrception checkpoint")
+
+    def endpoint_field(self, model: DiT, y: torch.Tensor,
+                       sampler: "SamplerSettings") -> tuple[Callable[[torch.Tensor, float], torch.Tensor],
+                                                            Callable[[torch.Tensor, float], torch.Tensor]]:
+        """``(v, mu)`` as plain callables of ``(z, t)`` with ``tau`` and ``cfg_scale`` taken from ``sampler`` at
+        ``t``, for ``sampling.solvers.integrate(v, ..., endpoint=mu)``; needs ``has_endpoint``."""
+        def mu(z: torch.Tensor, t: float) -> torch.Tensor:
+            return self.endpoint(model, z, t, y, sampler.tau_at(t), sampler.cfg_at(t))
+
+        return (lambda z, t: endpoint_velocity(mu(z, t), z, t)), mu
 
 
 @dataclass

@@ -7,9 +7,9 @@ from typing import Any
 import torch
 
 from purrception.errors import PurrError
-from purrception.flows.base import (FlowMethod, LossOutput, SamplerSettings, drop_labels, make_path_sample,
-                                    register_method)
-from purrception.flows.categorical import cross_entropy_and_zloss, posterior_mean
+from purrception.flows.base import (FlowMethod, LossOutput, SamplerSettings, drop_labels, endpoint_velocity,
+                                    make_path_sample, register_method)
+from purrception.flows.categorical import cross_entropy_and_zloss, logits_from_features, posterior_mean
 from purrception.models.dit import DiT
 from purrception.sampling.guidance import guided_features
 from purrception.sampling.solvers import integrate
@@ -18,9 +18,8 @@ from purrception.tokenizers.base import nearest_code
 __all__ = ["Purrception", "purrception_velocity"]
 
 
-def purrception_velocity(mu: torch.Tensor, z_t: torch.Tensor, t: float) -> torch.Tensor:
-    """``v = (mu - z_t) / (1 - t)`` (paper eqs. 7 and 13); ``t < 1`` on the sampling grid."""
-    return (mu - z_t) / (1.0 - t)
+#: ``v = (mu - z_t) / (1 - t)`` (paper eqs. 7 and 13); ``t < 1`` on the sampling grid.
+purrception_velocity = endpoint_velocity
 
 
 @register_method
@@ -34,6 +33,8 @@ class Purrception(FlowMethod):
     """
 
     name = "purrception"
+    has_endpoint = True
+    has_posterior = True
 
     def __init__(self, codebook: torch.Tensor, label_dropout: float = 0.1, z_loss_weight: float = 1e-5):
         super().__init__(codebook, label_dropout)
@@ -54,17 +55,27 @@ class Purrception(FlowMethod):
         loss = ce + self.z_loss_weight * z_sq
         return LossOutput(loss, {"ce": ce.item(), "z_loss": z_sq.item()})
 
+    def endpoint(self, model: DiT, z: torch.Tensor, t: float, y: torch.Tensor, tau: float,
+                 cfg_scale: float) -> torch.Tensor:
+        """Posterior mean ``mu = softmax(l / tau) E`` at ``(z, t)`` with CFG on the logits (eqs. 13, 15)."""
+        if tau <= 0:
+            raise PurrError(f"temperature tau must be > 0, got {tau}")
+        return posterior_mean(model, guided_features(model, z, t, y, cfg_scale), self.codebook, tau)
+
+    def posterior_logits(self, model: DiT, z: torch.Tensor, t: float, y: torch.Tensor,
+                         cfg_scale: float) -> torch.Tensor:
+        """Guided logits ``l`` ``(B, h, w, K)`` of the posterior ``pi = softmax(l / tau)`` (eq. 15), materialised."""
+        return logits_from_features(model, guided_features(model, z, t, y, cfg_scale))
+
     def velocity(self, model: DiT, z: torch.Tensor, t: float, y: torch.Tensor, tau: float,
                  cfg_scale: float) -> torch.Tensor:
         """Guided velocity at ``(z, t)`` with temperature ``tau`` (eqs. 13, 15)."""
-        if tau <= 0:
-            raise PurrError(f"temperature tau must be > 0, got {tau}")
-        mu = posterior_mean(model, guided_features(model, z, t, y, cfg_scale), self.codebook, tau)
-        return purrception_velocity(mu, z, t)
+        return endpoint_velocity(self.endpoint(model, z, t, y, tau, cfg_scale), z, t)
 
     @torch.no_grad()
     def generate(self, model: DiT, noise: torch.Tensor, y: torch.Tensor, sampler: SamplerSettings,
                  generator: torch.Generator | None = None) -> torch.Tensor:
-        """Integrate ``dz/dt = v`` from ``z0 = noise`` and snap ``z_1`` to the nearest code (App. B)."""
-        v = lambda z, t: self.velocity(model, z, t, y, sampler.tau_at(t), sampler.cfg_at(t))  # noqa: E731
-        return nearest_code(integrate(v, noise, sampler.steps, sampler.solver), self.codebook)
+        """Integrate ``dz/dt = v`` from ``z0 = noise`` (last step: ``z <- mu``) and snap ``z_1`` to the nearest
+        code (App. B)."""
+        v, mu = self.endpoint_field(model, y, sampler)
+        return nearest_code(integrate(v, noise, sampler.steps, sampler.solver, endpoint=mu), self.codebook)

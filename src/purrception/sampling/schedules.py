@@ -1,0 +1,73 @@
+"""Schedules ``f(t)`` for the temperature ``tau`` (eq. 15) and the CFG scale, read from short strings.
+
+``SamplerSettings`` takes a constant or any callable of ``t``; this module gives the command line the common
+ones. A spec is a number (a constant) or ``shape:start:end``, which moves from ``start`` at ``t = 0`` to ``end`` at
+``t = 1`` along ``shape``:
+
+- ``linear``: ``start + (end - start) t``
+- ``cosine``: ``start + (end - start) (1 - cos(pi t)) / 2`` (flat at both ends)
+
+Both stay between ``start`` and ``end``, so a temperature schedule with two positive ends is positive throughout.
+A :class:`Schedule` is a frozen dataclass: ``dataclasses.asdict`` of a settings object holding one is JSON, and
+``str()`` gives back its spec.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from purrception.errors import PurrError
+
+__all__ = ["SHAPES", "Schedule", "parse_schedule"]
+
+#: ``w(t)`` with ``w(0) = 0`` and ``w(1) = 1``: how a schedule moves from its start value to its end value.
+SHAPES: dict[str, Callable[[float], float]] = {
+    "linear": lambda t: t,
+    "cosine": lambda t: 0.5 * (1.0 - math.cos(math.pi * t)),
+}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """``start + (end - start) w(t)`` with ``w = SHAPES[shape]``."""
+
+    shape: str
+    start: float
+    end: float
+
+    def __post_init__(self) -> None:
+        if self.shape not in SHAPES:
+            raise PurrError(f"unknown schedule shape {self.shape!r}; choose one of: {', '.join(SHAPES)}")
+
+    def __call__(self, t: float) -> float:
+        return self.start + (self.end - self.start) * SHAPES[self.shape](float(t))
+
+    def __str__(self) -> str:
+        return f"{self.shape}:{self.start:g}:{self.end:g}"
+
+
+def parse_schedule(text: str, name: str = "value", positive: bool = False) -> float | Schedule:
+    """``"0.8"`` -> ``0.8``; ``"linear:1.2:0.6"`` -> ``Schedule("linear", 1.2, 0.6)``.
+
+    Args:
+        text: the spec.
+        name: what the value is, for error messages (e.g. ``"--tau"``).
+        positive: refuse values ``<= 0`` (temperatures).
+
+    Raises:
+        PurrError: for a malformed spec, an unknown shape, or a non-positive value where ``positive``.
+    """
+    parts = text.strip().split(":")
+    if len(parts) not in (1, 3):
+        raise PurrError(f"{name} must be a number or SHAPE:START:END (shapes: {', '.join(SHAPES)}), got {text!r}")
+    try:
+        values = [float(p) for p in parts[-2:]] if len(parts) == 3 else [float(parts[0])]
+    except ValueError:
+        raise PurrError(f"{name} must be a number or SHAPE:START:END with numbers, got {text!r}") from None
+    if any(not math.isfinite(v) for v in values) or (positive and any(not v > 0 for v in values)):
+        raise PurrError(f"{name} must be {'> 0' if positive else 'finite'}, got {text!r}")
+    if len(parts) == 1:
+        return values[0]
+    return Schedule(parts[0], values[0], values[1])

@@ -1,0 +1,169 @@
+"""Uncertainty over plausible codes along a Purrception trajectory (paper Sec. 3.2 and 4.2).
+
+The network's output at ``(z_t, t)`` is a categorical posterior ``pi = softmax(l / tau)`` over the ``K`` codes at
+every latent position (eq. 15). This module samples as usual and, at chosen times, reads that posterior:
+
+- its per-position entropy ``H(pi) = -sum_k pi_k log pi_k`` (nats; at most ``log K``), a map ``(h, w)`` per time;
+- at the final posterior (grid time ``t_{T-1}``, the one the last step jumps with), the top-``k`` codes at one
+  position and their probabilities, so that the image can be decoded once per candidate.
+
+Times are snapped to the sampling grid ``t_i = i / T`` (``i = round(t T)``, at most ``T - 1``); the states are the
+solver's own, so the codes equal :meth:`FlowMethod.generate`'s for the same noise. Reading the posterior costs one
+extra network evaluation per recorded time. Only methods with a categorical posterior along a continuous path
+(``has_posterior``: Purrception) are accepted; others raise :class:`~purrception.errors.PurrError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from tqdm.auto import tqdm
+
+import numpy as np
+import torch
+
+from purrception.errors import PurrError
+from purrception.flows.base import FlowMethod, SamplerSettings
+from purrception.models.dit import DiT
+from purrception.sampling.generate import check_labels, noise_for
+from purrception.sampling.solvers import integrate
+from purrception.tokenizers.base import nearest_code
+
+__all__ = ["UncertaintyTrace", "posterior_entropy", "snap_times", "trace_uncertainty", "trace_labels",
+           "candidate_codes", "entropy_heatmap"]
+
+
+@dataclass
+class UncertaintyTrace:
+    """What :func:`trace_uncertainty` read along one batch of trajectories.
+
+    Attributes:
+        codes: final codes ``(B, h, w)``.
+        times: the grid times the entropies were read at (requested times snapped to the grid).
+        entropy: ``(B, len(times), h, w)`` float32, nats.
+        topk_codes: ``(B, k)`` code ids at ``position`` under the final posterior, most probable first (``k = 0``:
+            empty).
+        topk_probs: ``(B, k)`` their probabilities.
+        final_time: the grid time of the final posterior, ``t_{T-1}``.
+    """
+
+    codes: torch.Tensor
+    times: list[float]
+    entropy: torch.Tensor
+    topk_codes: torch.Tensor
+    topk_probs: torch.Tensor
+    final_time: float
+
+
+def posterior_entropy(logits: torch.Tensor, tau: float) -> torch.Tensor:
+    """Entropy (nats) of ``softmax(logits / tau)`` over the last axis (eq. 15), computed stably in float32."""
+    scaled = logits.float() / tau
+    log_p = torch.log_softmax(scaled, dim=-1)
+    return -(log_p.exp() * log_p).sum(-1)
+
+
+def snap_times(times: Sequence[float], steps: int) -> list[int]:
+    """Grid indices ``min(round(t T), T - 1)`` of ``times`` in ``[0, 1]``."""
+    bad = [t for t in times if not 0.0 <= t <= 1.0]
+    if bad:
+        raise PurrError(f"uncertainty times must lie in [0, 1], got {bad[0]}")
+    return [min(int(round(t * steps)), steps - 1) for t in times]
+
+
+@torch.no_grad()
+def trace_uncertainty(method: FlowMethod, model: DiT, noise: torch.Tensor, y: torch.Tensor, sampler: SamplerSettings,
+                      times: Sequence[float], topk: int = 0,
+                      position: Optional[tuple[int, int]] = None) -> UncertaintyTrace:
+    """Sample codes from ``noise`` and read the posterior's entropy at ``times`` and its top-``k`` at ``position``.
+
+    Args:
+        method: a method with ``has_posterior`` (and ``has_endpoint``).
+        model: its backbone.
+        noise: ``z0`` ``(B, d, h, w)``.
+        y: labels ``(B,)``.
+        sampler: steps, solver, ``tau(t)``, ``cfg_scale(t)``.
+        times: when to read the entropy (snapped to the grid).
+        topk: how many candidate codes to report at ``position`` (0: none).
+        position: ``(row, col)`` in the latent grid; required when ``topk > 0``.
+    """
+    if not (method.has_posterior and method.has_endpoint):
+        raise PurrError(f"method {method.name!r} has no categorical posterior over codes along its flow; "
+                        "uncertainty maps need a purrception checkpoint")
+    steps = sampler.steps
+    if steps <= 0:
+        raise PurrError(f"steps must be a positive integer, got {steps}")
+    b, _, h, w = noise.shape
+    if topk < 0 or topk > method.codebook_size:
+        raise PurrError(f"--topk must lie in 0..{method.codebook_size} (the codebook size), got {topk}")
+    if topk and position is None:
+        raise PurrError("--topk needs --position ROW,COL (a latent position)")
+    if position is not None and not (0 <= position[0] < h and 0 <= position[1] < w):
+        raise PurrError(f"--position {position[0]},{position[1]} is outside the {h}x{w} latent grid")
+    indices = snap_times(times, steps)
+    slots: dict[int, list[int]] = {}
+    for slot, i in enumerate(indices):
+        slots.setdefault(i, []).append(slot)
+    entropy = torch.zeros(b, len(indices), h, w)
+    top_codes = torch.zeros(b, topk, dtype=torch.long)
+    top_probs = torch.zeros(b, topk)
+
+    def read(t: float, z: torch.Tensor) -> None:
+        i = int(round(t * steps))
+        final = i == steps - 1 and topk > 0
+        if i not in slots and not final:
+            return
+        tau = sampler.tau_at(t)
+        logits = method.posterior_logits(model, z, t, y, sampler.cfg_at(t))          # (B, h, w, K)
+        for slot in slots.get(i, []):
+            entropy[:, slot] = posterior_entropy(logits, tau).cpu()
+        if final:
+            probs = torch.softmax(logits[:, position[0], position[1]].float() / tau, dim=-1)   # (B, K)
+            p, k = probs.topk(topk, dim=-1)
+            top_probs.copy_(p.cpu())
+            top_codes.copy_(k.cpu())
+
+    v, mu = method.endpoint_field(model, y, sampler)
+    z1 = integrate(v, noise, steps, sampler.solver, endpoint=mu, callback=read)
+    return UncertaintyTrace(nearest_code(z1, method.codebook).cpu(), [i / steps for i in indices], entropy,
+                            top_codes, top_probs, (steps - 1) / steps)
+
+
+def trace_labels(method: FlowMethod, model: DiT, labels: np.ndarray, sampler: SamplerSettings, seed: int,
+                 times: Sequence[float], topk: int = 0, position: Optional[tuple[int, int]] = None,
+                 batch_size: int = 64, device: str = "cpu", progress: bool = False) -> UncertaintyTrace:
+    """:func:`trace_uncertainty` for ``labels`` in batches, image ``i`` from the noise of ``(seed, i)`` — the same
+    noise, and so the same codes, as :func:`~purrception.sampling.generate.generate_codes`."""
+    if len(labels) == 0:
+        raise PurrError("no images to sample; ask for at least one")
+    check_labels(labels, model.config.num_classes)
+    side = model.config.input_size
+    parts = []
+    for start in tqdm(range(0, len(labels), batch_size), desc="sample", disable=not progress, dynamic_ncols=True):
+        stop = min(start + batch_size, len(labels))
+        noise = noise_for(range(start, stop), seed, (method.latent_dim, side, side)).to(device)
+        y = torch.as_tensor(labels[start:stop], device=device)
+        parts.append(trace_uncertainty(method, model, noise, y, sampler, times, topk, position))
+    first = parts[0]
+    return UncertaintyTrace(torch.cat([p.codes for p in parts]), first.times,
+                            torch.cat([p.entropy for p in parts]), torch.cat([p.topk_codes for p in parts]),
+                            torch.cat([p.topk_probs for p in parts]), first.final_time)
+
+
+def candidate_codes(codes: torch.Tensor, position: tuple[int, int], candidates: torch.Tensor) -> torch.Tensor:
+    """``(B, k, h, w)``: ``codes`` ``(B, h, w)`` with ``position`` set to each of ``candidates`` ``(B, k)``."""
+    out = codes.unsqueeze(1).repeat(1, candidates.shape[1], 1, 1)
+    out[:, :, position[0], position[1]] = candidates
+    return out
+
+
+def entropy_heatmap(entropy: np.ndarray, max_entropy: float, size: tuple[int, int],
+                    colormap: str = "magma") -> np.ndarray:
+    """An entropy map ``(h, w)`` -> uint8 RGB ``(H, W, 3)``: nearest upsampling, ``0..max_entropy`` on ``colormap``."""
+    import matplotlib
+
+    hh, ww = entropy.shape
+    rows = (np.arange(size[0]) * hh) // size[0]
+    cols = (np.arange(size[1]) * ww) // size[1]
+    scaled = np.clip(entropy[rows][:, cols] / max_entropy, 0.0, 1.0)
+    return (matplotlib.colormaps[colormap](scaled)[..., :3] * 255).round().astype(np.uint8)
