@@ -43,6 +43,9 @@ class RegressionFlow(FlowMethod):
         label_dropout: probability of the null class during training (trains CFG).
     """
 
+    #: no logits, so no temperature (read by tools that sweep tau)
+    has_temperature = False
+
     @abc.abstractmethod
     def target(self, path: PathSample) -> torch.Tensor:
         """The regression target ``(B, d, h, w)`` for one path sample."""
