@@ -130,6 +130,18 @@ def test_one_euler_step_then_nearest_code(cls):
     assert torch.equal(codes, expected)
 
 
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_cfm_endpoint_last_step_jumps_to_the_prediction(solver):
+    """An endpoint predictor hands solvers ``mu``: the last step is ``z <- z1_hat``, never ``v`` at ``t = 1``."""
+    cb = _codebook()
+    method = CFMEndpoint(cb)
+    model = _model(method)
+    noise = torch.randn(4, D, SIDE, SIDE, generator=torch.Generator().manual_seed(5))
+    y = torch.tensor([0, 1, 2, 1])
+    codes = method.generate(model, noise, y, SamplerSettings(steps=1, solver=solver))
+    assert torch.equal(codes, nearest_code(_out(model, noise, torch.zeros(4), y), cb))
+
+
 @pytest.mark.parametrize("name", ["cfm", "cfm-endpoint"])
 def test_temperature_is_refused_by_regression_methods(name):
     method = get_method(name)(_codebook())

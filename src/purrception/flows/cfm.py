@@ -24,7 +24,7 @@ from purrception.flows.base import (FlowMethod, LossOutput, PathSample, SamplerS
                                     make_path_sample, register_method)
 from purrception.models.dit import DiT
 from purrception.sampling.guidance import guided_features
-from purrception.sampling.solvers import integrate
+from purrception.sampling.solvers import EndpointFn, VelocityFn, integrate
 from purrception.tokenizers.base import nearest_code
 
 __all__ = ["RegressionFlow", "CFM", "regression_output"]
@@ -66,19 +66,28 @@ class RegressionFlow(FlowMethod):
         mse = (out - self.target(path)).pow(2).mean()
         return LossOutput(mse, {"mse": mse.item()})
 
-    def velocity(self, model: DiT, z: torch.Tensor, t: float, y: torch.Tensor, tau: float,
-                 cfg_scale: float) -> torch.Tensor:
-        """Guided velocity at ``(z, t)``: CFG mixes the features, the affine head then runs once."""
+    def output(self, model: DiT, z: torch.Tensor, t: float, y: torch.Tensor, tau: float,
+               cfg_scale: float) -> torch.Tensor:
+        """Guided backbone output ``(B, d, h, w)``: CFG mixes the features, the affine head then runs once."""
         if tau != 1.0:
             raise PurrError(f"temperature tau={tau} has no meaning for {self.name} (it has no logits); drop --tau")
-        return self.velocity_from_output(regression_output(model, guided_features(model, z, t, y, cfg_scale)), z, t)
+        return regression_output(model, guided_features(model, z, t, y, cfg_scale))
+
+    def velocity(self, model: DiT, z: torch.Tensor, t: float, y: torch.Tensor, tau: float,
+                 cfg_scale: float) -> torch.Tensor:
+        """Guided velocity at ``(z, t)``."""
+        return self.velocity_from_output(self.output(model, z, t, y, tau, cfg_scale), z, t)
+
+    def fields(self, model: DiT, y: torch.Tensor, sampler: SamplerSettings) -> tuple[VelocityFn, EndpointFn | None]:
+        """``(v, mu)`` for :func:`~purrception.sampling.solvers.integrate`; ``mu`` only for endpoint predictors."""
+        return (lambda z, t: self.velocity(model, z, t, y, sampler.tau_at(t), sampler.cfg_at(t))), None
 
     @torch.no_grad()
     def generate(self, model: DiT, noise: torch.Tensor, y: torch.Tensor, sampler: SamplerSettings,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """Integrate ``dz/dt = v`` from ``z0 = noise`` and snap ``z_1`` to the nearest code."""
-        v = lambda z, t: self.velocity(model, z, t, y, sampler.tau_at(t), sampler.cfg_at(t))  # noqa: E731
-        return nearest_code(integrate(v, noise, sampler.steps, sampler.solver), self.codebook)
+        v, mu = self.fields(model, y, sampler)
+        return nearest_code(integrate(v, noise, sampler.steps, sampler.solver, endpoint=mu), self.codebook)
 
 
 @register_method
