@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "purrception.cli.tokenizer",
     "purrception.cli.train",
     "purrception.cli.sample",
+    "purrception.cli.eval",
 ]
 
 

