@@ -84,6 +84,8 @@ class FlowMethod(abc.ABC):
     name: ClassVar[str]
     #: does the backbone read token ids (True) or continuous latents (False)?
     discrete_input: ClassVar[bool] = False
+    #: does sampling read logits, so that a temperature tau (eq. 15) means something?
+    has_temperature: ClassVar[bool] = True
 
     def __init__(self, codebook: torch.Tensor, label_dropout: float = 0.1):
         self.codebook = codebook
