@@ -311,13 +311,13 @@ def measure(c: Case) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def machine_line(device: str) -> str:
+def machine_line(device: str, threads: int) -> str:
     import platform
 
     import torch
 
     what = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()})"
-    return f"machine: {what}; torch {torch.__version__}; threads/child: {torch.get_num_threads()}"
+    return f"machine: {what}; torch {torch.__version__}; torch threads per child: {threads or torch.get_num_threads()}"
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:

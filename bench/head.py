@@ -25,7 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(parser)
     args = parser.parse_args()
-    print(machine_line(args.device))
+    print(machine_line(args.device, args.threads))
     print(f"latents {args.latent}x{args.latent}x{args.latent_dim}, batch {args.batch}, dtype {args.dtype}, "
           f"factorised rank {args.rank}, chunk budget {args.chunk_mib or 'default'} MiB")
     cases = cases_from_args(args, "head")

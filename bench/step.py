@@ -59,13 +59,15 @@ def main() -> None:
     add_common_args(parser)
     parser.add_argument("--cfg-scale", type=float, default=1.5, help="guidance scale while sampling")
     parser.add_argument("--tau", type=float, default=1.0)
-    parser.add_argument("--skip-sampling", action="store_true")
+    parser.add_argument("--tasks", default="step,sample", help="comma list: step (training), sample (default: %(default)s)")
     args = parser.parse_args()
-    print(machine_line(args.device))
+    print(machine_line(args.device, args.threads))
     print(f"latents {args.latent}x{args.latent}x{args.latent_dim}, batch {args.batch}, dtype {args.dtype}, "
           f"factorised rank {args.rank}, chunk budget {args.chunk_mib or 'default'} MiB")
-    report(cases_from_args(args, "step"), "Training step (forward + backward + AdamW)", False, True)
-    if not args.skip_sampling:
+    tasks = args.tasks.split(",")
+    if "step" in tasks:
+        report(cases_from_args(args, "step"), "Training step (forward + backward + AdamW)", False, True)
+    if "sample" in tasks:
         report(cases_from_args(args, "sample", args.cfg_scale, args.tau),
                f"Sampling: one velocity evaluation, CFG {args.cfg_scale} (cond+uncond batched), per image",
                True, False)
