@@ -13,7 +13,6 @@ from pathlib import Path
 from purrception.cli.common import add_sampler_args, positive_int
 from purrception.cli.sample import resolve_checkpoint, tokenizer_for
 from purrception.distributed import cleanup_distributed, init_distributed
-from purrception.errors import PurrError
 from purrception.evaluation.evaluate import PROTOCOLS, EvalSettings, evaluate_checkpoint, format_table
 from purrception.io import atomic_save_json
 
