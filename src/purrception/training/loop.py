@@ -1,41 +1,65 @@
-"""The training loop: AdamW (paper App. C), EMA, gradient accumulation, checkpoints, JSONL metrics.
+"""The training engine: AdamW (paper App. C), EMA, bf16 autocast, gradient accumulation, data parallelism over
+processes (``torchrun``), atomic checkpoints with exact resume, JSONL / TensorBoard metrics and sample grids.
 
 A run lives in one folder::
 
     config.json          the resolved TrainConfig (and model / method / data facts)
     metrics.jsonl        one JSON line per logged step
     checkpoints/         step_00001000.pt ... (atomic writes; the newest is the resume point)
+    samples/             step_00010000.png ... (EMA sample grids, when ``sample_every`` > 0)
+    tensorboard/         event files (when ``tensorboard`` is on)
+
+Data parallelism. A step's global batch of ``B`` samples is split into ``S = B / micro_batch_size`` micro-batch
+*slots*; the samples and the noise of slot ``s`` depend only on ``(seed, step, s)`` (``training.data``). With
+``W`` processes, rank ``r`` computes slots ``r S / W ... (r + 1) S / W - 1`` and back-propagates ``loss * W / S``
+for each; DistributedDataParallel averages the gradients over ranks, so every rank holds
+``sum_s grad(loss_s) / S`` -- the gradient of the same global batch that one process accumulating all ``S`` slots
+computes. Hence 1, 2 or 64 processes give the same parameters (to float summation order), and the data position of
+a run is just its step. Gradients are synchronised once per step (``no_sync`` on all but the last micro-batch).
+Rank 0 alone writes files and shows progress; every rank reads the checkpoint on resume, so ``run_dir`` must be on
+a filesystem all nodes see.
 
 ``train(..., resume=True)`` continues from the newest checkpoint and reproduces the uninterrupted run exactly
-(CPU, deterministic): batches and noise depend only on ``(seed, step, slot)``.
+(CPU, deterministic), whatever the number of processes before and after.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+import numpy as np
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from purrception.data.shards import TokenShards
+from purrception.data.shards import TokenShards, check_same_tokenizer
+from purrception.distributed import (DistInfo, all_reduce_sum, barrier, contiguous_slice, gather_to_rank0,
+                                     init_distributed)
 from purrception.errors import PurrError
-from purrception.flows.base import FlowMethod, get_method
+from purrception.flows.base import FlowMethod, LossOutput, SamplerSettings, get_method
 from purrception.io import atomic_save_json
 from purrception.models.dit import DiT, dit_config_from_preset
-from purrception.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from purrception.training.checkpoint import (Checkpoint, capture_rng_state, load_checkpoint, restore_rng_state,
+                                             save_checkpoint)
 from purrception.training.config import TrainConfig
 from purrception.training.data import ShardBatches, slot_generator
 from purrception.training.ema import EMA
 
-__all__ = ["TrainResult", "train", "latest_checkpoint", "build_model_for"]
+__all__ = ["TrainResult", "train", "latest_checkpoint", "build_model_for", "slots_of_rank", "PRECISION_DTYPES"]
 
 log = logging.getLogger(__name__)
+
+#: ``TrainConfig.precision`` -> autocast dtype (None: plain float32)
+PRECISION_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -64,6 +88,33 @@ def build_model_for(config: TrainConfig, method: FlowMethod, shards: TokenShards
         raise PurrError(f"cannot build model {config.model!r}: {err}") from None
 
 
+def slots_of_rank(config: TrainConfig, world: int, rank: int) -> tuple[int, int, range]:
+    """``(micro_batch, slots_per_step, this rank's slots)`` for a global batch split over ``world`` processes.
+
+    ``micro_batch_size = 0`` means one micro-batch per process (``batch_size / world``); a smaller value adds
+    gradient accumulation. The global batch is never changed by the number of processes.
+    """
+    micro = config.micro_batch_size or config.batch_size // world
+    if micro <= 0 or config.batch_size % micro or (config.batch_size // micro) % world:
+        raise PurrError(f"global batch {config.batch_size} cannot be split into micro-batches of "
+                        f"{config.micro_batch_size or 'batch/world'} over {world} processes; choose batch_size and "
+                        f"micro_batch_size so that batch_size / micro_batch_size is a multiple of {world}")
+    slots = config.batch_size // micro
+    return micro, slots, contiguous_slice(slots, rank, world)
+
+
+class _LossModule(nn.Module):
+    """``forward(codes, y, generator) -> LossOutput``: the method's loss as a module, so DDP can wrap it."""
+
+    def __init__(self, model: DiT, method: FlowMethod):
+        super().__init__()
+        self.model = model
+        self.method = method
+
+    def forward(self, codes: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> LossOutput:
+        return self.method.loss(self.model, codes, y, generator)
+
+
 def _lr_at(config: TrainConfig, step: int) -> float:
     if config.warmup_steps > 0 and step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
@@ -71,6 +122,7 @@ def _lr_at(config: TrainConfig, step: int) -> float:
 
 
 def _prune_checkpoints(ckpt_dir: Path, keep_last: int, keep_every: int) -> None:
+    """Keep the newest ``keep_last`` checkpoints (0 = all) and every ``keep_every``-th step's."""
     found = sorted(ckpt_dir.glob("step_*.pt"))
     for path in found[:-keep_last] if keep_last > 0 else []:
         step = int(path.stem.split("_")[1])
@@ -79,9 +131,99 @@ def _prune_checkpoints(ckpt_dir: Path, keep_last: int, keep_every: int) -> None:
         path.unlink()
 
 
+def _seed_process(seed: int, rank: int) -> None:
+    """Per-rank global RNG streams (the loop's own noise comes from per-slot generators, not from these)."""
+    mixed = int(np.random.SeedSequence([seed, rank, 0x5EED]).generate_state(1)[0])
+    random.seed(mixed)
+    np.random.seed(mixed)
+    torch.manual_seed(mixed)
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    dtype = PRECISION_DTYPES[precision]
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+class _RunWriter:
+    """Rank 0's outputs: metrics.jsonl, optional TensorBoard, periodic sample grids. Other ranks get a no-op."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, info: DistInfo, tokenizer_path: str | None,
+                 shards: TokenShards):
+        self.config = config
+        self.run_dir = run_dir
+        self.active = info.is_main
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.tb = None
+        self.tokenizer = None
+        if config.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise PurrError("tensorboard=true needs the tensorboard package: pip install tensorboard "
+                                "(or drop --set tensorboard=true)") from None
+            if self.active:
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        if config.sample_every > 0:
+            if not tokenizer_path:
+                raise PurrError("sample_every needs the tokenizer that made the shards; pass --tokenizer PATH "
+                                "or --set sample_every=0")
+            if self.active:
+                self.tokenizer = _load_sampling_tokenizer(tokenizer_path, shards, info.device)
+
+    def metrics(self, record: dict[str, Any]) -> None:
+        if not self.active:
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key, value in record.items():
+                if key != "step":
+                    self.tb.add_scalar(f"train/{key}", value, record["step"])
+
+    def samples(self, step: int, method: FlowMethod, ema_model: DiT, num_classes: int, device: torch.device) -> None:
+        """An EMA sample grid (class-balanced labels, fixed seed: comparable across steps), rank 0 only."""
+        if not self.active or self.tokenizer is None:
+            return
+        from purrception.sampling.generate import balanced_labels, generate_images
+        from purrception.sampling.grid import image_grid, save_png
+
+        n = self.config.sample_images
+        labels = balanced_labels(n, num_classes)
+        sampler = SamplerSettings(steps=self.config.sample_steps)
+        images = generate_images(method, ema_model, self.tokenizer, labels, sampler, self.config.seed,
+                                 batch_size=n, device=str(device))
+        grid = image_grid(images, rows=max(1, int(math.sqrt(n))))
+        save_png(self.run_dir / "samples" / f"step_{step:08d}.png", grid)
+        if self.tb is not None:
+            self.tb.add_image("samples/ema", grid, step, dataformats="HW" if grid.ndim == 2 else "HWC")
+        log.info("step %d: sample grid saved to %s", step, self.run_dir / "samples")
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _load_sampling_tokenizer(path: str, shards: TokenShards, device: torch.device):
+    import purrception.tokenizers  # noqa: F401  (registers the pretrained loaders)
+    from purrception.tokenizers.store import FOREIGN_LOADERS, load_tokenizer
+
+    kind = shards.identity.kind if shards.identity.kind in FOREIGN_LOADERS else None
+    tokenizer = load_tokenizer(path, kind)
+    check_same_tokenizer(shards.identity, tokenizer.identity(), f"tokenizer {path}")
+    return tokenizer.to(device)
+
+
 def train(config: TrainConfig, shards_path: str | Path, run_dir: str | Path, tokenizer_path: str | None = None,
           resume: bool = False, progress: bool = True, device: str = "cpu") -> TrainResult:
-    """Train (or resume) a run of ``config`` on the token shards at ``shards_path`` into ``run_dir``."""
+    """Train (or resume) a run of ``config`` on the token shards at ``shards_path`` into ``run_dir``.
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls this with the same arguments; each joins the process
+    group (NCCL on CUDA, gloo on CPU), drives ``cuda:LOCAL_RANK`` when ``device`` is CUDA, and computes its share of
+    every global batch (see the module docstring). The effective batch is ``config.batch_size`` whatever the number
+    of processes.
+    """
+    info = init_distributed(device)
+    dev = info.device
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     existing = latest_checkpoint(run_dir)
@@ -91,17 +233,24 @@ def train(config: TrainConfig, shards_path: str | Path, run_dir: str | Path, tok
     if existing is not None:
         resumed = load_checkpoint(existing)
         config = TrainConfig.from_dict(resumed.raw["config"])  # the checkpoint wins on resume
-        log.info("resuming %s from step %d", run_dir, resumed.step)
+        if info.is_main:
+            log.info("resuming %s from step %d", run_dir, resumed.step)
 
     shards = TokenShards.open(shards_path)
     codebook = torch.from_numpy(shards.codebook).float()
     if resumed is not None and resumed.tokenizer_identity != shards.identity:
         raise PurrError(f"shards {shards_path} were made by {shards.identity.describe()}, but the run was trained on "
                         f"{resumed.tokenizer_identity.describe()}; resume with the original shards")
-    method = get_method(config.method)(codebook, **config.method_options).to(device)
-    model = build_model_for(config, method, shards).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=config.betas, eps=config.eps,
-                            weight_decay=config.weight_decay)
+    micro, slots_per_step, my_slots = slots_of_rank(config, info.world_size, info.rank)
+    batches = ShardBatches(shards, config.batch_size, micro, config.seed)
+
+    method = get_method(config.method)(codebook, **config.method_options).to(dev)
+    torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    model = build_model_for(config, method, shards).to(dev)
+    _seed_process(config.seed, info.rank)
+    # lr is set from the schedule (_lr_at) before every step; 0.0 here only satisfies the constructor
+    opt = torch.optim.AdamW(model.parameters(), lr=0.0, betas=config.betas, eps=config.eps,
+                            weight_decay=config.weight_decay, fused=dev.type == "cuda")
     ema = EMA(model, config.ema_decay, config.ema_warmup)
     start_step = 0
     if resumed is not None:
@@ -109,75 +258,147 @@ def train(config: TrainConfig, shards_path: str | Path, run_dir: str | Path, tok
         ema.load_state_dict({"model": resumed.raw["ema"], "num_updates": resumed.raw["ema_updates"]})
         opt.load_state_dict(resumed.raw["optimizer"])
         start_step = resumed.step
+        rng = resumed.raw.get("rng")
+        if rng is not None and len(rng) == info.world_size:
+            restore_rng_state(rng[info.rank], dev)
+    if config.compile:
+        for block in model.blocks:  # in place: parameter names (and checkpoints) stay those of the plain model
+            block.compile()
 
-    micro = config.micro_batch_size or config.batch_size
-    batches = ShardBatches(shards, config.batch_size, micro, config.seed)
+    loss_module = _LossModule(model, method)
+    ddp = None
+    if info.world_size > 1:
+        ddp = DistributedDataParallel(loss_module, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                      broadcast_buffers=False, gradient_as_bucket_view=True)
+    forward = ddp if ddp is not None else loss_module
+    # DDP averages over ranks; scaling by W / S leaves sum_s grad(loss_s) / S on every rank.
+    loss_scale = info.world_size / slots_per_step
+
     tokenizer_entry = {"identity": shards.identity.to_dict(),
                        "path": tokenizer_path or shards.manifest.get("source", {}).get("tokenizer_path")}
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_save_json(run_dir / "config.json", {"train": config.to_dict(), "model": model.config.to_dict(),
-                                               "method": {"name": method.name, "options": method.options()},
-                                               "shards": str(shards_path), "tokenizer": tokenizer_entry})
-    metrics_path = run_dir / "metrics.jsonl"
-    _truncate_metrics(metrics_path, start_step)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_save_json(run_dir / "config.json", {
+            "train": config.to_dict(), "model": model.config.to_dict(),
+            "method": {"name": method.name, "options": method.options()},
+            "shards": str(shards_path), "tokenizer": tokenizer_entry,
+            "distributed": {"world_size": info.world_size, "micro_batch_size": micro, "slots_per_step": slots_per_step},
+        })
+        _truncate_metrics(run_dir / "metrics.jsonl", start_step)
+    writer = _RunWriter(config, run_dir, info, tokenizer_entry["path"], shards)
 
-    def checkpoint_entries(step: int) -> dict[str, Any]:
+    def checkpoint_entries(step: int, rng: list[Any]) -> dict[str, Any]:
         return {
             "config": config.to_dict(), "model_config": model.config.to_dict(),
             "method": {"name": method.name, "options": method.options()},
             "tokenizer": tokenizer_entry, "codebook": codebook.clone(), "num_classes": shards.num_classes,
             "latent_shape": list(shards.latent_shape), "step": step,
+            "data_position": {"step": step, "samples_seen": step * config.batch_size, "seed": config.seed},
             "model": model.state_dict(), "ema": ema.model.state_dict(), "ema_updates": ema.num_updates,
-            "optimizer": opt.state_dict(),
+            "optimizer": opt.state_dict(), "rng": rng, "world_size": info.world_size,
         }
 
     last_saved = existing
     loss_value = float("nan")
     bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc=f"train {method.name}",
-               disable=not progress, dynamic_ncols=True)
+               disable=not (progress and info.is_main), dynamic_ncols=True)
     t_last, n_since = time.perf_counter(), 0
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     model.train()
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(config, step)
-        parts: dict[str, float] = {}
-        loss_value = 0.0
-        for slot in range(batches.slots_per_step):
-            codes, y = batches.get(step, slot, device)
-            out = method.loss(model, codes, y, slot_generator(config.seed, step, slot, device))
-            (out.loss / batches.slots_per_step).backward()
-            loss_value += out.loss.item() / batches.slots_per_step
-            for k, v in out.metrics.items():
-                parts[k] = parts.get(k, 0.0) + v / batches.slots_per_step
-        if not math.isfinite(loss_value):
-            where = f"; the last good checkpoint is {last_saved}" if last_saved else ""
-            raise PurrError(f"loss became {loss_value} at step {step}{where}; lower the learning rate or enable grad_clip")
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip if config.grad_clip > 0 else float("inf"))
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        ema.update(model)
-        n_since += config.batch_size
-        done = step + 1
-        if done % config.log_every == 0 or done == config.steps:
-            now = time.perf_counter()
-            record = {"step": done, "loss": loss_value, **parts, "grad_norm": float(grad_norm),
-                      "lr": opt.param_groups[0]["lr"], "images_per_s": n_since / max(now - t_last, 1e-9)}
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            t_last, n_since = now, 0
-            bar.set_postfix(loss=f"{loss_value:.4f}")
-        if done % config.ckpt_every == 0 or done == config.steps:
-            last_saved = save_checkpoint(ckpt_dir / f"step_{done:08d}.pt", checkpoint_entries(done))
-            _prune_checkpoints(ckpt_dir, config.keep_last, config.keep_every)
+    try:
+        for step in bar:
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(config, step)
+            loss_value, parts = _accumulate(forward, ddp, batches, config, step, my_slots, slots_per_step,
+                                            loss_scale, dev)
+            if not math.isfinite(loss_value):
+                raise PurrError(f"loss became {loss_value} at step {step}{_last_good(last_saved)}; "
+                                f"lower the learning rate or enable grad_clip")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(
+                model.parameters(), config.grad_clip if config.grad_clip > 0 else float("inf")))
+            if not math.isfinite(grad_norm):
+                raise PurrError(f"gradient norm became {grad_norm} at step {step}{_last_good(last_saved)}; "
+                                f"lower the learning rate, enable grad_clip or use precision=fp32")
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            ema.update(model)
+            n_since += config.batch_size
+            done = step + 1
+            if done % config.log_every == 0 or done == config.steps:
+                now = time.perf_counter()
+                record = {"step": done, "loss": loss_value, **parts, "grad_norm": grad_norm,
+                          "lr": opt.param_groups[0]["lr"], "images_per_s": n_since / max(now - t_last, 1e-9)}
+                if dev.type == "cuda":
+                    record["max_memory_gb"] = torch.cuda.max_memory_allocated(dev) / 2**30
+                writer.metrics(record)
+                t_last, n_since = now, 0
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+            if done % config.ckpt_every == 0 or done == config.steps:
+                rng = gather_to_rank0(capture_rng_state(dev))  # collective: every rank takes part
+                if not _all_finite(model):
+                    # never overwrite good checkpoints with a diverged model; the next step's loss guard stops
+                    if done == config.steps:
+                        raise PurrError(f"parameters became non-finite at step {done}{_last_good(last_saved)}; "
+                                        f"lower the learning rate or enable grad_clip")
+                    log.warning("parameters are non-finite after step %d; checkpoint not written", done)
+                elif info.is_main:
+                    last_saved = save_checkpoint(ckpt_dir / f"step_{done:08d}.pt", checkpoint_entries(done, rng))
+                    _prune_checkpoints(ckpt_dir, config.keep_last, config.keep_every)
+            if config.sample_every > 0 and done % config.sample_every == 0:
+                writer.samples(done, method, ema.model, shards.num_classes, dev)
+    finally:
+        writer.close()
+        bar.close()
+    barrier()  # the final checkpoint exists for every rank before anyone returns
     model.eval()
     final = latest_checkpoint(run_dir)
     assert final is not None
     return TrainResult(final, config.steps, loss_value)
 
 
+def _accumulate(forward: nn.Module, ddp: DistributedDataParallel | None, batches: ShardBatches, config: TrainConfig,
+                step: int, my_slots: range, slots_per_step: int, loss_scale: float,
+                dev: torch.device) -> tuple[float, dict[str, float]]:
+    """Forward + backward over this rank's micro-batch slots of ``step``; returns the global mean loss and parts."""
+    loss_sum, parts = 0.0, {}
+    for i, slot in enumerate(my_slots):
+        codes, y = batches.get(step, slot, dev)
+        sync = ddp is None or i == len(my_slots) - 1
+        with contextlib.nullcontext() if sync else ddp.no_sync():
+            with _autocast(dev, config.precision):
+                out = forward(codes, y, slot_generator(config.seed, step, slot, dev))
+            (out.loss.float() * loss_scale).backward()
+        loss_sum += float(out.loss.detach())
+        for k, v in out.metrics.items():
+            parts[k] = parts.get(k, 0.0) + float(v)
+    keys = sorted(parts)
+    totals = all_reduce_sum(torch.tensor([loss_sum] + [parts[k] for k in keys], dtype=torch.float64, device=dev))
+    values = (totals / slots_per_step).tolist()
+    return values[0], dict(zip(keys, values[1:]))
+
+
+@torch.no_grad()
+def _all_finite(model: nn.Module) -> bool:
+    norms = torch._foreach_norm([p for p in model.parameters()])
+    return bool(torch.isfinite(torch.stack(norms)).all())
+
+
+def _last_good(path: Path | None) -> str:
+    return f"; the last good checkpoint is {path}" if path else ""
+
+
+def _metric_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    for line in path.read_text().splitlines():
+        try:
+            yield line, json.loads(line)
+        except ValueError:  # a line cut short by a killed process
+            continue
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """On resume, drop metric lines past the resumed step so the curve matches an uninterrupted run."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    kept = [line for line, record in _metric_lines(path) if record.get("step", math.inf) <= step]
     path.write_text("".join(line + "\n" for line in kept))
