@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import shlex
 import sys
 
 from purrception.errors import PurrError
@@ -20,9 +21,11 @@ __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 COMMAND_MODULES = [
     "purrception.cli.demo",
     "purrception.cli.tokenizer",
+    "purrception.cli.encode",
     "purrception.cli.train",
     "purrception.cli.sample",
     "purrception.cli.eval",
+    "purrception.cli.study",
 ]
 
 
@@ -38,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.command_line = "purr " + shlex.join(argv)  # for files that say how they were made
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:

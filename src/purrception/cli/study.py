@@ -1,0 +1,134 @@
+"""``purr study convergence | zloss | head | temperature | cfg``: the paper's studies on the embedded digits
+(or any shards), resumable, writing a table (.md), plots (.png) and results.json into ``--out``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from purrception.cli.common import positive_float, positive_int
+from purrception.cli.sample import resolve_checkpoint, tokenizer_for
+from purrception.demo import default_cache_dir, ensure_embedded_shards, ensure_embedded_tokenizer
+from purrception.distributed import init_distributed
+from purrception.errors import PurrError
+from purrception.evaluation.evaluate import EvalSettings
+from purrception.flows.base import METHODS, get_method
+from purrception.studies import studies
+from purrception.studies.core import StudyStore, TrackSettings
+from purrception.tokenizers.store import load_tokenizer
+from purrception.training.config import TRAIN_PRESETS, resolve_config
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    if not values:
+        raise argparse.ArgumentTypeError("the list is empty")
+    return values
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="study folder; re-running the same command resumes it")
+    p.add_argument("--num-samples", type=positive_int, default=500, help="samples per evaluation (default 500)")
+    p.add_argument("--sample-steps", type=positive_int, default=50, help="Euler steps when sampling (default 50)")
+    p.add_argument("--cfg-scale", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--device", default="cpu")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="mnist-demo", choices=sorted(TRAIN_PRESETS))
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="TrainConfig field shared by every run, e.g. --set steps=3000")
+    p.add_argument("--eval-every", type=positive_int, default=500, help="evaluate every N training steps")
+    p.add_argument("--seeds", default="0", help="comma-separated training seeds (default 0)")
+    p.add_argument("--tau", type=positive_float, default=1.0,
+                   help="sampling temperature for methods with logits (paper Fig. 3 samples at 0.9)")
+    p.add_argument("--shards", default=None, help="token shards (default: the embedded digits)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer of --shards (default: the embedded one)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("study", help="reproduce the paper's studies (convergence, temperature, z-loss, ...)")
+    sub = p.add_subparsers(dest="study", metavar="STUDY")
+    sub.required = True
+    c = sub.add_parser("convergence", help="FID vs steps for every method; Purrception's speed-up (Sec. 4.1)")
+    c.add_argument("--methods", default="purrception,cfm,cfm-endpoint,dfm", help="comma-separated methods")
+    z = sub.add_parser("zloss", help="Purrception with and without the z-loss (App. D)")
+    z.add_argument("--weights", type=_floats, default=[0.0, 1e-5], help="z-loss weights (default 0,1e-5)")
+    h = sub.add_parser("head", help="full vs factorised K-way head at equal steps")
+    h.add_argument("--ranks", default="0,16", help="head ranks; 0 = the full head (default 0,16)")
+    for q in (c, z, h):
+        _eval_args(q)
+        _train_args(q)
+        q.set_defaults(func=run_tracked)
+    for name, field, default, help_ in (("temperature", "tau", "0.3,0.5,0.7,0.8,0.9,1.0,1.2,1.5", "temperatures"),
+                                        ("cfg", "cfg_scale", "1.0,1.5,2.0,3.0,4.0", "CFG scales")):
+        s = sub.add_parser(name, help=f"FID and class accuracy vs {help_} for one checkpoint")
+        s.add_argument("checkpoint", help="checkpoint file or run folder")
+        s.add_argument("--values", type=_floats, default=_floats(default), help=f"{help_} (default {default})")
+        s.add_argument("--tau", type=positive_float, default=1.0, help="temperature when sweeping CFG")
+        _eval_args(s)
+        s.set_defaults(func=run_sweep, field=field)
+
+
+def _data(args: argparse.Namespace) -> tuple[str, str]:
+    if args.shards:
+        if not args.tokenizer:
+            raise PurrError("--shards needs --tokenizer (to decode samples for evaluation)")
+        return args.shards, args.tokenizer
+    cache = default_cache_dir()
+    tok_dir = ensure_embedded_tokenizer(cache, device=args.device)
+    return str(ensure_embedded_shards(cache, tok_dir).folder), str(tok_dir)
+
+
+def _eval_settings(args: argparse.Namespace, tau: float = 1.0) -> EvalSettings:
+    return EvalSettings(num_samples=args.num_samples, seed=args.seed, steps=args.sample_steps, tau=tau,
+                        cfg_scale=args.cfg_scale, cache_dir=str(default_cache_dir()))
+
+
+def run_tracked(args: argparse.Namespace) -> int:
+    info = init_distributed(args.device)
+    shards, tokenizer_path = _data(args)
+    tokenizer = load_tokenizer(tokenizer_path)
+    base = resolve_config(args.preset, overrides=args.overrides).to_dict()
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    track = TrackSettings(base=base, eval_every=args.eval_every, seeds=seeds, eval=_eval_settings(args),
+                          tau_for=lambda m: args.tau if get_method(m).has_temperature else 1.0)
+    settings = {"study": args.study, "train": base, "eval_every": args.eval_every, "seeds": list(seeds),
+                "tau": args.tau, "eval": vars(_eval_settings(args)), "shards": shards}
+    if args.study == "convergence":
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise PurrError(f"unknown method {unknown[0]!r}; choose from {', '.join(sorted(METHODS))}")
+        store = StudyStore(args.out, {**settings, "methods": methods}, args.command_line)
+        result = studies.convergence(store, track, methods, shards, tokenizer_path, tokenizer, info)
+        print(json.dumps({"speedups": result, "table": str(store.folder / "convergence.md")}, indent=2))
+    elif args.study == "zloss":
+        store = StudyStore(args.out, {**settings, "weights": args.weights}, args.command_line)
+        studies.zloss(store, track, args.weights, shards, tokenizer_path, tokenizer, info)
+        print(json.dumps({"table": str(store.folder / "zloss.md")}))
+    else:
+        ranks = [int(r) for r in args.ranks.split(",")]
+        store = StudyStore(args.out, {**settings, "ranks": ranks}, args.command_line)
+        studies.head(store, track, ranks, shards, tokenizer_path, tokenizer, info)
+        print(json.dumps({"table": str(store.folder / "head.md")}))
+    return 0
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    info = init_distributed(args.device)
+    ckpt = resolve_checkpoint(args.checkpoint)
+    tokenizer = tokenizer_for(ckpt, None, None)
+    if args.field == "tau" and not ckpt.build_method().has_temperature:
+        raise PurrError(f"a {ckpt.method_name} checkpoint has no logits, so no temperature to sweep")
+    base = _eval_settings(args, tau=args.tau)
+    store = StudyStore(args.out, {"study": args.field, "checkpoint": str(ckpt.path), "step": ckpt.step,
+                                  "eval": vars(base)}, args.command_line)
+    points = studies.sampler_sweep(store, ckpt, tokenizer, base, args.field, args.values, info)
+    print(json.dumps([{args.field: p[args.field], "fid": p["fid"], "class_accuracy": p.get("class_accuracy")}
+                      for p in points], indent=2))
+    return 0

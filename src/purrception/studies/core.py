@@ -1,0 +1,166 @@
+"""Machinery shared by the studies: resumable result stores, train-and-track runs, sampler sweeps, tables, plots.
+
+A study lives in one folder: ``results.json`` (every measured point, rewritten atomically after each one, so an
+interrupted study resumes where it stopped), ``runs/`` (one training run per variant and seed), and its table
+(``.md``) and plot (``.png``), each of which names the command and settings that made it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from purrception.distributed import DistInfo
+from purrception.evaluation.evaluate import EvalSettings, evaluate_checkpoint
+from purrception.errors import PurrError
+from purrception.io import atomic_save_json, atomic_write, load_json
+from purrception.sampling.grid import save_png
+from purrception.training.checkpoint import Checkpoint, load_checkpoint
+from purrception.training.config import TrainConfig
+from purrception.training.loop import train
+
+__all__ = ["StudyStore", "Variant", "TrackSettings", "train_and_track", "evaluate_point", "write_markdown",
+           "plot_lines", "first_crossing", "series"]
+
+log = logging.getLogger(__name__)
+
+
+class StudyStore:
+    """Measured points keyed by a string, persisted in ``results.json`` after every new point."""
+
+    def __init__(self, folder: str | Path, settings: dict[str, Any], command: str):
+        self.folder = Path(folder)
+        self.command = command
+        self.path = self.folder / "results.json"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        settings = json.loads(json.dumps(settings))  # compare as JSON sees it (tuples become lists)
+        data = load_json(self.path, "study results") if self.path.exists() else {"settings": settings, "points": {}}
+        if data.get("settings") != settings:
+            raise PurrError(f"{self.folder} holds a study made with other settings; use another --out "
+                            f"(or the same settings to resume it)")
+        self.data = data
+
+    @property
+    def points(self) -> dict[str, dict[str, Any]]:
+        return self.data["points"]
+
+    def save(self) -> None:
+        atomic_save_json(self.path, self.data)
+
+    def get_or_measure(self, key: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        if key not in self.points:
+            self.points[key] = measure()
+            self.save()
+        return self.points[key]
+
+
+@dataclass
+class Variant:
+    """One line of a study: a name and the TrainConfig fields it changes."""
+
+    name: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrackSettings:
+    """How every variant is trained and judged."""
+
+    base: dict[str, Any]                 # TrainConfig fields shared by all variants
+    eval_every: int
+    seeds: tuple[int, ...]
+    eval: EvalSettings
+    tau_for: Callable[[str], float]      # the sampling temperature for a method name
+
+
+def evaluate_point(ckpt: Checkpoint, tokenizer, settings: EvalSettings, info: DistInfo) -> dict[str, Any]:
+    """Embedded-protocol scores of one checkpoint: FID, class accuracy, precision / recall."""
+    report = evaluate_checkpoint(ckpt, tokenizer, settings, info)
+    assert report is not None
+    return {"step": ckpt.step, **report["metrics"], "checkpoint": str(ckpt.path), "seconds": report["seconds"]["total"]}
+
+
+def train_and_track(store: StudyStore, variants: list[Variant], track: TrackSettings, shards: str | Path,
+                    tokenizer_path: str, tokenizer, info: DistInfo) -> None:
+    """Train every variant x seed, evaluating at every ``eval_every`` steps; skip what ``store`` already has."""
+    for variant in variants:
+        for seed in track.seeds:
+            values = {**track.base, **variant.overrides, "seed": seed, "ckpt_every": track.eval_every,
+                      "keep_every": track.eval_every, "keep_last": 1}
+            config = TrainConfig.from_dict(values)
+            run_dir = store.folder / "runs" / f"{variant.name}-seed{seed}"
+            log.info("study: training %s (seed %d) to step %d", variant.name, seed, config.steps)
+            train(config, shards, run_dir, tokenizer_path=tokenizer_path, resume=True, progress=info.is_main,
+                  device=str(info.device))
+            settings = EvalSettings(**{**asdict(track.eval), "tau": track.tau_for(config.method)})
+            for path in sorted((run_dir / "checkpoints").glob("step_*.pt")):
+                ckpt = load_checkpoint(path)
+                key = f"{variant.name}|seed={seed}|step={ckpt.step}"
+                point = store.get_or_measure(key, lambda: evaluate_point(ckpt, tokenizer, settings, info))
+                log.info("study: %s fid %.3f acc %.3f", key, point["fid"], point.get("class_accuracy", float("nan")))
+
+
+def series(store: StudyStore, variant: str, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps, mean and standard deviation over seeds of ``metric`` for one variant."""
+    by_step: dict[int, list[float]] = {}
+    for key, point in store.points.items():
+        if key.split("|")[0] == variant:
+            by_step.setdefault(int(point["step"]), []).append(float(point[metric]))
+    steps = np.array(sorted(by_step))
+    values = [by_step[s] for s in steps]
+    return steps, np.array([np.mean(v) for v in values]), np.array([np.std(v) for v in values])
+
+
+def first_crossing(steps: np.ndarray, values: np.ndarray, target: float) -> float | None:
+    """The first step at which a curve (linearly interpolated) reaches ``values <= target``; None if never."""
+    for i, value in enumerate(values):
+        if value <= target:
+            if i == 0:
+                return float(steps[0])
+            s0, s1, v0, v1 = steps[i - 1], steps[i], values[i - 1], values[i]
+            return float(s0 + (s1 - s0) * (v0 - target) / (v0 - v1)) if v0 != v1 else float(s1)
+    return None
+
+
+def write_markdown(path: str | Path, title: str, header: list[str], rows: list[list[Any]], command: str,
+                   notes: list[str]) -> None:
+    """A Markdown table with the command and notes that made it."""
+
+    def fmt(x: Any) -> str:
+        return f"{x:.3f}" if isinstance(x, float) else str(x)
+
+    lines = [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(x) for x in row) + " |" for row in rows]
+    lines += ["", f"Made by: `{command}`", *[f"- {n}" for n in notes], ""]
+    atomic_write(path, lambda tmp: Path(tmp).write_text("\n".join(lines)))
+
+
+def plot_lines(path: str | Path, title: str, xlabel: str, ylabel: str,
+               lines: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], caption: str) -> None:
+    """Lines with a +-1 std band; the caption (how it was made) is printed under the axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    for name, (x, mean, std) in lines.items():
+        ax.plot(x, mean, marker="o", label=name)
+        if np.any(std > 0):
+            ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.text(0.01, 0.01, caption, fontsize=6, va="bottom", wrap=True)
+    fig.subplots_adjust(bottom=0.25)
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    save_png(path, image)
