@@ -51,7 +51,7 @@ class Purrception(FlowMethod):
         """Paper App. B training step: ``z_t = t E[c] + (1 - t) z0``; CE(c, pi(z_t)) + lambda_z logsumexp^2."""
         path = make_path_sample(self.codebook, codes, generator)
         y = drop_labels(y, self.label_dropout, model.null_class, generator)
-        ce, z_sq = cross_entropy_and_zloss(model, model.features(path.z_t, path.t, y), codes)
+        ce, z_sq = cross_entropy_and_zloss(model, model.features(path.z_t, path.t, y), codes, self.z_loss_weight)
         loss = ce + self.z_loss_weight * z_sq
         return LossOutput(loss, {"ce": ce.item(), "z_loss": z_sq.item()})
 
