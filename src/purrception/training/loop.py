@@ -269,7 +269,7 @@ def train(config: TrainConfig, shards_path: str | Path, run_dir: str | Path, tok
     ddp = None
     if info.world_size > 1:
         ddp = DistributedDataParallel(loss_module, device_ids=[dev.index] if dev.type == "cuda" else None,
-                                      broadcast_buffers=False, gradient_as_bucket_view=True)
+                                      gradient_as_bucket_view=True)
     forward = ddp if ddp is not None else loss_module
     # DDP averages over ranks; scaling by W / S leaves sum_s grad(loss_s) / S on every rank.
     loss_scale = info.world_size / slots_per_step
