@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from purrception.cli.common import positive_int
 from purrception.data.encode import EncodeOptions, encode_images
@@ -44,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_encode(args: argparse.Namespace) -> int:
     options = EncodeOptions(flip=args.flip, batch_size=args.batch_size, part_size=args.part_size, device=args.device,
-                            workers=max(0, args.workers) if args.images else 0, progress=not args.no_progress)
+                            workers=max(0, args.workers) if args.images else 0, progress=not args.no_progress,
+                            tokenizer_path=str(Path(args.tokenizer).resolve()))
     out = encode_images(args.tokenizer, args.out, tokenizer_kind=args.tokenizer_kind, images=args.images,
                         labels_file=args.labels, embedded=args.embedded, options=options)
     if int(os.environ.get("RANK", "0")) == 0:  # the process group is gone by now; torchrun's env remains

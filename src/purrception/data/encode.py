@@ -50,6 +50,8 @@ class EncodeOptions:
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (under torchrun, ``cuda`` means ``cuda:LOCAL_RANK``).
         workers: DataLoader worker processes for reading and resizing images.
         progress: show a progress bar (rank 0 only).
+        tokenizer_path: where the tokenizer was read from; recorded so that training and sampling on these shards
+            find the decoder without being told.
     """
 
     flip: bool = False
@@ -58,6 +60,7 @@ class EncodeOptions:
     device: str = "cpu"
     workers: int = 0
     progress: bool = True
+    tokenizer_path: str | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.part_size < 1:
@@ -172,7 +175,7 @@ def _encode(tokenizer: VQTokenizer, source: ImageSource, out: Path, options: Enc
     ranges = _part_ranges(len(source), options.part_size)
     plan = {"tokenizer": identity.to_dict(), "source": source.description, "preprocessing": preprocessing,
             "part_size": options.part_size, "num_parts": len(ranges)}
-    source_record = dict(source.description, num_items=len(source) * copies)
+    source_record = dict(source.description, num_items=len(source) * copies, tokenizer_path=options.tokenizer_path)
 
     error = None
     finished = False
