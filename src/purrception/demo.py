@@ -7,42 +7,30 @@ a digit classifier trained on the held-out split. Writes ``grid.png``, ``samples
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from purrception.data.embedded import NUM_CLASSES, load_embedded_mnist
-from purrception.data.embedded_shards import write_embedded_shards
-from purrception.data.shards import TokenShards
+from purrception.data.embedded_shards import ensure_embedded_shards, ensure_embedded_tokenizer
 from purrception.evaluation.classifier import classifier_info, load_or_train_classifier
 from purrception.flows.base import SamplerSettings
-from purrception.io import atomic_save_json
+from purrception.io import atomic_save_json, default_cache_dir
 from purrception.sampling.generate import generate_images
 from purrception.sampling.grid import image_grid, save_png, save_samples_npz
-from purrception.tokenizers.small_vq import SmallVQConfig
-from purrception.tokenizers.store import CONFIG_NAME, load_tokenizer, save_tokenizer
-from purrception.tokenizers.train import TokenizerTrainConfig, evaluate_tokenizer, train_small_vq
+from purrception.tokenizers.store import CONFIG_NAME, load_tokenizer
 from purrception.training.checkpoint import load_checkpoint
 from purrception.training.config import resolve_config
 from purrception.training.loop import train
 
-__all__ = ["DemoSettings", "run_demo", "default_cache_dir", "ensure_embedded_tokenizer", "ensure_embedded_shards"]
+__all__ = ["DemoSettings", "run_demo"]
 
 log = logging.getLogger(__name__)
-
-
-def default_cache_dir() -> Path:
-    """``$PURR_CACHE``, else ``$XDG_CACHE_HOME/purrception``, else ``~/.cache/purrception``."""
-    if os.environ.get("PURR_CACHE"):
-        return Path(os.environ["PURR_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "purrception"
 
 
 @dataclass
@@ -60,36 +48,6 @@ class DemoSettings:
     seed: int = 0
     tokenizer_steps: int = 1000
     device: str = "cpu"
-
-
-def _key(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def ensure_embedded_tokenizer(cache_dir: Path, steps: int = 1000, progress: bool = True, device: str = "cpu") -> Path:
-    """The small VQ tokenizer for the embedded data: trained on the train split once, then reused."""
-    model_cfg, train_cfg = SmallVQConfig(), TokenizerTrainConfig(steps=steps)
-    folder = cache_dir / f"tokenizer-{_key([asdict(model_cfg), asdict(train_cfg)])}"
-    if (folder / CONFIG_NAME).is_file():
-        log.info("reusing cached tokenizer %s", folder)
-        return folder
-    log.info("training the embedded VQ tokenizer (%d steps; cached in %s)", steps, folder)
-    tokenizer = train_small_vq(load_embedded_mnist("train").images, model_cfg, train_cfg, progress, device)
-    metrics = evaluate_tokenizer(tokenizer, load_embedded_mnist("heldout").images)
-    log.info("tokenizer on held-out digits: recon MSE %.4f, perplexity %.1f, codes used %.0f%%",
-             metrics["recon_mse"], metrics["perplexity"], 100 * metrics["codes_used_fraction"])
-    save_tokenizer(tokenizer, folder, metrics={"heldout": metrics})
-    return folder
-
-
-def ensure_embedded_shards(cache_dir: Path, tokenizer_dir: Path, split: str = "train") -> TokenShards:
-    """Token shards of an embedded split made by the tokenizer at ``tokenizer_dir`` (encoded once, cached)."""
-    tokenizer = load_tokenizer(tokenizer_dir)
-    folder = cache_dir / f"shards-{tokenizer.identity().codebook_sha256}-{split}"
-    if (folder / "manifest.json").is_file():
-        return TokenShards.open(folder)
-    log.info("encoding the embedded %s split into %s", split, folder)
-    return write_embedded_shards(tokenizer, split, folder, str(tokenizer_dir))
 
 
 def run_demo(settings: DemoSettings, progress: bool = True) -> dict[str, Any]:

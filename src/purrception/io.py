@@ -13,7 +13,7 @@ import torch
 
 from purrception.errors import PurrError
 
-__all__ = ["atomic_write", "atomic_save_json", "atomic_torch_save", "load_json", "safe_torch_load", "sha256_of_tensor"]
+__all__ = ["default_cache_dir", "atomic_write", "atomic_save_json", "atomic_torch_save", "load_json", "safe_torch_load", "sha256_of_tensor"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
@@ -80,3 +80,10 @@ def sha256_of_tensor(t: torch.Tensor, length: int = 16) -> str:
     """A short, stable fingerprint of a tensor's float32 contents."""
     data = t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
     return hashlib.sha256(data).hexdigest()[:length]
+
+
+def default_cache_dir() -> Path:
+    """``$PURR_CACHE``, else ``$XDG_CACHE_HOME/purrception``, else ``~/.cache/purrception``."""
+    if os.environ.get("PURR_CACHE"):
+        return Path(os.environ["PURR_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "purrception"

@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from purrception.demo import default_cache_dir
+    from purrception.io import default_cache_dir
 
     info = init_distributed(args.device)
     try:

@@ -8,7 +8,8 @@ import json
 
 from purrception.cli.common import positive_float, positive_int
 from purrception.cli.sample import resolve_checkpoint, tokenizer_for
-from purrception.demo import default_cache_dir, ensure_embedded_shards, ensure_embedded_tokenizer
+from purrception.data.embedded_shards import ensure_embedded_shards, ensure_embedded_tokenizer
+from purrception.io import default_cache_dir
 from purrception.distributed import init_distributed
 from purrception.errors import PurrError
 from purrception.evaluation.evaluate import EvalSettings

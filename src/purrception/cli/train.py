@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from purrception.demo import default_cache_dir, ensure_embedded_shards, ensure_embedded_tokenizer
+from purrception.data.embedded_shards import ensure_embedded_shards, ensure_embedded_tokenizer
+from purrception.io import default_cache_dir
 from purrception.distributed import barrier, cleanup_distributed, init_distributed
 from purrception.flows.base import METHODS
 from purrception.training.config import TRAIN_PRESETS, resolve_config

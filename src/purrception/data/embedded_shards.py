@@ -1,8 +1,17 @@
-"""Encoding arrays of images with a tokenizer, and the embedded data set straight into token shards."""
+"""Encoding arrays of images with a tokenizer, and the embedded data set straight into token shards.
+
+The embedded tokenizer and its shards are made once and cached (``purrception.io.default_cache_dir``), keyed by
+their configuration, so that ``demo``, ``train`` and ``study`` share them.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -10,9 +19,13 @@ import torch
 from purrception.data.embedded import NUM_CLASSES, load_embedded_mnist
 from purrception.data.shards import TokenShards, write_token_shards
 from purrception.tokenizers.base import VQTokenizer
-from purrception.tokenizers.train import images_to_tensor
+from purrception.tokenizers.small_vq import SmallVQConfig
+from purrception.tokenizers.store import CONFIG_NAME, load_tokenizer, save_tokenizer
+from purrception.tokenizers.train import TokenizerTrainConfig, evaluate_tokenizer, images_to_tensor, train_small_vq
 
-__all__ = ["encode_array", "write_embedded_shards"]
+__all__ = ["encode_array", "write_embedded_shards", "ensure_embedded_tokenizer", "ensure_embedded_shards"]
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -33,3 +46,33 @@ def write_embedded_shards(tokenizer: VQTokenizer, split: str, folder: str | Path
                                             "tokenizer_path": tokenizer_path},
                        preprocessing={"resolution": tokenizer.image_size, "scale": "[-1, 1]", "flip": False})
     return TokenShards.open(folder)
+
+
+def _key(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def ensure_embedded_tokenizer(cache_dir: Path, steps: int = 1000, progress: bool = True, device: str = "cpu") -> Path:
+    """The small VQ tokenizer for the embedded data: trained on the train split once, then reused."""
+    model_cfg, train_cfg = SmallVQConfig(), TokenizerTrainConfig(steps=steps)
+    folder = cache_dir / f"tokenizer-{_key([asdict(model_cfg), asdict(train_cfg)])}"
+    if (folder / CONFIG_NAME).is_file():
+        log.info("reusing cached tokenizer %s", folder)
+        return folder
+    log.info("training the embedded VQ tokenizer (%d steps; cached in %s)", steps, folder)
+    tokenizer = train_small_vq(load_embedded_mnist("train").images, model_cfg, train_cfg, progress, device)
+    metrics = evaluate_tokenizer(tokenizer, load_embedded_mnist("heldout").images)
+    log.info("tokenizer on held-out digits: recon MSE %.4f, perplexity %.1f, codes used %.0f%%",
+             metrics["recon_mse"], metrics["perplexity"], 100 * metrics["codes_used_fraction"])
+    save_tokenizer(tokenizer, folder, metrics={"heldout": metrics})
+    return folder
+
+
+def ensure_embedded_shards(cache_dir: Path, tokenizer_dir: Path, split: str = "train") -> TokenShards:
+    """Token shards of an embedded split made by the tokenizer at ``tokenizer_dir`` (encoded once, cached)."""
+    tokenizer = load_tokenizer(tokenizer_dir)
+    folder = cache_dir / f"shards-{tokenizer.identity().codebook_sha256}-{split}"
+    if (folder / "manifest.json").is_file():
+        return TokenShards.open(folder)
+    log.info("encoding the embedded %s split into %s", split, folder)
+    return write_embedded_shards(tokenizer, split, folder, str(tokenizer_dir))
