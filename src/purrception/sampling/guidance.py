@@ -23,7 +23,9 @@ def guided_features(model: DiT, x: torch.Tensor, t: float | torch.Tensor, y: tor
     pass of batch 2B with labels ``[y, null]``.
     """
     b = x.shape[0]
-    t_vec = torch.as_tensor(t, dtype=torch.float32, device=x.device).expand(b) if not torch.is_tensor(t) or t.ndim == 0 else t
+    t_vec = torch.as_tensor(t, dtype=torch.float32, device=x.device)
+    if t_vec.ndim == 0:                                    # one time for the whole batch (the sampling grid)
+        t_vec = t_vec.expand(b)
     if cfg_scale == 1.0:
         return model.features(x, t_vec, y)
     null = torch.full_like(y, model.null_class)
