@@ -311,6 +311,16 @@ def measure(c: Case) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def measure_all(cases: list[Case]) -> dict[Case, dict]:
+    """:func:`measure` every case in turn, reporting progress on stderr."""
+    results: dict[Case, dict] = {}
+    for c in cases:
+        results[c] = measure(c)
+        print(f"  measured {c.task} {c.backbone.spec} K={c.K} {c.variant}: {results[c]['seconds'] * 1e3:.1f} ms",
+              file=sys.stderr, flush=True)
+    return results
+
+
 def machine_line(device: str, threads: int) -> str:
     import platform
 

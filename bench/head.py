@@ -18,7 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import VARIANTS, add_common_args, case_flops, cases_from_args, machine_line, measure, table, with_variant  # noqa: E402,E501
+from _harness import (VARIANTS, add_common_args, case_flops, cases_from_args, machine_line, measure_all,  # noqa: E402
+                      table, with_variant)
 
 
 def main() -> None:
@@ -29,11 +30,7 @@ def main() -> None:
     print(f"latents {args.latent}x{args.latent}x{args.latent_dim}, batch {args.batch}, dtype {args.dtype}, "
           f"factorised rank {args.rank}, chunk budget {args.chunk_mib or 'default'} MiB")
     cases = cases_from_args(args, "head")
-    results = {}
-    for c in cases:
-        results[c] = measure(c)
-        print(f"  measured {c.backbone.spec} K={c.K} {c.variant}: {results[c]['seconds'] * 1e3:.1f} ms",
-              file=sys.stderr, flush=True)
+    results = measure_all(cases)
     rows = []
     for c in cases:
         r, naive = results[c], results.get(with_variant(c, "naive"))

@@ -22,15 +22,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import (VARIANTS, Case, add_common_args, case_flops, cases_from_args, machine_line,  # noqa: E402
-                      measure, table, with_variant)
+                      measure_all, table, with_variant)
 
 
 def report(cases: list[Case], title: str, per_image: bool, memory: bool) -> None:
-    results: dict[Case, dict] = {}
-    for c in cases:
-        results[c] = measure(c)
-        print(f"  measured {c.task} {c.backbone.spec} K={c.K} {c.variant}: {results[c]['seconds'] * 1e3:.1f} ms",
-              file=sys.stderr, flush=True)
+    results = measure_all(cases)
     rows = []
     for c in cases:
         r = results[c]
