@@ -19,7 +19,7 @@ from purrception.models.dit import DiT, DiTConfig
 from purrception.sampling import solvers as solvers_module
 from purrception.sampling.generate import generate_codes
 from purrception.sampling.schedules import Schedule, parse_schedule
-from purrception.sampling.solvers import SOLVERS, integrate
+from purrception.sampling.solvers import integrate
 from purrception.sampling.uncertainty import (candidate_codes, entropy_heatmap, posterior_entropy, snap_times,
                                               trace_labels, trace_uncertainty)
 from purrception.tokenizers.base import nearest_code

@@ -87,3 +87,13 @@ def test_codes_dtype_is_smallest_unsigned():
     assert codes_dtype_for(257) == np.uint16
     assert codes_dtype_for(16384) == np.uint16
     assert codes_dtype_for(70000) == np.uint32
+
+
+def test_load_matching_tokenizer_refuses_another_codebook(tmp_path, tiny_tokenizer_dir):
+    from purrception.tokenizers.store import load_matching_tokenizer
+
+    tok = load_tokenizer(tiny_tokenizer_dir)
+    assert load_matching_tokenizer(tiny_tokenizer_dir, tok.identity()).identity() == tok.identity()
+    other = save_tokenizer(SmallVQ(SmallVQConfig(codebook_size=32, width=8)), tmp_path / "other")
+    with pytest.raises(PurrError, match="pass the matching --tokenizer"):
+        load_matching_tokenizer(other, tok.identity())

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from purrception.data.embedded import NUM_CLASSES, load_embedded_mnist
+from purrception.data.embedded import NUM_CLASSES
 from purrception.data.embedded_shards import ensure_embedded_shards, ensure_embedded_tokenizer
 from purrception.evaluation.classifier import classifier_info, load_or_train_classifier
 from purrception.flows.base import SamplerSettings

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from purrception.cli.common import add_sampler_args, positive_int, sampler_from_args
-from purrception.data.shards import check_same_tokenizer
 from purrception.errors import PurrError
 from purrception.io import atomic_write
 from purrception.sampling.generate import balanced_labels, check_labels, generate_images
@@ -24,7 +23,7 @@ from purrception.sampling.grid import image_grid, save_png, save_samples_npz
 from purrception.sampling.uncertainty import UncertaintyTrace, candidate_codes, entropy_heatmap, trace_labels
 from purrception.tokenizers.base import VQTokenizer
 from purrception.tokenizers.train import tensor_to_images
-from purrception.tokenizers.store import load_tokenizer
+from purrception.tokenizers.store import load_matching_tokenizer
 from purrception.training.checkpoint import Checkpoint, load_checkpoint
 from purrception.training.loop import latest_checkpoint
 
@@ -91,9 +90,7 @@ def tokenizer_for(ckpt: Checkpoint, path: str | None, kind: str | None) -> VQTok
     path = path or ckpt.tokenizer_path
     if not path:
         raise PurrError("the checkpoint records no tokenizer path; pass --tokenizer")
-    tokenizer = load_tokenizer(path, kind)
-    check_same_tokenizer(ckpt.tokenizer_identity, tokenizer.identity(), f"tokenizer {path}")
-    return tokenizer
+    return load_matching_tokenizer(path, ckpt.tokenizer_identity, kind)
 
 
 def _labels(args: argparse.Namespace, num_classes: int) -> np.ndarray:

@@ -12,7 +12,6 @@ With ``flip=True`` every image is stored twice, original then its horizontal mir
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np

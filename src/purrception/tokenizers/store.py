@@ -10,15 +10,14 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from purrception.errors import PurrError
 from purrception.io import atomic_save_json, atomic_write, load_json
-from purrception.tokenizers.base import VQTokenizer
+from purrception.tokenizers.base import TokenizerIdentity, VQTokenizer
 from purrception.tokenizers.small_vq import SmallVQ, SmallVQConfig
 
-__all__ = ["save_tokenizer", "load_tokenizer", "TRAINABLE_KINDS", "FOREIGN_LOADERS"]
+__all__ = ["save_tokenizer", "load_tokenizer", "load_matching_tokenizer", "TRAINABLE_KINDS", "FOREIGN_LOADERS"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +64,20 @@ def load_tokenizer(path: str | Path, kind: str | None = None) -> VQTokenizer:
         raise PurrError(f"{path} is a file: name its kind with --tokenizer-kind ({known}), "
                         f"or pass a tokenizer folder made by `purr tokenizer train`")
     tokenizer.eval().requires_grad_(False)
+    return tokenizer
+
+
+def load_matching_tokenizer(path: str | Path, expected: TokenizerIdentity, kind: str | None = None) -> VQTokenizer:
+    """Load the tokenizer at ``path`` and check it is the one that made ``expected``'s codes.
+
+    A pretrained file's kind defaults to the kind recorded in ``expected`` (a checkpoint's or shards' identity).
+    """
+    if kind is None and expected.kind in FOREIGN_LOADERS:
+        kind = expected.kind
+    tokenizer = load_tokenizer(path, kind)
+    if tokenizer.identity() != expected:
+        raise PurrError(f"tokenizer {path} is {tokenizer.identity().describe()}, but the codes were made by "
+                        f"{expected.describe()}; pass the matching --tokenizer")
     return tokenizer
 
 

@@ -41,7 +41,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from purrception.data.shards import TokenShards, check_same_tokenizer
+from purrception.data.shards import TokenShards
 from purrception.distributed import (DistInfo, all_reduce_sum, barrier, contiguous_slice, gather_to_rank0,
                                      init_distributed)
 from purrception.errors import PurrError
@@ -204,13 +204,9 @@ class _RunWriter:
 
 
 def _load_sampling_tokenizer(path: str, shards: TokenShards, device: torch.device):
-    import purrception.tokenizers  # noqa: F401  (registers the pretrained loaders)
-    from purrception.tokenizers.store import FOREIGN_LOADERS, load_tokenizer
+    from purrception.tokenizers.store import load_matching_tokenizer
 
-    kind = shards.identity.kind if shards.identity.kind in FOREIGN_LOADERS else None
-    tokenizer = load_tokenizer(path, kind)
-    check_same_tokenizer(shards.identity, tokenizer.identity(), f"tokenizer {path}")
-    return tokenizer.to(device)
+    return load_matching_tokenizer(path, shards.identity).to(device)
 
 
 def train(config: TrainConfig, shards_path: str | Path, run_dir: str | Path, tokenizer_path: str | None = None,
