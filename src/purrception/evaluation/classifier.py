@@ -111,13 +111,18 @@ def _cache_key(heldout_labels: np.ndarray, heldout_images: np.ndarray) -> str:
     return h.hexdigest()[:12]
 
 
+def _classifier_folder(cache_dir: str | Path) -> Path:
+    """Where the classifier for the current held-out split and recipe is cached."""
+    heldout = load_embedded_mnist("heldout")
+    return Path(cache_dir) / f"classifier-{_cache_key(heldout.labels, heldout.images)}"
+
+
 def load_or_train_classifier(cache_dir: str | Path) -> MnistClassifier:
     """The cached classifier for the embedded data, trained on the held-out split on first use.
 
     Its accuracy on the (unseen) train split is stored next to it, in ``classifier.json``.
     """
-    heldout = load_embedded_mnist("heldout")
-    folder = Path(cache_dir) / f"classifier-{_cache_key(heldout.labels, heldout.images)}"
+    folder = _classifier_folder(cache_dir)
     weights, meta = folder / "model.safetensors", folder / "classifier.json"
     model = MnistClassifier()
     if weights.is_file() and meta.is_file():
@@ -127,6 +132,7 @@ def load_or_train_classifier(cache_dir: str | Path) -> MnistClassifier:
         except Exception as err:
             log.warning("cached classifier in %s is unreadable (%s); retraining", folder, err)
     log.info("training the embedded digit classifier on the held-out split (once; cached in %s)", folder)
+    heldout = load_embedded_mnist("heldout")
     model = train_classifier(heldout.images, heldout.labels)
     train = load_embedded_mnist("train")
     accuracy = float((model.predict(train.images) == train.labels).mean())
@@ -141,7 +147,7 @@ def load_or_train_classifier(cache_dir: str | Path) -> MnistClassifier:
 
 def classifier_info(cache_dir: str | Path) -> dict:
     """The ``classifier.json`` facts of the cached classifier (trains it first if needed)."""
-    load_or_train_classifier(cache_dir)
-    heldout = load_embedded_mnist("heldout")
-    return load_json(Path(cache_dir) / f"classifier-{_cache_key(heldout.labels, heldout.images)}" / "classifier.json",
-                     "classifier info")
+    meta = _classifier_folder(cache_dir) / "classifier.json"
+    if not meta.is_file():
+        load_or_train_classifier(cache_dir)
+    return load_json(meta, "classifier info")
