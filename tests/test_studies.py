@@ -39,6 +39,13 @@ def test_convergence_study_writes_table_plot_and_resumes(tiny_shards_dir, tiny_t
     assert main(_study_args(tiny_shards_dir, tiny_tokenizer_dir, out)) == 0  # resumes: nothing new to measure
     assert (out / "results.json").read_text() == before
 
+    assert main(_study_args(tiny_shards_dir, tiny_tokenizer_dir, out) + ["--seeds", "0,1"]) == 0  # extends
+    extended = json.loads((out / "results.json").read_text())
+    assert sorted(extended["points"]) == sorted(keys + [k.replace("seed=0", "seed=1") for k in keys])
+    assert all(extended["points"][k] == results["points"][k] for k in keys)  # seed 0 was not measured again
+    assert sorted(extended["speedups"]["cfm"]["per_seed"]) == ["0", "1"]
+    assert "seeds [0, 1]" in (out / "convergence.md").read_text()
+
 
 def test_study_with_other_settings_refuses_the_folder(tiny_shards_dir, tiny_tokenizer_dir, tmp_path, capsys):
     out = tmp_path / "conv"
@@ -54,3 +61,23 @@ def test_temperature_sweep_of_one_checkpoint(tiny_checkpoint, tmp_path):
     points = json.loads((out / "results.json").read_text())["points"]
     assert sorted(points) == ["tau=0.5", "tau=1"]
     assert (out / "tau.md").read_text().count("\n| ") == 3  # header + 2 rows
+
+
+def test_head_study_compares_at_equal_steps_and_equal_wall_time(tiny_shards_dir, tiny_tokenizer_dir, tmp_path):
+    out = tmp_path / "head"
+    args = _study_args(tiny_shards_dir, tiny_tokenizer_dir, out)
+    args[1] = "head"
+    del args[4:6]  # --methods
+    assert main(args + ["--ranks", "0,4"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert sorted(results["points"]) == ["factorised-r4|seed=0|step=2", "factorised-r4|seed=0|step=4",
+                                         "full-head|seed=0|step=2", "full-head|seed=0|step=4"]
+    for name in ("full-head", "factorised-r4"):
+        early, late = (results["points"][f"{name}|seed=0|step={s}"]["train_seconds"] for s in (2, 4))
+        assert 0 < early < late
+    budget = results["equal_wall_time"]["seconds"]
+    assert budget == min(results["points"][f"{n}|seed=0|step=4"]["train_seconds"] for n in ("full-head", "factorised-r4"))
+    fastest = min(("full-head", "factorised-r4"), key=lambda n: results["points"][f"{n}|seed=0|step=4"]["train_seconds"])
+    assert results["equal_wall_time"][fastest]["step_at_budget"] == 4.0
+    assert "at equal wall time" in (out / "head_wall_time.md").read_text()
+    assert (out / "head_wall_time.png").stat().st_size > 1000 and (out / "head.png").stat().st_size > 1000

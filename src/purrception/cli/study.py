@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--methods", default="purrception,cfm,cfm-endpoint,dfm", help="comma-separated methods")
     z = sub.add_parser("zloss", help="Purrception with and without the z-loss (App. D)")
     z.add_argument("--weights", type=_floats, default=[0.0, 1e-5], help="z-loss weights (default 0,1e-5)")
-    h = sub.add_parser("head", help="full vs factorised K-way head at equal steps")
+    h = sub.add_parser("head", help="full vs factorised K-way head at equal steps and equal wall time")
     h.add_argument("--ranks", default="0,16", help="head ranks; 0 = the full head (default 0,16)")
     for q in (c, z, h):
         _eval_args(q)
@@ -115,8 +115,9 @@ def run_tracked(args: argparse.Namespace) -> int:
     else:
         ranks = [int(r) for r in args.ranks.split(",")]
         store = StudyStore(args.out, {**settings, "ranks": ranks}, args.command_line)
-        studies.head(store, track, ranks, shards, tokenizer_path, tokenizer, info)
-        print(json.dumps({"table": str(store.folder / "head.md")}))
+        result = studies.head(store, track, ranks, shards, tokenizer_path, tokenizer, info)
+        print(json.dumps({"equal_wall_time": result, "tables": [str(store.folder / "head.md"),
+                                                                str(store.folder / "head_wall_time.md")]}, indent=2))
     return 0
 
 

@@ -31,7 +31,11 @@ log = logging.getLogger(__name__)
 
 
 class StudyStore:
-    """Measured points keyed by a string, persisted in ``results.json`` after every new point."""
+    """Measured points keyed by a string, persisted in ``results.json`` after every new point.
+
+    A folder only resumes a study with the same settings. The one exception is ``seeds``: every point is keyed by its
+    seed, so re-running with more seeds extends a finished study (only the new seeds are trained and evaluated).
+    """
 
     def __init__(self, folder: str | Path, settings: dict[str, Any], command: str):
         self.folder = Path(folder)
@@ -40,9 +44,10 @@ class StudyStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         settings = json.loads(json.dumps(settings))  # compare as JSON sees it (tuples become lists)
         data = load_json(self.path, "study results") if self.path.exists() else {"settings": settings, "points": {}}
-        if data.get("settings") != settings:
+        if _without_seeds(data.get("settings", {})) != _without_seeds(settings):
             raise PurrError(f"{self.folder} holds a study made with other settings; use another --out "
-                            f"(or the same settings to resume it)")
+                            f"(or the same settings, with any seeds, to resume or extend it)")
+        data["settings"] = settings
         self.data = data
 
     @property
@@ -82,7 +87,8 @@ def evaluate_point(ckpt: Checkpoint, tokenizer, settings: EvalSettings, info: Di
     """Embedded-protocol scores of one checkpoint: FID, class accuracy, precision / recall."""
     report = evaluate_checkpoint(ckpt, tokenizer, settings, info)
     assert report is not None
-    return {"step": ckpt.step, **report["metrics"], "checkpoint": str(ckpt.path), "seconds": report["seconds"]["total"]}
+    return {"step": ckpt.step, **report["metrics"], "checkpoint": str(ckpt.path), "seconds": report["seconds"]["total"],
+            "train_seconds": ckpt.train_seconds}
 
 
 def train_and_track(store: StudyStore, variants: list[Variant], track: TrackSettings, shards: str | Path,
@@ -105,11 +111,18 @@ def train_and_track(store: StudyStore, variants: list[Variant], track: TrackSett
                 log.info("study: %s fid %.3f acc %.3f", key, point["fid"], point.get("class_accuracy", float("nan")))
 
 
-def series(store: StudyStore, variant: str, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Steps, mean and standard deviation over seeds of ``metric`` for one variant."""
+def _without_seeds(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in settings.items() if k != "seeds"}
+
+
+def series(store: StudyStore, variant: str, metric: str,
+           seeds: tuple[int, ...] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps, mean and standard deviation over ``seeds`` (default: every seed measured) of ``metric`` for one
+    variant."""
     by_step: dict[int, list[float]] = {}
     for key, point in store.points.items():
-        if key.split("|")[0] == variant:
+        name, seed, _ = key.split("|")
+        if name == variant and (seeds is None or int(seed.removeprefix("seed=")) in seeds):
             by_step.setdefault(int(point["step"]), []).append(float(point[metric]))
     steps = np.array(sorted(by_step))
     values = [by_step[s] for s in steps]

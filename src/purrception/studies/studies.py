@@ -4,7 +4,7 @@
   at fixed steps, and the speed-up "steps Purrception needs to reach each baseline's final FID" (Sec. 4.1, Fig. 3).
 - :func:`zloss`: Purrception with and without the z-loss (App. D, Fig. 7): FID, and the logit drift (mean squared
   log-partition) logged during training.
-- :func:`head`: the full K-way head vs the factorised head, at equal steps.
+- :func:`head`: the full K-way head vs the factorised head, at equal steps and at equal wall time.
 - :func:`sampler_sweep`: FID and class accuracy of one checkpoint vs the temperature (Sec. 4.2, Fig. 5) or the CFG
   scale.
 """
@@ -37,12 +37,12 @@ def _caption(kind: str, track: TrackSettings) -> str:
             f"EMA weights")
 
 
-def _tracked_table(store: StudyStore, names: list[str]) -> tuple[list[str], list[list[Any]]]:
+def _tracked_table(store: StudyStore, names: list[str], seeds: tuple[int, ...]) -> tuple[list[str], list[list[Any]]]:
     header = ["variant", "step", "FID (mean ± std over seeds)", "class accuracy"]
     rows = []
     for name in names:
-        steps, fid, fid_sd = series(store, name, "fid")
-        _, acc, acc_sd = series(store, name, "class_accuracy")
+        steps, fid, fid_sd = series(store, name, "fid", seeds)
+        _, acc, acc_sd = series(store, name, "class_accuracy", seeds)
         for s, f, fs, a, a_sd in zip(steps, fid, fid_sd, acc, acc_sd):
             rows.append([name, int(s), f"{f:.3f} ± {fs:.3f}", f"{a:.3f} ± {a_sd:.3f}"])
     return header, rows
@@ -50,36 +50,55 @@ def _tracked_table(store: StudyStore, names: list[str]) -> tuple[list[str], list
 
 def _write_tracked(store: StudyStore, stem: str, title: str, names: list[str], track: TrackSettings,
                    extra_notes: list[str]) -> None:
-    header, rows = _tracked_table(store, names)
+    header, rows = _tracked_table(store, names, track.seeds)
     caption = f"{store.command} | " + _caption(title, track)
     write_markdown(store.folder / f"{stem}.md", title, header, rows, store.command, [caption, *extra_notes])
     plot_lines(store.folder / f"{stem}.png", title, "training step", "FID (digit features)",
-               {n: series(store, n, "fid") for n in names}, caption)
+               {n: series(store, n, "fid", track.seeds) for n in names}, caption)
     plot_lines(store.folder / f"{stem}_accuracy.png", title, "training step", "class accuracy",
-               {n: series(store, n, "class_accuracy") for n in names}, caption)
+               {n: series(store, n, "class_accuracy", track.seeds) for n in names}, caption)
+
+
+def _speedup(store: StudyStore, baseline: str, seeds: tuple[int, ...]) -> dict[str, Any]:
+    """Steps Purrception's FID curve (mean over ``seeds``) needs to reach the baseline's final FID (Sec. 4.1)."""
+    p_steps, p_fid, _ = series(store, "purrception", "fid", seeds)
+    b_steps, b_fid, _ = series(store, baseline, "fid", seeds)
+    reached = first_crossing(p_steps, p_fid, float(b_fid[-1]))
+    return {"baseline_final_step": int(b_steps[-1]), "baseline_final_fid": float(b_fid[-1]),
+            "purrception_steps_to_reach": reached, "speedup": (float(b_steps[-1]) / reached) if reached else None}
+
+
+def _speedup_note(baseline: str, mean: dict[str, Any], per_seed: dict[int, dict[str, Any]]) -> str:
+    note = (f"speed-up vs {baseline}: Purrception's mean curve reaches {mean['baseline_final_fid']:.3f} (the "
+            f"baseline's mean FID at step {mean['baseline_final_step']}) at step {mean['purrception_steps_to_reach']}"
+            + (f" -> {mean['speedup']:.2f}x" if mean["speedup"] else " -> not reached within the budget"))
+    if len(per_seed) > 1:
+        factors = [v["speedup"] for v in per_seed.values()]
+        shown = ", ".join(f"seed {s}: " + (f"{v['speedup']:.2f}x" if v["speedup"] else "not reached")
+                          for s, v in per_seed.items())
+        reached = [f for f in factors if f]
+        spread = (f"; mean ± std {np.mean(reached):.2f} ± {np.std(reached):.2f}x" if len(reached) == len(factors)
+                  else "")
+        note += f" (each seed on its own: {shown}{spread})"
+    return note
 
 
 def convergence(store: StudyStore, track: TrackSettings, methods: list[str], shards: str, tokenizer_path: str,
                 tokenizer, info: DistInfo) -> dict[str, Any]:
-    """Train every method, track FID, and compute Purrception's speed-up to each baseline's final FID."""
+    """Train every method, track FID, and compute Purrception's speed-up to each baseline's final FID, from the
+    mean curve over seeds and from each seed on its own."""
     for name in methods:
         get_method(name)  # unknown names fail before any training
     train_and_track(store, [Variant(m, {"method": m}) for m in methods], track, shards, tokenizer_path, tokenizer, info)
     speedups: dict[str, Any] = {}
+    notes = []
     if "purrception" in methods:
-        p_steps, p_fid, _ = series(store, "purrception", "fid")
         for name in methods:
             if name == "purrception":
                 continue
-            b_steps, b_fid, _ = series(store, name, "fid")
-            reached = first_crossing(p_steps, p_fid, float(b_fid[-1]))
-            speedups[name] = {"baseline_final_step": int(b_steps[-1]), "baseline_final_fid": float(b_fid[-1]),
-                              "purrception_steps_to_reach": reached,
-                              "speedup": (float(b_steps[-1]) / reached) if reached else None}
-    notes = [f"speed-up vs {k}: Purrception reaches {v['baseline_final_fid']:.3f} (the baseline's FID at step "
-             f"{v['baseline_final_step']}) at step {v['purrception_steps_to_reach']} -> "
-             + (f"{v['speedup']:.2f}x" if v["speedup"] else "not reached within the budget")
-             for k, v in speedups.items()]
+            per_seed = {seed: _speedup(store, name, (seed,)) for seed in track.seeds}
+            speedups[name] = {**_speedup(store, name, track.seeds), "per_seed": per_seed}
+            notes.append(_speedup_note(name, speedups[name], per_seed))
     _write_tracked(store, "convergence", "Convergence: FID vs training steps", methods, track, notes)
     store.data["speedups"] = speedups
     store.save()
@@ -105,19 +124,49 @@ def zloss(store: StudyStore, track: TrackSettings, weights: list[float], shards:
 
 
 def head(store: StudyStore, track: TrackSettings, ranks: list[int], shards: str, tokenizer_path: str, tokenizer,
-         info: DistInfo) -> None:
-    """Purrception with the full head (rank 0) and factorised heads of the given ranks, at equal steps."""
+         info: DistInfo) -> dict[str, Any]:
+    """Purrception with the full head (rank 0) and factorised heads of the given ranks, at equal steps and at equal
+    wall time.
+
+    Every variant trains for the same steps; each checkpoint records the seconds spent in training steps. The
+    equal-wall-time comparison reads every variant's FID (linearly interpolated between its evaluations) at the
+    training time of the fastest variant's last checkpoint, so a faster head is credited with the extra steps it fits
+    into the same time. Wall time is only comparable when the variants ran on the same, otherwise idle, machine.
+    """
     variants = [Variant("full-head" if r == 0 else f"factorised-r{r}",
                         {"method": "purrception", "model_overrides": {**track.base.get("model_overrides", {}),
                                                                       "head_rank": r}}) for r in ranks]
     train_and_track(store, variants, track, shards, tokenizer_path, tokenizer, info)
-    notes = []
-    for v in variants:
-        metrics = store.folder / "runs" / f"{v.name}-seed{track.seeds[0]}" / "metrics.jsonl"
-        speeds = [json.loads(line)["images_per_s"] for line in metrics.read_text().splitlines() if line.strip()]
-        notes.append(f"{v.name}: median training throughput {np.median(speeds):.1f} images/s on this machine")
-    _write_tracked(store, "head", "Full vs factorised head: FID vs training steps", [v.name for v in variants],
-                   track, notes)
+    names = [v.name for v in variants]
+    seconds = {n: series(store, n, "train_seconds", track.seeds) for n in names}
+    fids = {n: series(store, n, "fid", track.seeds) for n in names}
+    budget = min(float(seconds[n][1][-1]) for n in names)
+    equal_time: dict[str, Any] = {}
+    for n in names:
+        steps, fid, _ = fids[n]
+        secs = seconds[n][1]
+        images_per_s = float(steps[-1]) * track.base["batch_size"] / float(secs[-1])
+        reached = budget >= secs[0]
+        equal_time[n] = {"images_per_s": images_per_s, "final_step": int(steps[-1]), "final_fid": float(fid[-1]),
+                         "step_at_budget": float(np.interp(budget, secs, steps)) if reached else None,
+                         "fid_at_budget": float(np.interp(budget, secs, fid)) if reached else None}
+    caption = f"{store.command} | " + _caption("head study", track)
+    plot_lines(store.folder / "head_wall_time.png", "Full vs factorised head: FID vs training time",
+               "seconds spent in training steps (mean over seeds)", "FID (digit features)",
+               {n: (seconds[n][1], fids[n][1], fids[n][2]) for n in names}, caption)
+    rows = [[n, f"{v['images_per_s']:.1f}", v["final_step"], f"{v['final_fid']:.3f}",
+             "before its first evaluation" if v["step_at_budget"] is None else f"{v['step_at_budget']:.0f}",
+             "-" if v["fid_at_budget"] is None else f"{v['fid_at_budget']:.3f}"] for n, v in equal_time.items()]
+    write_markdown(store.folder / "head_wall_time.md", f"Full vs factorised head at equal wall time ({budget:.0f} s)",
+                   ["variant", "training images/s", "steps (equal steps)", "FID at equal steps", "steps in "
+                    f"{budget:.0f} s", f"FID at {budget:.0f} s"], rows, store.command,
+                   [caption, "equal wall time: each variant's FID and step interpolated linearly between its "
+                    "evaluations at the training seconds of the fastest variant's last checkpoint"])
+    _write_tracked(store, "head", "Full vs factorised head: FID vs training steps", names, track,
+                   [f"{n}: {v['images_per_s']:.1f} training images/s on this machine" for n, v in equal_time.items()])
+    store.data["equal_wall_time"] = {"seconds": budget, **equal_time}
+    store.save()
+    return store.data["equal_wall_time"]
 
 
 def sampler_sweep(store: StudyStore, ckpt: Checkpoint, tokenizer, base: EvalSettings, field: str,

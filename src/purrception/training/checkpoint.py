@@ -58,6 +58,12 @@ class Checkpoint:
         return self.raw["tokenizer"].get("path")
 
     @property
+    def train_seconds(self) -> float | None:
+        """Seconds spent in training steps up to this checkpoint, summed over resumes (None in older checkpoints)."""
+        value = self.raw.get("train_seconds")
+        return None if value is None else float(value)
+
+    @property
     def num_classes(self) -> int:
         return int(self.raw["num_classes"])
 

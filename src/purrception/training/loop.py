@@ -248,12 +248,13 @@ def train(config: TrainConfig, shards_path: str | Path, run_dir: str | Path, tok
     opt = torch.optim.AdamW(model.parameters(), lr=0.0, betas=config.betas, eps=config.eps,
                             weight_decay=config.weight_decay, fused=dev.type == "cuda")
     ema = EMA(model, config.ema_decay, config.ema_warmup)
-    start_step = 0
+    start_step, train_seconds = 0, 0.0
     if resumed is not None:
         model.load_state_dict(resumed.raw["model"])
         ema.load_state_dict({"model": resumed.raw["ema"], "num_updates": resumed.raw["ema_updates"]})
         opt.load_state_dict(resumed.raw["optimizer"])
         start_step = resumed.step
+        train_seconds = resumed.train_seconds or 0.0
         rng = resumed.raw.get("rng")
         if rng is not None and len(rng) == info.world_size:
             restore_rng_state(rng[info.rank], dev)
@@ -292,6 +293,7 @@ def train(config: TrainConfig, shards_path: str | Path, run_dir: str | Path, tok
             "data_position": {"step": step, "samples_seen": step * config.batch_size, "seed": config.seed},
             "model": model.state_dict(), "ema": ema.model.state_dict(), "ema_updates": ema.num_updates,
             "optimizer": opt.state_dict(), "rng": rng, "world_size": info.world_size,
+            "train_seconds": train_seconds,
         }
 
     last_saved = existing
@@ -304,6 +306,7 @@ def train(config: TrainConfig, shards_path: str | Path, run_dir: str | Path, tok
     model.train()
     try:
         for step in bar:
+            t_step = time.perf_counter()
             for group in opt.param_groups:
                 group["lr"] = _lr_at(config, step)
             loss_value, parts = _accumulate(forward, ddp, batches, config, step, my_slots, slots_per_step,
@@ -319,12 +322,14 @@ def train(config: TrainConfig, shards_path: str | Path, run_dir: str | Path, tok
             opt.step()
             opt.zero_grad(set_to_none=True)
             ema.update(model)
+            train_seconds += time.perf_counter() - t_step  # steps only: no checkpoint writes or sample grids
             n_since += config.batch_size
             done = step + 1
             if done % config.log_every == 0 or done == config.steps:
                 now = time.perf_counter()
                 record = {"step": done, "loss": loss_value, **parts, "grad_norm": grad_norm,
-                          "lr": opt.param_groups[0]["lr"], "images_per_s": n_since / max(now - t_last, 1e-9)}
+                          "lr": opt.param_groups[0]["lr"], "images_per_s": n_since / max(now - t_last, 1e-9),
+                          "train_seconds": train_seconds}
                 if dev.type == "cuda":
                     record["max_memory_gb"] = torch.cuda.max_memory_allocated(dev) / 2**30
                 writer.metrics(record)
