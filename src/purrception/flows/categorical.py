@@ -114,13 +114,18 @@ def _sweep(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tar
         logits = _linear(xc, w, b).to(acc)                                      # (c, G*K)
         logits = logits.view(stop - start, groups, k)                           # (c, G, K)
         tc = targets[start:stop].unsqueeze(-1)                                  # (c, G, 1)
-        lse_c = torch.logsumexp(logits, dim=-1)                                 # (c, G)
-        lse[start:stop] = lse_c
         tgt[start:stop] = logits.gather(-1, tc).squeeze(-1)
+        # softmax in four passes over the chunk, in place: max, shift, exp, sum; lse = max + log(sum)
+        peak = logits.amax(dim=-1, keepdim=True)                                # (c, G, 1)
+        unnorm = logits.sub_(peak).exp_()                                       # exp(logits - max)
+        total = unnorm.sum(dim=-1)                                              # (c, G)
+        lse_c = peak.squeeze(-1) + total.log()
+        lse[start:stop] = lse_c
         if grads is None:
             continue
-        dlogits = logits.sub_(lse_c.unsqueeze(-1)).exp_()                       # softmax, in place
-        dlogits.mul_(((grad_ce + 2.0 * grad_z * lse_c) / count).unsqueeze(-1))
+        # dlogits = softmax * (grad_ce + 2 grad_z lse) / (M G) - grad_ce onehot / (M G); the softmax's 1 / sum is
+        # folded into the same per-row scale, so normalising costs no pass of its own
+        dlogits = unnorm.mul_(((grad_ce + 2.0 * grad_z * lse_c) / (count * total)).unsqueeze(-1))
         dlogits.scatter_add_(-1, tc, (-grad_ce / count).expand(tc.shape).contiguous())
         if gb is not None:
             gb += dlogits.sum(0).view(-1)
@@ -212,12 +217,16 @@ def posterior_mean(model: DiT, h: torch.Tensor, codebook: torch.Tensor, tau: flo
     acc = torch.promote_types(dtype, torch.float32)
     rows = chunk_rows(x.shape[0], groups * k, x.device, chunk_bytes)
     with torch.autocast(x.device.type, enabled=False):
+        # logits / tau = (x / tau) W^T + b / tau: the temperature costs a pass over the rows, not over the logits
         w = head.classifier_weight.to(dtype)
-        bias = None if head.classifier_bias is None else head.classifier_bias.to(dtype)
-        book = codebook.to(acc)
+        bias = None if head.classifier_bias is None else (head.classifier_bias / tau).to(dtype)
+        # values [E | 1]: one matmul gives both sum_k e_k E_k and the softmax normaliser sum_k e_k
+        values = torch.cat([codebook.to(acc), codebook.new_ones(k, 1, dtype=acc)], dim=1)     # (K, d+1)
         parts = []
         for start in range(0, x.shape[0], rows):
-            logits = _linear(x[start:start + rows].to(dtype), w, bias).to(acc)  # (c, G*K)
-            probs = torch.softmax(logits.view(-1, groups, k).div_(tau), dim=-1)  # (c, G, K)
-            parts.append(probs @ book)                                          # (c, G, d)
+            logits = _linear(x[start:start + rows].div(tau).to(dtype), w, bias).to(acc)       # (c, G*K)
+            logits = logits.view(-1, groups, k)                                              # (c, G, K)
+            unnorm = logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()                   # exp(logits - max)
+            read = unnorm @ values                                                           # (c, G, d+1)
+            parts.append(read[..., :-1] / read[..., -1:])
     return head.from_rows(torch.cat(parts), h.shape[0]).permute(0, 3, 1, 2)
