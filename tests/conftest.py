@@ -44,6 +44,10 @@ def tiny_shards_dir(tiny_tokenizer_dir, tmp_path_factory) -> Path:
     return folder
 
 
+#: metrics.jsonl fields that are wall-clock measurements, so differ between otherwise identical runs
+TIMINGS = ("images_per_s", "train_seconds")
+
+
 def tiny_config(**overrides) -> TrainConfig:
     """A few-step Purrception run with a one-block DiT."""
     values = dict(model="DiT-T/1", model_overrides=dict(TINY_MODEL), steps=4, batch_size=8, lr=1e-3,

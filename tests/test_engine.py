@@ -23,12 +23,12 @@ from purrception.training.checkpoint import load_checkpoint
 from purrception.training.config import TRAIN_PRESETS, TrainConfig, resolve_config
 from purrception.training.loop import build_model_for, latest_checkpoint, slots_of_rank, train
 
-from conftest import TINY_MODEL, tiny_config
+from conftest import TIMINGS, TINY_MODEL, tiny_config
 
 
 def _curve(run: Path) -> list[dict]:
     lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"} for line in lines]
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMINGS} for line in lines]
 
 
 def _free_port() -> int:

@@ -53,6 +53,7 @@ from purrception.training.checkpoint import (Checkpoint, capture_rng_state, load
 from purrception.training.config import TrainConfig
 from purrception.training.data import ShardBatches, slot_generator
 from purrception.training.ema import EMA
+from purrception.training.optimizer import adamw
 
 __all__ = ["TrainResult", "train", "latest_checkpoint", "build_model_for", "slots_of_rank", "PRECISION_DTYPES"]
 
@@ -245,8 +246,7 @@ def train(config: TrainConfig, shards_path: str | Path, run_dir: str | Path, tok
     model = build_model_for(config, method, shards).to(dev)
     _seed_process(config.seed, info.rank)
     # lr is set from the schedule (_lr_at) before every step; 0.0 here only satisfies the constructor
-    opt = torch.optim.AdamW(model.parameters(), lr=0.0, betas=config.betas, eps=config.eps,
-                            weight_decay=config.weight_decay, fused=dev.type == "cuda")
+    opt = adamw(model.parameters(), lr=0.0, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
     ema = EMA(model, config.ema_decay, config.ema_warmup)
     start_step, train_seconds = 0, 0.0
     if resumed is not None:
