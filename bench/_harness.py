@@ -1,6 +1,17 @@
 """Shared machinery of ``bench/step.py`` and ``bench/head.py``: cases, variants, FLOPs from shapes, and one fresh
 subprocess per measurement (so that CPU peak memory, read from ``ru_maxrss``, belongs to that variant alone).
 
+Two memory figures per case:
+
+- ``peak_bytes``: the whole process (CPU: ``ru_maxrss`` growth after imports; GPU: ``max_memory_allocated``), so it
+  includes weights, gradients and optimizer state;
+- ``step_bytes``: what one step adds above the memory held between steps (weights, optimizer state, inputs), i.e.
+  activations, gradients and transients, measured in a second child after one warm-up step. CPU: that child runs
+  with glibc's mmap threshold fixed at 128 KiB (``MALLOC_MMAP_THRESHOLD_``), so freed tensors go back to the OS and
+  the resident size tracks live tensors; the figure is the peak resident size of one step (``VmHWM``, reset through
+  ``/proc/self/clear_refs``) minus the resident size before it. GPU: ``max_memory_allocated`` of one step minus
+  ``memory_allocated`` before it.
+
 Not a library module: run the two scripts. A child is started as ``python bench/_harness.py '<case json>'`` and
 prints one JSON line with its measurements.
 """
@@ -155,7 +166,34 @@ def _rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
-def run_child(c: Case) -> dict:
+def _proc_status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024  # kB
+    raise KeyError(field)
+
+
+def _step_bytes(run: Callable[[], None], cuda: bool) -> int | None:
+    """Memory one call of ``run`` adds above what is held before it (CPU: Linux only, else None)."""
+    import torch
+
+    if cuda:
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        run()
+        return torch.cuda.max_memory_allocated() - before
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current resident size
+        before = _proc_status_bytes("VmRSS")
+    except OSError:
+        return None
+    run()
+    return _proc_status_bytes("VmHWM") - before
+
+
+def run_child(c: Case, memory: bool = False) -> dict:
+    """Time ``c`` (median of the timed repetitions, and the process's peak memory), or with ``memory`` measure
+    ``step_bytes`` after one warm-up call."""
     import torch
 
     global _CHUNK_BYTES
@@ -167,6 +205,7 @@ def run_child(c: Case) -> dict:
     from purrception.flows.purrception import purrception_velocity
     from purrception.models.dit import DiT, DiTConfig
     from purrception.sampling.guidance import guided_features
+    from purrception.training.optimizer import adamw
 
     device = torch.device(c.device)
     cuda = device.type == "cuda"
@@ -204,10 +243,9 @@ def run_child(c: Case) -> dict:
         return model.unpatchify(model.head(h), c.d).permute(0, 3, 1, 2).float()
 
     if c.task == "step":
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, eps=1e-6)
+        opt = adamw(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01)  # as in training
 
         def run() -> None:
-            opt.zero_grad(set_to_none=True)
             with autocast:
                 if variant.categorical:
                     path = make_path_sample(codebook, codes, gen)
@@ -218,14 +256,13 @@ def run_child(c: Case) -> dict:
                     loss = cfm_loss()
             loss.backward()
             opt.step()
+            opt.zero_grad(set_to_none=True)  # as the training loop does: no gradients are held between steps
     elif c.task == "head":
         h = torch.randn(c.batch, (c.latent // c.backbone.patch) ** 2, c.backbone.hidden, device=device,
                         requires_grad=True)
         target = torch.randn(c.batch, c.d, c.latent, c.latent, device=device)
 
         def run() -> None:
-            h.grad = None
-            model.zero_grad(set_to_none=True)
             with autocast:
                 if variant.categorical:
                     ce, z_sq = ops[c.variant][0](model, h, codes)
@@ -234,6 +271,8 @@ def run_child(c: Case) -> dict:
                     out = model.unpatchify(model.head(h), c.d).permute(0, 3, 1, 2).float()
                     loss = (out - target).pow(2).mean()
             loss.backward()
+            h.grad = None
+            model.zero_grad(set_to_none=True)
     else:
         model.eval()
         z = torch.randn(c.batch, c.d, c.latent, c.latent, device=device, generator=gen)
@@ -246,6 +285,9 @@ def run_child(c: Case) -> dict:
                 else:
                     cfm_velocity()
 
+    if memory:
+        run()  # creates the optimizer state
+        return {"step_bytes": _step_bytes(run, cuda)}
     times = []
     for i in range(c.warmup + c.steps):
         if cuda:
@@ -301,14 +343,21 @@ def cases_from_args(args: argparse.Namespace, task: str, cfg_scale: float = 1.0,
     return out
 
 
-def measure(c: Case) -> dict:
-    """Run ``c`` in a fresh Python process and return its measurements."""
+def _child(c: Case, memory: bool) -> dict:
     payload = json.dumps(asdict(c))
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), payload], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    if memory:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(128 * 1024)  # freed tensors leave the resident set at once
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), payload] + (["memory"] if memory else []),
+                          capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"case {c.variant} K={c.K} {c.backbone.spec} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure(c: Case) -> dict:
+    """Run ``c`` in a fresh Python process for its timings, then in another for ``step_bytes``."""
+    return {**_child(c, memory=False), **_child(c, memory=True)}
 
 
 def measure_all(cases: list[Case]) -> dict[Case, dict]:
@@ -336,6 +385,16 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join([fmt(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(r) for r in rows])
 
 
+def mib(value: float | None) -> str:
+    return "-" if value is None else f"{value / 2**20:.0f}"
+
+
+def ratio(value: float | None, reference: dict | None, key: str) -> str:
+    """``value / reference[key]`` to two decimals, or ``-`` when either is missing."""
+    base = None if reference is None else reference.get(key)
+    return "-" if value is None or not base else f"{value / base:.2f}"
+
+
 def with_variant(c: Case, variant: str) -> Case:
     return replace(c, variant=variant)
 
@@ -343,4 +402,4 @@ def with_variant(c: Case, variant: str) -> Case:
 if __name__ == "__main__":
     raw = json.loads(sys.argv[1])
     raw["backbone"] = Backbone(**raw["backbone"])
-    print(json.dumps(run_child(Case(**raw))))
+    print(json.dumps(run_child(Case(**raw), memory=sys.argv[2:] == ["memory"])))

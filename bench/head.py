@@ -2,8 +2,9 @@
 
 For every backbone width and K, side by side in one run (each measurement in a fresh process): median time of
 ``loss.backward()`` through the head only (features in, gradients w.r.t. features and head weights out), the
-achieved GFLOP/s (FLOPs from shapes: forward + 2x backward matmuls), and peak memory (CPU: ``ru_maxrss`` growth of
-the child after imports; GPU: ``max_memory_allocated``), each as a ratio to the naive head.
+achieved GFLOP/s (FLOPs from shapes: forward + 2x backward matmuls), and memory, each as a ratio to the naive head:
+peak (CPU: ``ru_maxrss`` growth of the child after imports; GPU: ``max_memory_allocated``) and what one call adds
+above the memory held between calls ("step"; see ``_harness``).
 
 Examples:
     python bench/head.py
@@ -19,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import (VARIANTS, add_common_args, case_flops, cases_from_args, machine_line, measure_all,  # noqa: E402
-                      table, with_variant)
+                      mib, ratio, table, with_variant)
 
 
 def main() -> None:
@@ -39,11 +40,11 @@ def main() -> None:
                      f"{flops / r['seconds'] / 1e9:.1f}",
                      f"{r['seconds'] / naive['seconds']:.2f}" if naive else "-",
                      f"{flops / (case_flops(with_variant(c, 'naive')) * c.batch):.3f}",
-                     f"{r['peak_bytes'] / 2**20:.0f}",
-                     f"{r['peak_bytes'] / naive['peak_bytes']:.2f}" if naive else "-"])
+                     mib(r["peak_bytes"]), ratio(r["peak_bytes"], naive, "peak_bytes"),
+                     mib(r["step_bytes"]), ratio(r["step_bytes"], naive, "step_bytes")])
     print("\nHead only: loss + backward (grads w.r.t. features and head weights)\n")
     print(table(rows, ["backbone", "K", "variant", "head Mparams", "ms", "GFLOP/s", "time/naive", "FLOPs/naive",
-                       "peak MiB", "mem/naive"]))
+                       "peak MiB", "mem/naive", "step MiB", "step mem/naive"]))
     print("\nvariants: " + "; ".join(f"{v.name}: {v.description}" for v in VARIANTS.values()))
 
 

@@ -2,8 +2,10 @@
 
 For every backbone and K, side by side in one run (each measurement in a fresh process):
 
-- training: median time of one step (forward, backward, AdamW) and peak memory (CPU: ``ru_maxrss`` growth of the
-  child after imports, so it includes weights, gradients and optimizer state; GPU: ``max_memory_allocated``);
+- training: median time of one step (forward, backward, AdamW) and memory: the whole process's peak (CPU:
+  ``ru_maxrss`` growth of the child after imports, so it includes weights, gradients and optimizer state; GPU:
+  ``max_memory_allocated``) and what one step adds above the memory held between steps ("step": activations,
+  gradients, transients; see ``_harness``);
 - sampling: median time of one guided velocity evaluation (CFG batched cond/uncond, the head once), per image;
 - each as a ratio to CFM, next to the FLOP ratio to CFM computed from the shapes (``efficiency`` = time ratio /
   FLOP ratio; 1.0 = no overhead beyond the FLOPs), and the chunked head against the naive one.
@@ -22,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import (VARIANTS, Case, add_common_args, case_flops, cases_from_args, machine_line,  # noqa: E402
-                      measure_all, table, with_variant)
+                      measure_all, mib, ratio, table, with_variant)
 
 
 def report(cases: list[Case], title: str, per_image: bool, memory: bool) -> None:
@@ -39,13 +41,16 @@ def report(cases: list[Case], title: str, per_image: bool, memory: bool) -> None
         row = [c.backbone.spec, c.K, c.variant, f"{ms:.1f}", t_ratio, f_ratio, eff,
                f"{r['seconds'] / naive['seconds']:.2f}" if naive and VARIANTS[c.variant].categorical else "-"]
         if memory:
-            row += [f"{r['peak_bytes'] / 2**20:.0f}", f"{r['peak_bytes'] / ref['peak_bytes']:.2f}" if ref else "-",
-                    f"{r['peak_bytes'] / naive['peak_bytes']:.2f}" if naive and VARIANTS[c.variant].categorical else "-"]
+            categorical = VARIANTS[c.variant].categorical
+            row += [mib(r["peak_bytes"]), ratio(r["peak_bytes"], ref, "peak_bytes"),
+                    ratio(r["peak_bytes"], naive if categorical else None, "peak_bytes"),
+                    mib(r["step_bytes"]), ratio(r["step_bytes"], ref, "step_bytes"),
+                    ratio(r["step_bytes"], naive if categorical else None, "step_bytes")]
         rows.append(row)
     unit = "ms/image" if per_image else "ms/step"
     header = ["backbone", "K", "variant", unit, "time/CFM", "FLOPs/CFM", "efficiency", "time/naive"]
     if memory:
-        header += ["peak MiB", "mem/CFM", "mem/naive"]
+        header += ["peak MiB", "mem/CFM", "mem/naive", "step MiB", "step/CFM", "step/naive"]
     print(f"\n{title}\n")
     print(table(rows, header))
 
