@@ -61,3 +61,40 @@ def test_existing_run_is_never_overwritten(tiny_shards_dir, tmp_path):
 def test_nan_loss_stops_with_a_clear_message(tiny_shards_dir, tmp_path):
     with pytest.raises(PurrError, match="loss became (nan|inf)"):
         train(tiny_config(steps=3, lr=1e20, ckpt_every=1), tiny_shards_dir, tmp_path / "run", progress=False)
+
+
+def test_adamw_is_fused_where_possible_and_matches_the_default_update(monkeypatch):
+    from purrception.training.optimizer import adamw
+
+    torch.manual_seed(0)
+    start = [torch.randn(5, 3), torch.randn(7)]
+    grads = [[torch.randn_like(p) for p in start] for _ in range(3)]
+
+    def trained(make):
+        params = [torch.nn.Parameter(p.clone()) for p in start]
+        opt = make(params)
+        for step in grads:
+            for p, g in zip(params, step):
+                p.grad = g.clone()
+            opt.step()
+        return opt, params
+
+    hyper = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-6, weight_decay=0.01)
+    fused, a = trained(lambda ps: adamw(ps, **hyper))
+    _, b = trained(lambda ps: torch.optim.AdamW(ps, **hyper))
+    assert fused.defaults["fused"]  # CPU has the fused kernel in every torch this project supports
+    for pa, pb in zip(a, b):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+
+    real = torch.optim.AdamW
+
+    def no_fused_kernel(params, fused=None, **kw):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return real(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", no_fused_kernel)
+    fallback, c = trained(lambda ps: adamw(ps, **hyper))
+    assert not fallback.defaults["fused"]
+    for pc, pb in zip(c, b):
+        torch.testing.assert_close(pc, pb)
