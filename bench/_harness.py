@@ -135,14 +135,23 @@ class Variant:
 
 
 def _ops():
+    """Per K-way variant: ``(loss(model, h, codes), read(model, h, codebook, tau))``; loss = ce + z-loss term."""
     from purrception.flows import categorical as cat
+    from purrception.flows.liger_head import liger_cross_entropy_and_zloss
 
-    hinted = lambda m, h, codes: cat.cross_entropy_and_zloss(m, h, codes, Z_LOSS_WEIGHT, _CHUNK_BYTES)  # noqa: E731
-    plain = lambda m, h, codes: cat.cross_entropy_and_zloss(m, h, codes, None, _CHUNK_BYTES)  # noqa: E731
+    def combined(ce_and_z):
+        def loss(m, h, codes):
+            ce, z_sq = ce_and_z(m, h, codes)
+            return ce + Z_LOSS_WEIGHT * z_sq
+        return loss
+
+    hinted = combined(lambda m, h, codes: cat.cross_entropy_and_zloss(m, h, codes, Z_LOSS_WEIGHT, _CHUNK_BYTES))
+    plain = combined(lambda m, h, codes: cat.cross_entropy_and_zloss(m, h, codes, None, _CHUNK_BYTES))
+    liger = lambda m, h, codes: liger_cross_entropy_and_zloss(m, h, codes, Z_LOSS_WEIGHT)[0]  # noqa: E731
     chunked_read = lambda m, h, book, tau: cat.posterior_mean(m, h, book, tau, _CHUNK_BYTES)  # noqa: E731
-    return {"naive": (cat.naive_cross_entropy_and_zloss, cat.naive_posterior_mean),
+    return {"naive": (combined(cat.naive_cross_entropy_and_zloss), cat.naive_posterior_mean),
             "chunked": (hinted, chunked_read), "chunked-recompute": (plain, chunked_read),
-            "factorised": (hinted, chunked_read)}
+            "factorised": (hinted, chunked_read), "liger": (liger, chunked_read)}
 
 
 _CHUNK_BYTES: int | None = None
@@ -154,7 +163,11 @@ VARIANTS: dict[str, Variant] = {
     "chunked-recompute": Variant("chunked-recompute", "Purrception, chunked head, logits recomputed in backward",
                                  False, True),
     "factorised": Variant("factorised", "Purrception, factorised head (head_rank=r), chunked", True, True),
+    "liger": Variant("liger", "Purrception, Liger-Kernel fused linear cross-entropy (head_kernel='liger'; CUDA only; "
+                     "sampling as chunked)", False, True),
 }
+#: Variants that run only on CUDA (left out of the default list elsewhere).
+CUDA_ONLY = ("liger",)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -250,8 +263,7 @@ def run_child(c: Case, memory: bool = False) -> dict:
                 if variant.categorical:
                     path = make_path_sample(codebook, codes, gen)
                     yy = drop_labels(y, 0.1, model.null_class, gen)
-                    ce, z_sq = ops[c.variant][0](model, model.features(path.z_t, path.t, yy), codes)
-                    loss = ce + Z_LOSS_WEIGHT * z_sq
+                    loss = ops[c.variant][0](model, model.features(path.z_t, path.t, yy), codes)
                 else:
                     loss = cfm_loss()
             loss.backward()
@@ -265,8 +277,7 @@ def run_child(c: Case, memory: bool = False) -> dict:
         def run() -> None:
             with autocast:
                 if variant.categorical:
-                    ce, z_sq = ops[c.variant][0](model, h, codes)
-                    loss = ce + Z_LOSS_WEIGHT * z_sq
+                    loss = ops[c.variant][0](model, h, codes)
                 else:
                     out = model.unpatchify(model.head(h), c.d).permute(0, 3, 1, 2).float()
                     loss = (out - target).pow(2).mean()
@@ -316,7 +327,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latent-dim", type=int, default=4, help="codebook dim d")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rank", type=int, default=64, help="factorised head width r")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma list of " + ", ".join(VARIANTS))
+    parser.add_argument("--variants", default=None,
+                        help="comma list of " + ", ".join(VARIANTS) + " (default: all that run on --device)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--steps", type=int, default=5, help="timed repetitions (median reported)")
@@ -329,7 +341,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 def cases_from_args(args: argparse.Namespace, task: str, cfg_scale: float = 1.0, tau: float = 1.0) -> list[Case]:
     ks = [16384] if args.quick else [int(k) for k in args.ks.split(",")]
     steps, warmup = (3, 1) if args.quick else (args.steps, args.warmup)
-    names = args.variants.split(",")
+    names = (args.variants.split(",") if args.variants else
+             [n for n in VARIANTS if args.device.startswith("cuda") or n not in CUDA_ONLY])
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")

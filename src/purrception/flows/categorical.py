@@ -26,8 +26,9 @@ import torch.nn.functional as F
 
 from purrception.models.dit import DiT
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "chunk_rows", "logits_from_features", "naive_cross_entropy_and_zloss",
-           "naive_posterior_mean", "linear_cross_entropy_and_zloss", "cross_entropy_and_zloss", "posterior_mean"]
+__all__ = ["DEFAULT_CHUNK_BYTES", "chunk_rows", "matmul_dtype", "logits_from_features",
+           "naive_cross_entropy_and_zloss", "naive_posterior_mean", "linear_cross_entropy_and_zloss",
+           "cross_entropy_and_zloss", "posterior_mean"]
 
 #: Memory budget for one chunk of logits (and their temporaries), by device type.
 DEFAULT_CHUNK_BYTES: dict[str, int] = {"cpu": 32 << 20, "cuda": 1 << 30}
@@ -42,7 +43,7 @@ def chunk_rows(num_rows: int, logits_per_row: int, device: torch.device, chunk_b
     return max(1, min(num_rows, budget // (logits_per_row * _BYTES_PER_LOGIT)))
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+def matmul_dtype(x: torch.Tensor) -> torch.dtype:
     """The matmul dtype autocast would use for ``x`` here (its own dtype outside autocast)."""
     device = x.device.type
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
@@ -143,7 +144,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, targets, groups, rows, z_loss_weight):  # noqa: D102
-        dtype = _compute_dtype(x)
+        dtype = matmul_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
             if z_loss_weight is None:
                 lse, tgt, grads = _sweep(x, weight, bias, targets, groups, rows, dtype)
@@ -213,7 +214,7 @@ def posterior_mean(model: DiT, h: torch.Tensor, codebook: torch.Tensor, tau: flo
     head = model.head
     x = head.rows(h)                                                            # (M, r)
     groups, k = head.groups, head.out_channels
-    dtype = _compute_dtype(x)
+    dtype = matmul_dtype(x)
     acc = torch.promote_types(dtype, torch.float32)
     rows = chunk_rows(x.shape[0], groups * k, x.device, chunk_bytes)
     with torch.autocast(x.device.type, enabled=False):
