@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from purrception.cli import main
 from purrception.studies.core import first_crossing
@@ -72,12 +73,18 @@ def test_head_study_compares_at_equal_steps_and_equal_wall_time(tiny_shards_dir,
     results = json.loads((out / "results.json").read_text())
     assert sorted(results["points"]) == ["factorised-r4|seed=0|step=2", "factorised-r4|seed=0|step=4",
                                          "full-head|seed=0|step=2", "full-head|seed=0|step=4"]
-    for name in ("full-head", "factorised-r4"):
+    for name in ("full-head", "factorised-r4"):  # every checkpoint records its training time
         early, late = (results["points"][f"{name}|seed=0|step={s}"]["train_seconds"] for s in (2, 4))
         assert 0 < early < late
-    budget = results["equal_wall_time"]["seconds"]
-    assert budget == min(results["points"][f"{n}|seed=0|step=4"]["train_seconds"] for n in ("full-head", "factorised-r4"))
-    fastest = min(("full-head", "factorised-r4"), key=lambda n: results["points"][f"{n}|seed=0|step=4"]["train_seconds"])
-    assert results["equal_wall_time"][fastest]["step_at_budget"] == 4.0
+    per_step = results["throughput"]["step_seconds"]  # measured side by side
+    assert sorted(per_step) == ["factorised-r4", "full-head"] and all(v > 0 for v in per_step.values())
+    equal = results["equal_wall_time"]
+    assert equal["seconds"] == pytest.approx(4 * min(per_step.values()))
+    fastest, slowest = sorted(per_step, key=per_step.get)
+    assert equal[fastest]["step_at_budget"] == pytest.approx(4.0)
+    assert equal[slowest]["step_at_budget"] == pytest.approx(4 * per_step[fastest] / per_step[slowest])
     assert "at equal wall time" in (out / "head_wall_time.md").read_text()
     assert (out / "head_wall_time.png").stat().st_size > 1000 and (out / "head.png").stat().st_size > 1000
+    before = (out / "results.json").read_text()
+    assert main(args + ["--ranks", "0,4"]) == 0  # resumes: neither trains, evaluates nor times again
+    assert json.loads((out / "results.json").read_text())["throughput"] == json.loads(before)["throughput"]

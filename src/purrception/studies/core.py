@@ -24,8 +24,8 @@ from purrception.training.checkpoint import Checkpoint, load_checkpoint
 from purrception.training.config import TrainConfig
 from purrception.training.loop import train
 
-__all__ = ["StudyStore", "Variant", "TrackSettings", "train_and_track", "evaluate_point", "write_markdown",
-           "plot_lines", "first_crossing", "series"]
+__all__ = ["StudyStore", "Variant", "TrackSettings", "train_and_track", "interleaved_step_seconds", "evaluate_point",
+           "write_markdown", "plot_lines", "first_crossing", "series"]
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +57,15 @@ class StudyStore:
     def save(self) -> None:
         atomic_save_json(self.path, self.data)
 
-    def get_or_measure(self, key: str, measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        if key not in self.points:
-            self.points[key] = measure()
+    def get_or_measure(self, key: str, measure: Callable[[], dict[str, Any]],
+                       section: str = "points") -> dict[str, Any]:
+        """The stored result under ``key`` in ``section`` (``points``: one evaluation each; other sections hold other
+        measurements), measuring and saving it first if absent."""
+        entries = self.data.setdefault(section, {})
+        if key not in entries:
+            entries[key] = measure()
             self.save()
-        return self.points[key]
+        return entries[key]
 
 
 @dataclass
@@ -113,6 +117,29 @@ def train_and_track(store: StudyStore, variants: list[Variant], track: TrackSett
 
 def _without_seeds(settings: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in settings.items() if k != "seeds"}
+
+
+def interleaved_step_seconds(variants: list[Variant], track: TrackSettings, shards: str | Path, info: DistInfo,
+                             steps: int = 20, rounds: int = 3) -> dict[str, float]:
+    """Seconds per training step of each variant, measured side by side: ``rounds`` rounds, each training every
+    variant for ``steps`` steps from scratch (the real engine, in a scratch folder), median over rounds.
+
+    Interleaving puts every variant under the same machine load, which the variants' own (sequential) training runs
+    do not share on a busy machine; so wall-time comparisons use these figures, not the runs' own timings.
+    """
+    import tempfile
+
+    seconds: dict[str, list[float]] = {v.name: [] for v in variants}
+    with tempfile.TemporaryDirectory(prefix="purr-throughput-") as scratch:
+        for r in range(rounds):
+            for variant in variants:
+                values = {**track.base, **variant.overrides, "seed": track.seeds[0], "steps": steps,
+                          "ckpt_every": steps, "keep_last": 1, "keep_every": 0, "log_every": steps,
+                          "sample_every": 0, "tensorboard": False}
+                result = train(TrainConfig.from_dict(values), shards, Path(scratch) / f"{variant.name}-{r}",
+                               progress=False, device=str(info.device))
+                seconds[variant.name].append(load_checkpoint(result.checkpoint).train_seconds / steps)
+    return {name: float(np.median(values)) for name, values in seconds.items()}
 
 
 def series(store: StudyStore, variant: str, metric: str,

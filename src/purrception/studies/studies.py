@@ -21,8 +21,8 @@ import numpy as np
 from purrception.distributed import DistInfo
 from purrception.evaluation.evaluate import EvalSettings
 from purrception.flows.base import get_method
-from purrception.studies.core import (StudyStore, TrackSettings, Variant, evaluate_point, first_crossing, plot_lines,
-                                      series, train_and_track, write_markdown)
+from purrception.studies.core import (StudyStore, TrackSettings, Variant, evaluate_point, first_crossing,
+                                      interleaved_step_seconds, plot_lines, series, train_and_track, write_markdown)
 from purrception.training.checkpoint import Checkpoint
 
 __all__ = ["convergence", "zloss", "head", "sampler_sweep"]
@@ -128,42 +128,47 @@ def head(store: StudyStore, track: TrackSettings, ranks: list[int], shards: str,
     """Purrception with the full head (rank 0) and factorised heads of the given ranks, at equal steps and at equal
     wall time.
 
-    Every variant trains for the same steps; each checkpoint records the seconds spent in training steps. The
-    equal-wall-time comparison reads every variant's FID (linearly interpolated between its evaluations) at the
-    training time of the fastest variant's last checkpoint, so a faster head is credited with the extra steps it fits
-    into the same time. Wall time is only comparable when the variants ran on the same, otherwise idle, machine.
+    Every variant trains for the same steps. For the equal-wall-time comparison the seconds per training step of
+    each variant are measured side by side (:func:`interleaved_step_seconds`, same machine load for all), every
+    variant's evaluations are placed on that time axis, and each variant's FID is read (linearly interpolated between
+    its evaluations) at the time the fastest variant needs for the full budget: a faster head is credited with the
+    extra steps it fits into the same time.
     """
     variants = [Variant("full-head" if r == 0 else f"factorised-r{r}",
                         {"method": "purrception", "model_overrides": {**track.base.get("model_overrides", {}),
                                                                       "head_rank": r}}) for r in ranks]
     train_and_track(store, variants, track, shards, tokenizer_path, tokenizer, info)
+    step_seconds = store.get_or_measure("step_seconds", lambda: interleaved_step_seconds(variants, track, shards, info),
+                                        section="throughput")
     names = [v.name for v in variants]
-    seconds = {n: series(store, n, "train_seconds", track.seeds) for n in names}
     fids = {n: series(store, n, "fid", track.seeds) for n in names}
-    budget = min(float(seconds[n][1][-1]) for n in names)
+    budget = min(float(fids[n][0][-1]) * step_seconds[n] for n in names)
     equal_time: dict[str, Any] = {}
     for n in names:
         steps, fid, _ = fids[n]
-        secs = seconds[n][1]
-        images_per_s = float(steps[-1]) * track.base["batch_size"] / float(secs[-1])
-        reached = budget >= secs[0]
-        equal_time[n] = {"images_per_s": images_per_s, "final_step": int(steps[-1]), "final_fid": float(fid[-1]),
-                         "step_at_budget": float(np.interp(budget, secs, steps)) if reached else None,
-                         "fid_at_budget": float(np.interp(budget, secs, fid)) if reached else None}
-    caption = f"{store.command} | " + _caption("head study", track)
+        step_at_budget = budget / step_seconds[n]
+        reached = step_at_budget >= steps[0]
+        equal_time[n] = {"seconds_per_step": step_seconds[n],
+                         "images_per_s": track.base["batch_size"] / step_seconds[n],
+                         "final_step": int(steps[-1]), "final_fid": float(fid[-1]),
+                         "step_at_budget": step_at_budget,
+                         "fid_at_budget": float(np.interp(step_at_budget, steps, fid)) if reached else None}
+    caption = (f"{store.command} | " + _caption("head study", track) + "; time axis = steps x seconds per step "
+               "measured side by side (interleaved) on this machine")
     plot_lines(store.folder / "head_wall_time.png", "Full vs factorised head: FID vs training time",
-               "seconds spent in training steps (mean over seeds)", "FID (digit features)",
-               {n: (seconds[n][1], fids[n][1], fids[n][2]) for n in names}, caption)
-    rows = [[n, f"{v['images_per_s']:.1f}", v["final_step"], f"{v['final_fid']:.3f}",
-             "before its first evaluation" if v["step_at_budget"] is None else f"{v['step_at_budget']:.0f}",
-             "-" if v["fid_at_budget"] is None else f"{v['fid_at_budget']:.3f}"] for n, v in equal_time.items()]
+               "training seconds (steps x measured seconds per step)", "FID (digit features)",
+               {n: (fids[n][0] * step_seconds[n], fids[n][1], fids[n][2]) for n in names}, caption)
+    rows = [[n, f"{v['images_per_s']:.1f}", v["final_step"], f"{v['final_fid']:.3f}", f"{v['step_at_budget']:.0f}",
+             "before its first evaluation" if v["fid_at_budget"] is None else f"{v['fid_at_budget']:.3f}"]
+            for n, v in equal_time.items()]
     write_markdown(store.folder / "head_wall_time.md", f"Full vs factorised head at equal wall time ({budget:.0f} s)",
-                   ["variant", "training images/s", "steps (equal steps)", "FID at equal steps", "steps in "
-                    f"{budget:.0f} s", f"FID at {budget:.0f} s"], rows, store.command,
-                   [caption, "equal wall time: each variant's FID and step interpolated linearly between its "
-                    "evaluations at the training seconds of the fastest variant's last checkpoint"])
+                   ["variant", "training images/s (side by side)", "steps (equal steps)", "FID at equal steps",
+                    f"steps in {budget:.0f} s", f"FID at {budget:.0f} s"], rows, store.command,
+                   [caption, "equal wall time: the time the fastest variant needs for the full budget; each "
+                    "variant's FID there is interpolated linearly between its evaluations"])
     _write_tracked(store, "head", "Full vs factorised head: FID vs training steps", names, track,
-                   [f"{n}: {v['images_per_s']:.1f} training images/s on this machine" for n, v in equal_time.items()])
+                   [f"{n}: {v['images_per_s']:.1f} training images/s (measured side by side)"
+                    for n, v in equal_time.items()])
     store.data["equal_wall_time"] = {"seconds": budget, **equal_time}
     store.save()
     return store.data["equal_wall_time"]
