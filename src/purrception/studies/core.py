@@ -95,14 +95,18 @@ def evaluate_point(ckpt: Checkpoint, tokenizer, settings: EvalSettings, info: Di
             "train_seconds": ckpt.train_seconds}
 
 
+def _run_config(track: TrackSettings, variant: Variant, seed: int, **fields: Any) -> TrainConfig:
+    """The training config of one variant and seed: the shared base, the variant's changes, then ``fields``."""
+    return TrainConfig.from_dict({**track.base, **variant.overrides, "seed": seed, **fields})
+
+
 def train_and_track(store: StudyStore, variants: list[Variant], track: TrackSettings, shards: str | Path,
                     tokenizer_path: str, tokenizer, info: DistInfo) -> None:
     """Train every variant x seed, evaluating at every ``eval_every`` steps; skip what ``store`` already has."""
     for variant in variants:
         for seed in track.seeds:
-            values = {**track.base, **variant.overrides, "seed": seed, "ckpt_every": track.eval_every,
-                      "keep_every": track.eval_every, "keep_last": 1}
-            config = TrainConfig.from_dict(values)
+            config = _run_config(track, variant, seed, ckpt_every=track.eval_every, keep_every=track.eval_every,
+                                 keep_last=1)
             run_dir = store.folder / "runs" / f"{variant.name}-seed{seed}"
             log.info("study: training %s (seed %d) to step %d", variant.name, seed, config.steps)
             train(config, shards, run_dir, tokenizer_path=tokenizer_path, resume=True, progress=info.is_main,
@@ -133,10 +137,9 @@ def interleaved_step_seconds(variants: list[Variant], track: TrackSettings, shar
     with tempfile.TemporaryDirectory(prefix="purr-throughput-") as scratch:
         for r in range(rounds):
             for variant in variants:
-                values = {**track.base, **variant.overrides, "seed": track.seeds[0], "steps": steps,
-                          "ckpt_every": steps, "keep_last": 1, "keep_every": 0, "log_every": steps,
-                          "sample_every": 0, "tensorboard": False}
-                result = train(TrainConfig.from_dict(values), shards, Path(scratch) / f"{variant.name}-{r}",
+                config = _run_config(track, variant, track.seeds[0], steps=steps, ckpt_every=steps, keep_last=1,
+                                     keep_every=0, log_every=steps, sample_every=0, tensorboard=False)
+                result = train(config, shards, Path(scratch) / f"{variant.name}-{r}",
                                progress=False, device=str(info.device))
                 seconds[variant.name].append(load_checkpoint(result.checkpoint).train_seconds / steps)
     return {name: float(np.median(values)) for name, values in seconds.items()}
