@@ -56,7 +56,7 @@ def test_chunked_loss_and_gradients_equal_naive(k, patch, rank, chunk_bytes, hin
 def test_small_budget_really_chunks():
     m = 48
     rows = cat.chunk_rows(m, 2 * 37, torch.device("cpu"), 3000)
-    assert 1 < rows < m and rows * 2 * 37 * 12 <= 3000
+    assert 1 < rows < m and rows * 2 * 37 * cat._BYTES_PER_LOGIT <= 3000
     assert cat.chunk_rows(m, 10, torch.device("cpu"), 1) == 1
     assert cat.chunk_rows(m, 10, torch.device("cpu"), 1 << 30) == m
 

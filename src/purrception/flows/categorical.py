@@ -33,8 +33,8 @@ __all__ = ["DEFAULT_CHUNK_BYTES", "chunk_rows", "matmul_dtype", "logits_from_fea
 #: Memory budget for one chunk of logits (and their temporaries), by device type.
 DEFAULT_CHUNK_BYTES: dict[str, int] = {"cpu": 32 << 20, "cuda": 1 << 30}
 _FALLBACK_CHUNK_BYTES = 256 << 20
-#: float32 logits + one same-sized temporary (softmax / gradient, low-precision copy) + slack.
-_BYTES_PER_LOGIT = 12
+#: The chunk's float32 logits (softmax numerator in place) + its low-precision copies under autocast.
+_BYTES_PER_LOGIT = 8
 
 
 def chunk_rows(num_rows: int, logits_per_row: int, device: torch.device, chunk_bytes: int | None = None) -> int:
@@ -80,9 +80,15 @@ def naive_posterior_mean(model: DiT, h: torch.Tensor, codebook: torch.Tensor, ta
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``x W^T + b`` in one kernel (the bias add fused into the matmul, as autocast's ``linear`` does)."""
-    return x @ weight.T if bias is None else torch.addmm(bias, x, weight.T)
+def _chunk_logits(xc: torch.Tensor, weight: torch.Tensor, bias_column: torch.Tensor | None, groups: int,
+                  acc: torch.dtype) -> torch.Tensor:
+    """One chunk's logits, transposed: ``W xc^T + b`` as ``(G, K, c)`` in the accumulation dtype ``acc``.
+
+    The transposed product (weight first) is the faster GEMM when the chunk has few rows and ``G K`` is large
+    (measured on CPU: about 1.6x over ``xc W^T`` at 64 rows), and the bias add is fused into it.
+    """
+    logits = weight @ xc.T if bias_column is None else torch.addmm(bias_column, weight, xc.T)    # (G*K, c)
+    return logits.to(acc).view(groups, -1, xc.shape[0])
 
 
 def _sweep(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, groups: int,
@@ -92,50 +98,63 @@ def _sweep(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tar
 
     Returns the log-partition ``lse`` and the target logits, both ``(M, G)`` float32, and, when ``grad_ce`` and
     ``grad_z`` are given, the gradients of ``grad_ce * ce + grad_z * z_sq`` w.r.t. ``x``, ``weight``, ``bias``
-    (float32, or float64 for float64 inputs), where ``ce = mean(lse - target)`` and ``z_sq = mean(lse^2)`` over all ``M G`` entries:
-    ``dlogits = softmax * (grad_ce + 2 grad_z lse) / (M G) - grad_ce onehot / (M G)``.
+    (float32, or float64 for float64 inputs), where ``ce = mean(lse - target)`` and ``z_sq = mean(lse^2)`` over
+    all ``M G`` entries: ``dlogits = softmax * s - grad_ce onehot / (M G)`` with the per-entry scale
+    ``s = (grad_ce + 2 grad_z lse) / (M G)``.
+
+    Each chunk's logits are held once, transposed (``(G, K, c)``, see :func:`_chunk_logits`), and turned into
+    ``exp(logits - max)`` in place. ``dlogits`` is never formed: the scale ``s`` (with the softmax's ``1 / sum``
+    folded in) is applied to the ``c x r`` side of each gradient matmul, and the one-hot term is a gather / index-add
+    of ``c G`` rows.
     """
-    m = x.shape[0]
+    m, r = x.shape
     k = weight.shape[0] // groups
     count = m * groups
     acc = torch.promote_types(dtype, torch.float32)
     w = weight.to(dtype)
-    b = None if bias is None else bias.to(dtype)
+    bias_column = None if bias is None else bias.to(dtype).unsqueeze(1)
     lse = torch.empty(m, groups, dtype=acc, device=x.device)
     tgt = torch.empty_like(lse)
     grads = None
     if grad_ce is not None:
         gx = torch.empty(x.shape, dtype=acc, device=x.device)
-        gw = torch.zeros(weight.shape, dtype=acc, device=x.device)
-        gb = torch.zeros(weight.shape[0], dtype=acc, device=x.device) if bias is not None else None
-        grads = (gx, gw, gb)
+        gw = torch.zeros(groups, k, r, dtype=acc, device=x.device)
+        gb = torch.zeros(groups, k, 1, dtype=acc, device=x.device) if bias is not None else None
+        grads = (gx, gw.view(-1, r), None if gb is None else gb.view(-1))
+        per_group = w.view(groups, k, r)
+        offsets = torch.arange(groups, device=x.device).unsqueeze(1) * k                   # (G, 1)
     for start in range(0, m, rows):
         stop = min(start + rows, m)
-        xc = x[start:stop].to(dtype)                                            # (c, r)
-        logits = _linear(xc, w, b).to(acc)                                      # (c, G*K)
-        logits = logits.view(stop - start, groups, k)                           # (c, G, K)
-        tc = targets[start:stop].unsqueeze(-1)                                  # (c, G, 1)
-        tgt[start:stop] = logits.gather(-1, tc).squeeze(-1)
-        # softmax in four passes over the chunk, in place: max, shift, exp, sum; lse = max + log(sum)
-        peak = logits.amax(dim=-1, keepdim=True)                                # (c, G, 1)
-        unnorm = logits.sub_(peak).exp_()                                       # exp(logits - max)
-        total = unnorm.sum(dim=-1)                                              # (c, G)
-        lse_c = peak.squeeze(-1) + total.log()
-        lse[start:stop] = lse_c
+        xc = x[start:stop].to(dtype)                                                        # (c, r)
+        logits = _chunk_logits(xc, w, bias_column, groups, acc)                            # (G, K, c)
+        tc = targets[start:stop].T.unsqueeze(1)                                             # (G, 1, c)
+        tgt[start:stop] = logits.gather(1, tc).squeeze(1).T
+        # softmax numerator in place: exp(logits - max); lse = max + log(sum)
+        peak = logits.amax(dim=1, keepdim=True)                                             # (G, 1, c)
+        unnorm = logits.sub_(peak).exp_()
+        total = unnorm.sum(dim=1)                                                           # (G, c)
+        lse_c = peak.squeeze(1) + total.log()
+        lse[start:stop] = lse_c.T
         if grads is None:
             continue
-        # dlogits = softmax * (grad_ce + 2 grad_z lse) / (M G) - grad_ce onehot / (M G); the softmax's 1 / sum is
-        # folded into the same per-row scale, so normalising costs no pass of its own
-        dlogits = unnorm.mul_(((grad_ce + 2.0 * grad_z * lse_c) / (count * total)).unsqueeze(-1))
-        dlogits.scatter_add_(-1, tc, (-grad_ce / count).expand(tc.shape).contiguous())
-        if gb is not None:
-            gb += dlogits.sum(0).view(-1)
-        d = dlogits.view(stop - start, groups * k).to(dtype)                    # (c, G*K)
-        gx[start:stop] = d @ w
+        scale = ((grad_ce + 2.0 * grad_z * lse_c) / (count * total)).unsqueeze(-1)         # (G, c, 1)
+        onehot = grad_ce / count
+        rows_of_targets = (tc.squeeze(1) + offsets).reshape(-1)                             # (G*c,) into G*K
+        p = unnorm.to(dtype)
+        # gx = sum_g dlogits_g^T W_g
+        gx[start:stop] = ((torch.bmm(p.transpose(1, 2), per_group).to(acc) * scale).sum(0)
+                          - onehot * weight.index_select(0, rows_of_targets).to(acc).view(groups, -1, r).sum(0))
+        # gW_g += dlogits_g x_c, gb_g += dlogits_g 1
+        scaled_x = (scale * xc.to(acc)).to(dtype).expand(groups, -1, -1)                  # (G, c, r)
         if dtype == acc:
-            gw.addmm_(d.T, xc)
+            gw.baddbmm_(p, scaled_x)
         else:
-            gw += (d.T @ xc).to(acc)
+            gw += torch.bmm(p, scaled_x).to(acc)
+        flat_gw = gw.view(-1, r)
+        flat_gw.index_add_(0, rows_of_targets, (-onehot * xc.to(acc)).repeat(groups, 1))
+        if gb is not None:
+            gb.baddbmm_(unnorm, scale)
+            gb.view(-1).index_add_(0, rows_of_targets, (-onehot).expand(rows_of_targets.shape).to(acc))
     return lse, tgt, grads
 
 
@@ -218,16 +237,15 @@ def posterior_mean(model: DiT, h: torch.Tensor, codebook: torch.Tensor, tau: flo
     acc = torch.promote_types(dtype, torch.float32)
     rows = chunk_rows(x.shape[0], groups * k, x.device, chunk_bytes)
     with torch.autocast(x.device.type, enabled=False):
-        # logits / tau = (x / tau) W^T + b / tau: the temperature costs a pass over the rows, not over the logits
+        # logits / tau = W (x / tau)^T + b / tau: the temperature costs a pass over the rows, not over the logits
         w = head.classifier_weight.to(dtype)
-        bias = None if head.classifier_bias is None else (head.classifier_bias / tau).to(dtype)
+        bias_column = None if head.classifier_bias is None else (head.classifier_bias / tau).to(dtype).unsqueeze(1)
         # values [E | 1]: one matmul gives both sum_k e_k E_k and the softmax normaliser sum_k e_k
         values = torch.cat([codebook.to(acc), codebook.new_ones(k, 1, dtype=acc)], dim=1)     # (K, d+1)
         parts = []
         for start in range(0, x.shape[0], rows):
-            logits = _linear(x[start:start + rows].div(tau).to(dtype), w, bias).to(acc)       # (c, G*K)
-            logits = logits.view(-1, groups, k)                                              # (c, G, K)
-            unnorm = logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()                   # exp(logits - max)
-            read = unnorm @ values                                                           # (c, G, d+1)
-            parts.append(read[..., :-1] / read[..., -1:])
+            logits = _chunk_logits(x[start:start + rows].div(tau).to(dtype), w, bias_column, groups, acc)  # (G, K, c)
+            unnorm = logits.sub_(logits.amax(dim=1, keepdim=True)).exp_()                   # exp(logits - max)
+            read = torch.bmm(unnorm.transpose(1, 2), values.expand(groups, -1, -1))         # (G, c, d+1)
+            parts.append((read[..., :-1] / read[..., -1:]).transpose(0, 1))                 # (c, G, d)
     return head.from_rows(torch.cat(parts), h.shape[0]).permute(0, 3, 1, 2)
