@@ -335,6 +335,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--chunk-mib", type=int, default=0, help="chunk memory budget; 0 = library default")
     parser.add_argument("--threads", type=int, default=0, help="torch threads in each child; 0 = torch default")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="time every case this many times, round-robin over the cases; report the median")
     parser.add_argument("--quick", action="store_true", help="K=16384 only, 3 timed repetitions, 1 warm-up")
 
 
@@ -368,18 +370,21 @@ def _child(c: Case, memory: bool) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure(c: Case) -> dict:
-    """Run ``c`` in a fresh Python process for its timings, then in another for ``step_bytes``."""
-    return {**_child(c, memory=False), **_child(c, memory=True)}
-
-
-def measure_all(cases: list[Case]) -> dict[Case, dict]:
-    """:func:`measure` every case in turn, reporting progress on stderr."""
+def measure_all(cases: list[Case], rounds: int = 1) -> dict[Case, dict]:
+    """Time every case ``rounds`` times, round-robin (each round runs every case once, each in a fresh process),
+    and measure its ``step_bytes`` once; ``seconds`` is the median over the rounds. Interleaving the rounds spreads
+    the machine's slow spells over all variants instead of whichever case ran during one. Progress on stderr."""
+    timings: dict[Case, list[dict]] = {c: [] for c in cases}
+    for r in range(rounds):
+        for c in cases:
+            timings[c].append(_child(c, memory=False))
+            print(f"  round {r + 1}/{rounds}: {c.task} {c.backbone.spec} K={c.K} {c.variant}: "
+                  f"{timings[c][-1]['seconds'] * 1e3:.1f} ms", file=sys.stderr, flush=True)
     results: dict[Case, dict] = {}
     for c in cases:
-        results[c] = measure(c)
-        print(f"  measured {c.task} {c.backbone.spec} K={c.K} {c.variant}: {results[c]['seconds'] * 1e3:.1f} ms",
-              file=sys.stderr, flush=True)
+        runs = timings[c]
+        results[c] = {**runs[0], "seconds": statistics.median(run["seconds"] for run in runs),
+                      "peak_bytes": max(run["peak_bytes"] for run in runs), **_child(c, memory=True)}
     return results
 
 

@@ -31,7 +31,7 @@ def main() -> None:
     print(f"latents {args.latent}x{args.latent}x{args.latent_dim}, batch {args.batch}, dtype {args.dtype}, "
           f"factorised rank {args.rank}, chunk budget {args.chunk_mib or 'default'} MiB")
     cases = cases_from_args(args, "head")
-    results = measure_all(cases)
+    results = measure_all(cases, args.rounds)
     rows = []
     for c in cases:
         r, naive = results[c], results.get(with_variant(c, "naive"))

@@ -27,8 +27,8 @@ from _harness import (VARIANTS, Case, add_common_args, case_flops, cases_from_ar
                       measure_all, mib, ratio, table, with_variant)
 
 
-def report(cases: list[Case], title: str, per_image: bool, memory: bool) -> None:
-    results = measure_all(cases)
+def report(cases: list[Case], rounds: int, title: str, per_image: bool, memory: bool) -> None:
+    results = measure_all(cases, rounds)
     rows = []
     for c in cases:
         r = results[c]
@@ -64,12 +64,13 @@ def main() -> None:
     args = parser.parse_args()
     print(machine_line(args.device, args.threads))
     print(f"latents {args.latent}x{args.latent}x{args.latent_dim}, batch {args.batch}, dtype {args.dtype}, "
-          f"factorised rank {args.rank}, chunk budget {args.chunk_mib or 'default'} MiB")
+          f"factorised rank {args.rank}, chunk budget {args.chunk_mib or 'default'} MiB, "
+          f"rounds {args.rounds}")
     tasks = args.tasks.split(",")
     if "step" in tasks:
-        report(cases_from_args(args, "step"), "Training step (forward + backward + AdamW)", False, True)
+        report(cases_from_args(args, "step"), args.rounds, "Training step (forward + backward + AdamW)", False, True)
     if "sample" in tasks:
-        report(cases_from_args(args, "sample", args.cfg_scale, args.tau),
+        report(cases_from_args(args, "sample", args.cfg_scale, args.tau), args.rounds,
                f"Sampling: one velocity evaluation, CFG {args.cfg_scale} (cond+uncond batched), per image",
                True, False)
 
