@@ -56,9 +56,12 @@ def test_chunked_loss_and_gradients_equal_naive(k, patch, rank, chunk_bytes, hin
 def test_small_budget_really_chunks():
     m = 48
     rows = cat.chunk_rows(m, 2 * 37, torch.device("cpu"), 3000)
-    assert 1 < rows < m and rows * 2 * 37 * cat._BYTES_PER_LOGIT <= 3000
+    assert 1 < rows < m and rows * 2 * 37 * 4 <= 3000 < (rows + 1) * 2 * 37 * 4
+    assert cat.chunk_rows(m, 2 * 37, torch.device("cpu"), 3000, torch.bfloat16) == 3000 // (2 * 37 * 6)
     assert cat.chunk_rows(m, 10, torch.device("cpu"), 1) == 1
     assert cat.chunk_rows(m, 10, torch.device("cpu"), 1 << 30) == m
+    assert cat.chunk_rows(1000, 10, torch.device("cpu"), 1 << 30) == cat.MAX_CHUNK_ROWS["cpu"]
+    assert cat.chunk_rows(1000, 10, torch.device("cuda"), 1 << 30) == 1000
 
 
 def test_loss_equals_cross_entropy_on_hand_logits():
