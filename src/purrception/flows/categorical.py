@@ -159,13 +159,12 @@ def _sweep(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tar
         gx[start:stop] = ((torch.bmm(p.transpose(1, 2), per_group).to(acc) * scale).sum(0)
                           - onehot * weight.index_select(0, rows_of_targets).to(acc).view(groups, -1, r).sum(0))
         # gW_g += dlogits_g x_c, gb_g += dlogits_g 1
-        scaled_x = (scale * xc.to(acc)).to(dtype).expand(groups, -1, -1)                  # (G, c, r)
+        scaled_x = (scale * xc.to(acc)).to(dtype)                                           # (G, c, r)
         if dtype == acc:
             gw.baddbmm_(p, scaled_x)
         else:
             gw += torch.bmm(p, scaled_x).to(acc)
-        flat_gw = gw.view(-1, r)
-        flat_gw.index_add_(0, rows_of_targets, (-onehot * xc.to(acc)).repeat(groups, 1))
+        gw.view(-1, r).index_add_(0, rows_of_targets, (-onehot * xc.to(acc)).repeat(groups, 1))
         if gb is not None:
             gb.baddbmm_(unnorm, scale)
             gb.view(-1).index_add_(0, rows_of_targets, (-onehot).expand(rows_of_targets.shape).to(acc))
