@@ -60,8 +60,16 @@ def test_small_budget_really_chunks():
     assert cat.chunk_rows(m, 2 * 37, torch.device("cpu"), 3000, torch.bfloat16) == 3000 // (2 * 37 * 6)
     assert cat.chunk_rows(m, 10, torch.device("cpu"), 1) == 1
     assert cat.chunk_rows(m, 10, torch.device("cpu"), 1 << 30) == m
-    assert cat.chunk_rows(1000, 10, torch.device("cpu"), 1 << 30) == cat.MAX_CHUNK_ROWS["cpu"]
-    assert cat.chunk_rows(1000, 10, torch.device("cuda"), 1 << 30) == 1000
+
+
+def test_cpu_chunks_stay_cache_sized_but_keep_enough_rows_for_the_gemm():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    cache_rows = cat.CACHE_CHUNK_BYTES["cpu"] // (16384 * 4)
+    assert cat.chunk_rows(10_000, 16384, cpu, 1 << 30) == max(cat.GEMM_FULL_RATE_ROWS, cache_rows)
+    assert cat.chunk_rows(10_000, 4 * 16384, cpu, 1 << 30) == cat.GEMM_FULL_RATE_ROWS  # cache size alone: fewer
+    assert cat.chunk_rows(10_000, 128, cpu, 1 << 30) == 10_000                       # small K: one chunk
+    assert cat.chunk_rows(10_000, 16384, cuda, 1 << 30) == 10_000                    # GPUs: the budget alone
+    assert cat.chunk_rows(10_000, 16384, cpu, 16384 * 4 * 3) == 3                    # the budget still bounds
 
 
 def test_loss_equals_cross_entropy_on_hand_logits():

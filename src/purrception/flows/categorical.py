@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from purrception.models.dit import DiT
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "MAX_CHUNK_ROWS", "bytes_per_logit", "chunk_rows", "matmul_dtype",
+__all__ = ["DEFAULT_CHUNK_BYTES", "CACHE_CHUNK_BYTES", "GEMM_FULL_RATE_ROWS", "bytes_per_logit", "chunk_rows", "matmul_dtype",
            "logits_from_features",
            "naive_cross_entropy_and_zloss", "naive_posterior_mean", "linear_cross_entropy_and_zloss",
            "cross_entropy_and_zloss", "posterior_mean"]
@@ -35,10 +35,13 @@ __all__ = ["DEFAULT_CHUNK_BYTES", "MAX_CHUNK_ROWS", "bytes_per_logit", "chunk_ro
 #: Memory budget for one chunk of logits (and their temporaries), by device type.
 DEFAULT_CHUNK_BYTES: dict[str, int] = {"cpu": 32 << 20, "cuda": 1 << 30}
 _FALLBACK_CHUNK_BYTES = 256 << 20
-#: At most this many rows per chunk, by device type. On CPU the chunk GEMM reaches its full rate by 128 rows, and
-#: larger chunks only push the elementwise softmax passes out of cache (measured on the 2-core VM: the factorised
-#: head's sweep took 140 ms at 128 rows, 211 ms at 512; the full head's was fastest at 128).
-MAX_CHUNK_ROWS: dict[str, int] = {"cpu": 128}
+#: CPU only: chunks of about this many bytes keep the softmax passes in cache, but never fewer than
+#: :data:`GEMM_FULL_RATE_ROWS` rows, which the chunk GEMM needs to run at its full rate. Measured on the 2-core VM
+#: (K=16384): the factorised head's sweep took 140 ms at 128 rows (8 MiB) and 211 ms at 512 (32 MiB); the full
+#: head's (4 x 16384 logits per row) was fastest at 128 rows; the demo's (128 logits per row, 4096 rows) took 28 ms
+#: in 128-row chunks and 15 ms in one.
+CACHE_CHUNK_BYTES: dict[str, int] = {"cpu": 8 << 20}
+GEMM_FULL_RATE_ROWS = 128
 
 
 def bytes_per_logit(dtype: torch.dtype) -> int:
@@ -50,11 +53,15 @@ def bytes_per_logit(dtype: torch.dtype) -> int:
 
 def chunk_rows(num_rows: int, logits_per_row: int, device: torch.device, chunk_bytes: int | None = None,
                dtype: torch.dtype = torch.float32) -> int:
-    """Rows per chunk so that one chunk's logits and temporaries fit in ``chunk_bytes`` (default by device), at
-    most :data:`MAX_CHUNK_ROWS` on that device."""
+    """Rows per chunk: as many as fit one chunk's logits and temporaries in ``chunk_bytes`` (default by device); on
+    devices in :data:`CACHE_CHUNK_BYTES`, no more than fit that size or :data:`GEMM_FULL_RATE_ROWS`, whichever is
+    more."""
     budget = chunk_bytes if chunk_bytes is not None else DEFAULT_CHUNK_BYTES.get(device.type, _FALLBACK_CHUNK_BYTES)
-    rows = budget // (logits_per_row * bytes_per_logit(dtype))
-    return max(1, min(num_rows, rows, MAX_CHUNK_ROWS.get(device.type, num_rows)))
+    row_bytes = logits_per_row * bytes_per_logit(dtype)
+    rows = budget // row_bytes
+    if device.type in CACHE_CHUNK_BYTES:
+        rows = min(rows, max(GEMM_FULL_RATE_ROWS, CACHE_CHUNK_BYTES[device.type] // row_bytes))
+    return max(1, min(num_rows, rows))
 
 
 def matmul_dtype(x: torch.Tensor) -> torch.dtype:
