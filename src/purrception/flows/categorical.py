@@ -27,10 +27,9 @@ import torch.nn.functional as F
 
 from purrception.models.dit import DiT
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "CACHE_CHUNK_BYTES", "GEMM_FULL_RATE_ROWS", "bytes_per_logit", "chunk_rows", "matmul_dtype",
-           "logits_from_features",
-           "naive_cross_entropy_and_zloss", "naive_posterior_mean", "linear_cross_entropy_and_zloss",
-           "cross_entropy_and_zloss", "posterior_mean"]
+__all__ = ["DEFAULT_CHUNK_BYTES", "CACHE_CHUNK_BYTES", "GEMM_FULL_RATE_ROWS", "bytes_per_logit", "chunk_rows",
+           "matmul_dtype", "logits_from_features", "naive_cross_entropy_and_zloss", "naive_posterior_mean",
+           "linear_cross_entropy_and_zloss", "cross_entropy_and_zloss", "posterior_mean"]
 
 #: Memory budget for one chunk of logits (and their temporaries), by device type.
 DEFAULT_CHUNK_BYTES: dict[str, int] = {"cpu": 32 << 20, "cuda": 1 << 30}
