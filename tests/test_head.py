@@ -95,6 +95,28 @@ def test_posterior_mean_equals_naive(k, patch, rank, tau, chunk_bytes):
 
 
 @pytest.mark.parametrize("rank", [0, 6])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("spread", [5.0, 59.0, 300.0])
+def test_posterior_mean_with_wide_biases_equals_naive(rank, dtype, spread):
+    """The bias is folded into the read's values when ``bias / tau`` spans at most FOLDED_BIAS_MAX_SPREAD nats and
+    added to the logits otherwise; both equal the materialised softmax, in float32 too."""
+    tau = 0.5
+    model = make_model(64, 2, rank).to(dtype)
+    bias = model.head.classifier_bias
+    with torch.no_grad():
+        ramp = torch.linspace(-spread * tau, 0.0, bias.numel() // model.head.groups, dtype=dtype)
+        bias.copy_(ramp[torch.randperm(ramp.numel(), generator=torch.Generator().manual_seed(6))]
+                   .repeat(model.head.groups))
+    _, column = cat._fold_bias_into_values(torch.ones(4, 64, dtype=dtype), bias, tau, model.head.groups, dtype, dtype)
+    assert (column is None) == (spread <= cat.FOLDED_BIAS_MAX_SPREAD)
+    h = features(model).detach().to(dtype)
+    book = torch.randn(64, 3, dtype=dtype, generator=torch.Generator().manual_seed(3))
+    tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
+    want = cat.naive_posterior_mean(model, h, book, tau)
+    torch.testing.assert_close(cat.posterior_mean(model, h, book, tau, 5000), want, **tol)
+
+
+@pytest.mark.parametrize("rank", [0, 6])
 @pytest.mark.parametrize("cfg_scale", [1.0, 1.5, 4.0])
 def test_guided_velocity_equals_cfg_on_naive_logits(rank, cfg_scale):
     """Purrception's velocity (chunked read, CFG on features) == softmax(l_u + s (l_c - l_u)) E, materialised."""
