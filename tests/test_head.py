@@ -53,6 +53,36 @@ def test_chunked_loss_and_gradients_equal_naive(k, patch, rank, chunk_bytes, hin
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+def _out_of_exp_range(model: DiT, h: torch.Tensor, case: str) -> torch.Tensor:
+    """Features (and biases) whose log-partitions leave the range where exp(logits) is taken unshifted: in the last
+    rows only (the sweep switches mid-way), in every row (from the first chunk on), or far below zero."""
+    with torch.no_grad():
+        if case == "late":
+            h = torch.cat([h[:-1], h[-1:] * 400.0])
+        elif case == "all":
+            h = h * 400.0
+        else:
+            model.head.classifier_bias.sub_(1000.0)
+    return h.detach().requires_grad_()
+
+
+@pytest.mark.parametrize("case", ["late", "all", "negative"])
+@pytest.mark.parametrize("rank", [0, 5])
+def test_chunked_head_equals_naive_beyond_the_unshifted_exp_range(case, rank):
+    model = make_model(37, 2, rank)
+    h = _out_of_exp_range(model, features(model), case)
+    codes = torch.randint(0, 37, (3, 4, 4), generator=torch.Generator().manual_seed(2))
+    lse = torch.logsumexp(cat.logits_from_features(model, h), dim=-1)
+    assert lse.abs().max() > 400  # float64's unshifted range is about +-354
+    want = grads(model, h, lambda: cat.naive_cross_entropy_and_zloss(model, h, codes), (1.0, 0.3))
+    got = grads(model, h, lambda: cat.cross_entropy_and_zloss(model, h, codes, 0.3, 2000), (1.0, 0.3))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    book = torch.randn(37, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(cat.posterior_mean(model, h.detach(), book, 0.5, 2000),
+                               cat.naive_posterior_mean(model, h.detach(), book, 0.5), rtol=1e-10, atol=1e-12)
+
+
 def test_small_budget_really_chunks():
     m = 48
     rows = cat.chunk_rows(m, 2 * 37, torch.device("cpu"), 3000)

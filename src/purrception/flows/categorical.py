@@ -123,6 +123,20 @@ def _chunk_logits(xc: torch.Tensor, weight: torch.Tensor, bias_column: torch.Ten
     return out.view(groups, -1, xc.shape[0])
 
 
+def _sums_in_exp_range(sums: torch.Tensor) -> bool:
+    """Whether softmax numerators ``exp(logits)`` taken without the usual max shift are exact for rows with these sums.
+
+    Every sum in ``[tiny^(1/2), max^(1/2)]`` of its dtype (float32: about ``[1e-19, 2e19]``, i.e. log-partitions
+    within +-43) means no term overflowed and none that matters underflowed (terms below ``tiny`` are under
+    ``tiny^(1/2)`` of their row's sum), and the gradient matmuls stay in range too. That saves the max and shift
+    passes over every chunk; a chunk whose sums are out of range (or not finite) is recomputed with the shift, and
+    so is the rest of the sweep. The z-loss (App. D) trains the log-partition towards 0, so trained heads stay in
+    range.
+    """
+    info = torch.finfo(sums.dtype)
+    return bool(((sums >= info.tiny ** 0.5) & (sums <= info.max ** 0.5)).all())
+
+
 def _sweep(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, groups: int,
            rows: int, dtype: torch.dtype, grad_ce: torch.Tensor | None = None, grad_z: torch.Tensor | None = None
            ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None]:
@@ -134,8 +148,9 @@ def _sweep(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tar
     all ``M G`` entries: ``dlogits = softmax * s - grad_ce onehot / (M G)`` with the per-entry scale
     ``s = (grad_ce + 2 grad_z lse) / (M G)``.
 
-    Each chunk's logits are held once, transposed (``(G, K, c)``, see :func:`_chunk_logits`), and turned into
-    ``exp(logits - max)`` in place. ``dlogits`` is never formed: the scale ``s`` (with the softmax's ``1 / sum``
+    Each chunk's logits are held once, transposed (``(G, K, c)``, see :func:`_chunk_logits`), and turned into the
+    softmax numerators in place: ``exp(logits)`` while the row sums allow it (:func:`_sums_in_exp_range`), else
+    ``exp(logits - max)``. ``dlogits`` is never formed: the scale ``s`` (with the softmax's ``1 / sum``
     folded in) is applied to the ``c x r`` side of each gradient matmul, and the one-hot term is a gather / index-add
     of ``c G`` rows.
     """
@@ -156,17 +171,26 @@ def _sweep(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tar
         grads = (gx, gw.view(-1, r), None if gb is None else gb.view(-1))
         per_group = w.view(groups, k, r)
         offsets = torch.arange(groups, device=x.device).unsqueeze(1) * k                   # (G, 1)
+    shifted = False
     for start in range(0, m, rows):
         stop = min(start + rows, m)
         xc = x[start:stop].to(dtype)                                                        # (c, r)
         logits = _chunk_logits(xc, w, bias_column, groups, buffer)                         # (G, K, c)
         tc = targets[start:stop].T.unsqueeze(1)                                             # (G, 1, c)
         tgt[start:stop] = logits.gather(1, tc).squeeze(1).T
-        # softmax numerator in place: exp(logits - max); lse = max + log(sum)
-        peak = logits.amax(dim=1, keepdim=True)                                             # (G, 1, c)
-        unnorm = logits.sub_(peak).exp_()
-        total = unnorm.sum(dim=1)                                                           # (G, c)
-        lse_c = peak.squeeze(1) + total.log()
+        # softmax numerators in place; lse = log(sum), or max + log(sum) when shifted
+        peak = None
+        if not shifted:  # exp(logits) in place, kept if every row's sum is in range (see _sums_in_exp_range)
+            unnorm = logits.exp_()
+            total = unnorm.sum(dim=1)                                                       # (G, c)
+            shifted = not _sums_in_exp_range(total)
+            if shifted:
+                logits = _chunk_logits(xc, w, bias_column, groups, buffer)
+        if shifted:      # exp(logits - max) in place
+            peak = logits.amax(dim=1, keepdim=True)                                         # (G, 1, c)
+            unnorm = logits.sub_(peak).exp_()
+            total = unnorm.sum(dim=1)
+        lse_c = total.log() if peak is None else peak.squeeze(1) + total.log()
         lse[start:stop] = lse_c.T
         if grads is None:
             continue
@@ -297,10 +321,16 @@ def posterior_mean(model: DiT, h: torch.Tensor, codebook: torch.Tensor, tau: flo
         values, bias_column = _fold_bias_into_values(values, head.classifier_bias, tau, groups, acc, dtype)
         buffer = torch.empty(groups * k * min(rows, x.shape[0]), dtype=acc, device=x.device)
         parts = []
+        shifted = False
         for start in range(0, x.shape[0], rows):
             xc = x[start:start + rows].div(tau).to(dtype)
             logits = _chunk_logits(xc, w, bias_column, groups, buffer)                            # (G, K, c)
-            unnorm = logits.sub_(logits.amax(dim=1, keepdim=True)).exp_()                   # exp(logits - max)
-            read = torch.bmm(values, unnorm)                                                # (G, d+1, c)
+            if not shifted:  # exp(logits), kept if every normaliser is in range (see _sums_in_exp_range)
+                read = torch.bmm(values, logits.exp_())                                     # (G, d+1, c)
+                shifted = not _sums_in_exp_range(read[:, -1])
+                if shifted:
+                    logits = _chunk_logits(xc, w, bias_column, groups, buffer)
+            if shifted:      # exp(logits - max)
+                read = torch.bmm(values, logits.sub_(logits.amax(dim=1, keepdim=True)).exp_())
             parts.append((read[:, :-1] / read[:, -1:]).permute(2, 0, 1))                    # (c, G, d)
     return head.from_rows(torch.cat(parts), h.shape[0]).permute(0, 3, 1, 2)
