@@ -6,8 +6,14 @@ default chunk size: the training op (chunked cross-entropy + z-loss from given f
 sampling read (``posterior_mean``). Also prints the largest difference between the two posterior means. Same DiT
 head shapes as ``bench/step.py`` (batch 8, 16x16x4 latents, patch 2).
 
-Example:
+The head's weights are drawn with standard deviation ``--head-std``; the line for each head prints the range of
+its log-partitions at ``tau`` = 1 and at ``--tau``, since the chunked head takes the softmax numerators without a
+max shift only while they stay within about +-43 (float32). A large ``--head-std`` (e.g. 1.0) puts them beyond that
+and times the shifted path instead.
+
+Examples:
     python bench/head_vs_revision.py --revision 40a6658 --threads 2
+    python bench/head_vs_revision.py --revision 40a6658 --threads 2 --head-std 1.0
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch default")
     parser.add_argument("--tau", type=float, default=0.9)
+    parser.add_argument("--head-std", type=float, default=0.02,
+                        help="standard deviation of the head's random weights (default: %(default)s)")
     args = parser.parse_args()
 
     import torch
@@ -80,7 +88,7 @@ def main() -> None:
             model = DiT(DiTConfig(input_size=16, in_channels=4, out_channels=args.K, patch_size=2, hidden_size=hidden,
                                   depth=1, num_heads=max(1, hidden // 64), num_classes=10, head_rank=rank))
             for p in model.head.parameters():  # a trained head is not zero
-                torch.nn.init.normal_(p, std=0.02)
+                torch.nn.init.normal_(p, std=args.head_std)
             h = torch.randn(8, 64, hidden, requires_grad=True)
             codes = torch.randint(0, args.K, (8, 16, 16))
             codebook = torch.randn(args.K, 4)
@@ -100,12 +108,18 @@ def main() -> None:
                 return mean
 
             diff = (read(before)() - read(current)()).abs().max().item()
+            with torch.no_grad():
+                logits = current.logits_from_features(model, h)
+                lse, lse_tau = torch.logsumexp(logits, dim=-1), torch.logsumexp(logits / args.tau, dim=-1)
+                del logits
+            lse_range = (f"log-partition [{lse.min():.0f}, {lse.max():.0f}], "
+                         f"at tau {args.tau} [{lse_tau.min():.0f}, {lse_tau.max():.0f}]")
             t = interleaved({"train before": train(before), "train now": train(current),
                              "read before": read(before), "read now": read(current)}, args.rounds)
             print(f"hidden {hidden}, {'rank ' + str(rank) if rank else 'full head'}: loss+backward "
                   f"{t['train before'] * 1e3:.0f} -> {t['train now'] * 1e3:.0f} ms "
                   f"({t['train now'] / t['train before']:.2f}x); posterior mean {t['read before'] * 1e3:.0f} -> "
-                  f"{t['read now'] * 1e3:.0f} ms ({t['read now'] / t['read before']:.2f}x); max |diff| {diff:.1e}")
+                  f"{t['read now'] * 1e3:.0f} ms ({t['read now'] / t['read before']:.2f}x); max |diff| {diff:.1e}; {lse_range}")
 
 
 if __name__ == "__main__":
