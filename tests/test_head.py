@@ -53,9 +53,10 @@ def test_chunked_loss_and_gradients_equal_naive(k, patch, rank, chunk_bytes, hin
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-def _out_of_exp_range(model: DiT, h: torch.Tensor, case: str) -> torch.Tensor:
-    """Features (or biases) whose log-partitions leave the range where exp(logits) is taken unshifted: in the last
-    rows only (the sweep switches mid-way), in every row (from the first chunk on), or far below zero."""
+def _beyond_cheap_shifts(model: DiT, h: torch.Tensor, case: str) -> torch.Tensor:
+    """Features (or biases) that take the chunked head beyond the range where it shifts each row by its target logit
+    (training) or not at all (sampling): huge logits in the last rows only (the sweep switches mid-way) or in every
+    row (from the first chunk on), or log-partitions far below zero."""
     with torch.no_grad():
         if case == "late":
             h = torch.cat([h[:-1], h[-1:] * 400.0])
@@ -70,9 +71,9 @@ def _out_of_exp_range(model: DiT, h: torch.Tensor, case: str) -> torch.Tensor:
 
 @pytest.mark.parametrize("case", ["late", "all", "negative"])
 @pytest.mark.parametrize("rank", [0, 5])
-def test_chunked_head_equals_naive_beyond_the_unshifted_exp_range(case, rank):
+def test_chunked_head_equals_naive_beyond_the_range_of_the_cheap_shifts(case, rank):
     model = make_model(37, 2, rank)
-    h = _out_of_exp_range(model, features(model), case)
+    h = _beyond_cheap_shifts(model, features(model), case)
     codes = torch.randint(0, 37, (3, 4, 4), generator=torch.Generator().manual_seed(2))
     lse = torch.logsumexp(cat.logits_from_features(model, h), dim=-1)
     assert lse.abs().max() > 400  # float64's unshifted range is about +-354
