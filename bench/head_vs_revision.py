@@ -119,7 +119,8 @@ def main() -> None:
             print(f"hidden {hidden}, {'rank ' + str(rank) if rank else 'full head'}: loss+backward "
                   f"{t['train before'] * 1e3:.0f} -> {t['train now'] * 1e3:.0f} ms "
                   f"({t['train now'] / t['train before']:.2f}x); posterior mean {t['read before'] * 1e3:.0f} -> "
-                  f"{t['read now'] * 1e3:.0f} ms ({t['read now'] / t['read before']:.2f}x); max |diff| {diff:.1e}; {lse_range}")
+                  f"{t['read now'] * 1e3:.0f} ms ({t['read now'] / t['read before']:.2f}x); max |diff| {diff:.1e}; "
+                  f"{lse_range}")
 
 
 if __name__ == "__main__":

@@ -175,9 +175,9 @@ def _sweep(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tar
 
     Each chunk's logits are held once, transposed (``(G, K, c)``, see :func:`_chunk_logits`), and turned into the
     softmax numerators in place: ``exp(logits - target logit)``, the shift written with the bias before the matmul,
-    while the row sums allow it (:func:`_sums_in_exp_range`), else ``exp(logits - max)``. ``dlogits`` is never formed: the scale ``s`` (with the softmax's ``1 / sum``
-    folded in) is applied to the ``c x r`` side of each gradient matmul, and the one-hot term is a gather / index-add
-    of ``c G`` rows.
+    while the row sums allow it (:func:`_sums_in_exp_range`), else ``exp(logits - max)``. ``dlogits`` is never
+    formed: the scale ``s`` (with the softmax's ``1 / sum`` folded in) is applied to the ``c x r`` side of each
+    gradient matmul, and the one-hot term is a gather / index-add of ``c G`` rows.
     """
     m, r = x.shape
     k = weight.shape[0] // groups
@@ -185,6 +185,7 @@ def _sweep(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tar
     acc = torch.promote_types(dtype, torch.float32)
     w = weight.to(dtype)
     bias_column = None if bias is None else bias.to(dtype).unsqueeze(1)
+    bias_acc = None if bias is None else bias.to(acc)
     lse = torch.empty(m, groups, dtype=acc, device=x.device)
     tgt = torch.empty_like(lse)
     buffer = torch.empty(weight.shape[0] * min(rows, m), dtype=acc, device=x.device)
@@ -203,8 +204,8 @@ def _sweep(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tar
         rows_of_targets = (targets[start:stop].T + offsets).reshape(-1)                     # (G*c,) into G*K
         target_rows = weight.index_select(0, rows_of_targets).to(acc).view(groups, -1, r)  # (G, c, r)
         target = (target_rows * xc.to(acc)).sum(-1)                                         # (G, c)
-        if bias is not None:
-            target += bias.to(acc).index_select(0, rows_of_targets).view(groups, -1)
+        if bias_acc is not None:
+            target += bias_acc.index_select(0, rows_of_targets).view(groups, -1)
         tgt[start:stop] = target.T
         # softmax numerators in place: each row shifted by its target logit, which keeps its sum >= 1 (see
         # _sums_in_exp_range), or, once a chunk's sums leave the range, by its max; lse = shift + log(sum)
