@@ -319,7 +319,8 @@ def run_child(c: Case, memory: bool = False) -> dict:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def add_common_args(parser: argparse.ArgumentParser) -> None:
+def add_shape_args(parser: argparse.ArgumentParser) -> None:
+    """The shapes every head benchmark sweeps: backbones, codebook sizes, latents, batch, factorised rank."""
     parser.add_argument("--backbones", default="256x6/2,384x6/2",
                         help="comma list: presets (DiT-B/2) or <hidden>x<depth>/<patch> (default: %(default)s)")
     parser.add_argument("--ks", default="1024,4096,16384", help="codebook sizes K (default: %(default)s)")
@@ -327,6 +328,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--latent-dim", type=int, default=4, help="codebook dim d")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rank", type=int, default=64, help="factorised head width r")
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    add_shape_args(parser)
     parser.add_argument("--variants", default=None,
                         help="comma list of " + ", ".join(VARIANTS) + " (default: all that run on --device)")
     parser.add_argument("--device", default="cpu")

@@ -22,20 +22,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import Case, case_flops, machine_line, parse_backbone, table  # noqa: E402
+from _harness import Case, add_shape_args, case_flops, machine_line, parse_backbone, table  # noqa: E402
 
 VARIANTS = ("cfm", "chunked", "factorised")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbones", default="256x6/2,384x6/2",
-                        help="comma list: presets (DiT-B/2) or <hidden>x<depth>/<patch> (default: %(default)s)")
-    parser.add_argument("--ks", default="1024,4096,16384", help="codebook sizes K (default: %(default)s)")
-    parser.add_argument("--latent", type=int, default=16, help="latent grid side")
-    parser.add_argument("--latent-dim", type=int, default=4, help="codebook dim d")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--rank", type=int, default=64, help="factorised head width r")
+    add_shape_args(parser)
     parser.add_argument("--rounds", type=int, default=15, help="evaluations of each variant, interleaved")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch default")
     parser.add_argument("--cfg-scale", type=float, default=1.5)
