@@ -7,9 +7,9 @@ sampling read (``posterior_mean``). Also prints the largest difference between t
 head shapes as ``bench/step.py`` (batch 8, 16x16x4 latents, patch 2).
 
 The head's weights are drawn with standard deviation ``--head-std``; the line for each head prints the range of
-its log-partitions at ``tau`` = 1 and at ``--tau``, since the chunked head takes the softmax numerators without a
-max shift only while they stay within about +-43 (float32). A large ``--head-std`` (e.g. 1.0) puts them beyond that
-and times the shifted path instead.
+its log-partitions at ``tau`` = 1 and at ``--tau``, since the chunked head skips the max shift only while they stay
+moderate (training: each row's cross-entropy under ~43 nats; sampling: log-partitions under ~88, float32). A large
+``--head-std`` (e.g. 1.0) puts them beyond that and times the recompute-and-shift path instead.
 
 Examples:
     python bench/head_vs_revision.py --revision 40a6658 --threads 2

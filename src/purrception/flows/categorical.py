@@ -201,9 +201,10 @@ def _sweep(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tar
     for start in range(0, m, rows):
         stop = min(start + rows, m)
         xc = x[start:stop].to(dtype)                                                        # (c, r)
+        xc_acc = xc.to(acc)
         rows_of_targets = (targets[start:stop].T + offsets).reshape(-1)                     # (G*c,) into G*K
         target_rows = weight.index_select(0, rows_of_targets).to(acc).view(groups, -1, r)  # (G, c, r)
-        target = (target_rows * xc.to(acc)).sum(-1)                                         # (G, c)
+        target = (target_rows * xc_acc).sum(-1)                                             # (G, c)
         if bias_acc is not None:
             target += bias_acc.index_select(0, rows_of_targets).view(groups, -1)
         tgt[start:stop] = target.T
@@ -232,12 +233,12 @@ def _sweep(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tar
         gx[start:stop] = ((torch.bmm(p.transpose(1, 2), per_group).to(acc) * scale).sum(0)
                           - onehot * target_rows.sum(0))
         # gW_g += dlogits_g x_c, gb_g += dlogits_g 1
-        scaled_x = (scale * xc.to(acc)).to(dtype)                                           # (G, c, r)
+        scaled_x = (scale * xc_acc).to(dtype)                                               # (G, c, r)
         if dtype == acc:
             gw.baddbmm_(p, scaled_x)
         else:
             gw += torch.bmm(p, scaled_x).to(acc)
-        gw.view(-1, r).index_add_(0, rows_of_targets, (-onehot * xc.to(acc)).repeat(groups, 1))
+        gw.view(-1, r).index_add_(0, rows_of_targets, (-onehot * xc_acc).repeat(groups, 1))
         if gb is not None:
             gb.baddbmm_(unnorm, scale)
             gb.view(-1).index_add_(0, rows_of_targets, (-onehot).expand(rows_of_targets.shape).to(acc))
@@ -318,13 +319,13 @@ def _fold_bias_into_values(values: torch.Tensor, bias: torch.Tensor | None, tau:
     a maximum of 0 first; folding is exact as long as ``exp(b / tau - max)`` stays well inside the float range, which
     :data:`FOLDED_BIAS_MAX_SPREAD` guarantees: then every row's normaliser is at least ``exp(-spread)``.
     """
-    k = values.shape[1]
+    unfolded = values.expand(groups, -1, -1).contiguous()
     if bias is None:
-        return values.expand(groups, -1, -1).contiguous(), None
-    shifted = (bias.to(acc) / tau).view(groups, k)
+        return unfolded, None
+    shifted = (bias.to(acc) / tau).view(groups, values.shape[1])
     shifted = shifted - shifted.amax(dim=1, keepdim=True)
     if shifted.min() < -FOLDED_BIAS_MAX_SPREAD:
-        return values.expand(groups, -1, -1).contiguous(), (bias / tau).to(dtype).unsqueeze(1)
+        return unfolded, (bias / tau).to(dtype).unsqueeze(1)
     return values.unsqueeze(0) * shifted.exp().unsqueeze(1), None
 
 
