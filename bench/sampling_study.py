@@ -29,8 +29,8 @@ from purrception.evaluation.evaluate import reference_features
 from purrception.evaluation.extractors import DigitFeatures
 from purrception.evaluation.fid import feature_stats, frechet_distance
 from purrception.evaluation.references import EmbeddedReference
-from purrception.flows.base import SamplerSettings
-from purrception.sampling.generate import balanced_labels, generate_images
+from purrception.sampling.settings import SamplerSettings
+from purrception.generation.generate import balanced_labels, generate_images
 from purrception.sampling.schedules import parse_schedule
 from purrception.training.checkpoint import load_checkpoint
 from purrception.tokenizers.store import load_tokenizer

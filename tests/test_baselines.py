@@ -13,12 +13,13 @@ import torch.nn.functional as F
 
 from purrception.data.shards import write_token_shards
 from purrception.errors import PurrError
-from purrception.flows import CFM, DFM, CFMEndpoint, Purrception, SamplerSettings, get_method
+from purrception.flows import CFM, DFM, CFMEndpoint, Purrception, get_method
+from purrception.sampling.settings import SamplerSettings
 from purrception.flows.base import make_path_sample
 from purrception.flows.dfm import KAPPA_SCHEDULERS, discrete_euler, mask_path_sample, sample_from_quantile
 from purrception.io import sha256_of_tensor
 from purrception.models.dit import DiT, DiTConfig
-from purrception.sampling.generate import generate_codes
+from purrception.generation.generate import generate_codes
 from purrception.tokenizers.base import TokenizerIdentity, nearest_code
 from purrception.training.checkpoint import load_checkpoint
 from purrception.training.config import TrainConfig
@@ -26,6 +27,11 @@ from purrception.training.loop import train
 
 K, D, SIDE, CLASSES = 16, 4, 4, 3
 ALL_METHODS = ["purrception", "cfm", "cfm-endpoint", "dfm"]
+
+
+def _snap(method):
+    """The snap a tokenizer with ``method``'s codebook would use."""
+    return lambda z: nearest_code(z, method.codebook)
 
 
 def _codebook(seed: int = 0) -> torch.Tensor:
@@ -124,7 +130,7 @@ def test_one_euler_step_then_nearest_code(cls):
     model = _model(method)
     noise = torch.randn(4, D, SIDE, SIDE, generator=torch.Generator().manual_seed(5))
     y = torch.tensor([0, 1, 2, 1])
-    codes = method.generate(model, noise, y, SamplerSettings(steps=1))
+    codes = method.generate(model, noise, y, SamplerSettings(steps=1), _snap(method))
     out = _out(model, noise, torch.zeros(4), y)
     expected = nearest_code(noise + out if cls is CFM else out, cb)
     assert torch.equal(codes, expected)
@@ -138,7 +144,7 @@ def test_cfm_endpoint_last_step_jumps_to_the_prediction(solver):
     model = _model(method)
     noise = torch.randn(4, D, SIDE, SIDE, generator=torch.Generator().manual_seed(5))
     y = torch.tensor([0, 1, 2, 1])
-    codes = method.generate(model, noise, y, SamplerSettings(steps=1, solver=solver))
+    codes = method.generate(model, noise, y, SamplerSettings(steps=1, solver=solver), _snap(method))
     assert torch.equal(codes, nearest_code(_out(model, noise, torch.zeros(4), y), cb))
 
 
@@ -147,7 +153,7 @@ def test_temperature_is_refused_by_regression_methods(name):
     method = get_method(name)(_codebook())
     noise = torch.randn(2, D, SIDE, SIDE)
     with pytest.raises(PurrError, match="tau"):
-        method.generate(_model(method), noise, torch.tensor([0, 1]), SamplerSettings(steps=2, tau=0.9))
+        method.generate(_model(method), noise, torch.tensor([0, 1]), SamplerSettings(steps=2, tau=0.9), _snap(method))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -279,7 +285,7 @@ def test_dfm_refuses_another_solver():
     method = DFM(_codebook(), embed_dim=8)
     with pytest.raises(PurrError, match="solver"):
         method.generate(_model(method), torch.randn(2, D, SIDE, SIDE), torch.tensor([0, 1]),
-                        SamplerSettings(steps=2, solver="heun"))
+                        SamplerSettings(steps=2, solver="heun"), _snap(method))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -312,7 +318,7 @@ def test_train_and_sample_every_method_through_the_same_calls(name, tiny_shards,
     assert sum(float(p.detach().abs().sum()) for p in model.head.parameters()) > 0  # zero-init head trained
     labels = np.array([0, 1, 2, 0, 1, 2])
     sampler = SamplerSettings(steps=3, cfg_scale=1.5)
-    codes = generate_codes(method, model, labels, sampler, seed=3, batch_size=6)
+    codes = generate_codes(method, model, labels, sampler, seed=3, snap=_snap(method), batch_size=6)
     assert codes.shape == (6, SIDE, SIDE) and codes.min() >= 0 and codes.max() < K
     # image k depends only on (seed, k), not on how the batch was cut, for every method
-    assert torch.equal(codes, generate_codes(method, model, labels, sampler, seed=3, batch_size=4))
+    assert torch.equal(codes, generate_codes(method, model, labels, sampler, seed=3, snap=_snap(method), batch_size=4))

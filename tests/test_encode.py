@@ -21,7 +21,7 @@ from purrception.data.shards import TokenShards, codes_dtype_for, parts_dir
 from purrception.errors import PurrError
 from purrception.tokenizers.small_vq import SmallVQ, SmallVQConfig
 from purrception.tokenizers.store import load_tokenizer, save_tokenizer
-from purrception.tokenizers.train import images_to_tensor
+from purrception.pixels import images_to_tensor
 
 CLASSES = ["cat", "dog", "owl"]
 

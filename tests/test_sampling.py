@@ -13,14 +13,15 @@ import torch
 from purrception.cli import build_parser, main
 from purrception.cli.common import sampler_from_args
 from purrception.errors import PurrError
-from purrception.flows import CFM, Purrception, SamplerSettings
+from purrception.flows import CFM, Purrception
+from purrception.sampling.settings import SamplerSettings
 from purrception.flows.base import endpoint_velocity
 from purrception.models.dit import DiT, DiTConfig
 from purrception.sampling import solvers as solvers_module
-from purrception.sampling.generate import generate_codes
+from purrception.generation.generate import generate_codes
 from purrception.sampling.schedules import Schedule, parse_schedule
 from purrception.sampling.solvers import integrate
-from purrception.sampling.uncertainty import (candidate_codes, entropy_heatmap, posterior_entropy, snap_times,
+from purrception.generation.uncertainty import (candidate_codes, entropy_heatmap, posterior_entropy, snap_times,
                                               trace_labels, trace_uncertainty)
 from purrception.tokenizers.base import nearest_code
 
@@ -222,6 +223,11 @@ def test_sample_flags_parse_schedules_and_reject_bad_values(capsys):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _snap(method):
+    """The snap a tokenizer with ``method``'s codebook would use."""
+    return lambda z: nearest_code(z, method.codebook)
+
+
 def _codebook(seed: int = 0) -> torch.Tensor:
     return torch.randn(K, D, generator=torch.Generator().manual_seed(seed))
 
@@ -247,9 +253,9 @@ def test_purrception_euler_with_the_jump_matches_plain_euler():
         z = noise
         for i in range(5):
             z = z + method.velocity(model, z, i / 5, y, 0.7, 1.5) / 5
-        torch.testing.assert_close(method.generate(model, noise, y, sampler),
+        torch.testing.assert_close(method.generate(model, noise, y, sampler, _snap(method)),
                                    nearest_code(z, method.codebook))
-        v, mu = method.endpoint_field(model, y, sampler)
+        v, mu = method.fields(model, y, sampler)
         jumped = integrate(v, noise, 5, "euler", endpoint=mu)
     torch.testing.assert_close(jumped, z, rtol=1e-4, atol=2e-4)   # float32 round-off of the division
 
@@ -273,8 +279,8 @@ def test_trace_reads_the_sampler_s_own_posterior():
     y = torch.tensor([1, 2])
     tau = parse_schedule("linear:1.3:0.6")
     sampler = SamplerSettings(steps=4, tau=tau, cfg_scale=1.4, solver="heun")
-    trace = trace_uncertainty(method, model, noise, y, sampler, [0.0, 0.5], topk=3, position=(1, 2))
-    torch.testing.assert_close(trace.codes, method.generate(model, noise, y, sampler))
+    trace = trace_uncertainty(method, model, noise, y, sampler, _snap(method), [0.0, 0.5], topk=3, position=(1, 2))
+    torch.testing.assert_close(trace.codes, method.generate(model, noise, y, sampler, _snap(method)))
     with torch.no_grad():
         at0 = posterior_entropy(method.posterior_logits(model, noise, 0.0, y, 1.4), tau(0.0))
     torch.testing.assert_close(trace.entropy[:, 0], at0)
@@ -282,7 +288,7 @@ def test_trace_reads_the_sampler_s_own_posterior():
     assert torch.all(trace.entropy <= math.log(K) + 1e-5) and torch.all(trace.entropy >= 0)
     # the final posterior's top-k: sorted, distinct, and equal to a direct read at the grid state t = 0.75
     states = {}
-    v, mu = method.endpoint_field(model, y, sampler)
+    v, mu = method.fields(model, y, sampler)
     with torch.no_grad():
         integrate(v, noise, 4, "heun", endpoint=mu, callback=lambda t, z: states.__setitem__(t, z))
         probs = torch.softmax(method.posterior_logits(model, states[0.75], 0.75, y, 1.4)[:, 1, 2] / tau(0.75), -1)
@@ -296,23 +302,23 @@ def test_trace_labels_matches_generate_codes_batch_independently():
     model = _model(method)
     labels = np.array([0, 1, 2, 0, 1])
     sampler = SamplerSettings(steps=3)
-    a = trace_labels(method, model, labels, sampler, seed=7, times=[0.5], batch_size=2)
-    b = trace_labels(method, model, labels, sampler, seed=7, times=[0.5], batch_size=5)
+    a = trace_labels(method, model, labels, sampler, seed=7, snap=_snap(method), times=[0.5], batch_size=2)
+    b = trace_labels(method, model, labels, sampler, seed=7, snap=_snap(method), times=[0.5], batch_size=5)
     torch.testing.assert_close(a.entropy, b.entropy, rtol=1e-3, atol=1e-4)   # batch-size float round-off
-    assert torch.equal(a.codes, generate_codes(method, model, labels, sampler, 7, batch_size=3))
+    assert torch.equal(a.codes, generate_codes(method, model, labels, sampler, 7, _snap(method), batch_size=3))
 
 
 def test_uncertainty_needs_a_posterior_and_valid_arguments():
     cfm = CFM(_codebook())
     noise = torch.randn(1, D, SIDE, SIDE)
     with pytest.raises(PurrError, match="no categorical posterior"):
-        trace_uncertainty(cfm, _model(cfm), noise, torch.tensor([0]), SamplerSettings(steps=2), [0.5])
+        trace_uncertainty(cfm, _model(cfm), noise, torch.tensor([0]), SamplerSettings(steps=2), _snap(cfm), [0.5])
     method = Purrception(_codebook())
     model = _model(method)
     with pytest.raises(PurrError, match="outside"):
-        trace_uncertainty(method, model, noise, torch.tensor([0]), SamplerSettings(steps=2), [], 2, (SIDE, 0))
+        trace_uncertainty(method, model, noise, torch.tensor([0]), SamplerSettings(steps=2), _snap(method), [], 2, (SIDE, 0))
     with pytest.raises(PurrError, match="--position"):
-        trace_uncertainty(method, model, noise, torch.tensor([0]), SamplerSettings(steps=2), [], 2)
+        trace_uncertainty(method, model, noise, torch.tensor([0]), SamplerSettings(steps=2), _snap(method), [], 2)
 
 
 def test_candidate_codes_and_heatmap():

@@ -13,7 +13,8 @@ from purrception.errors import PurrError
 from purrception.tokenizers.base import TokenizerIdentity, nearest_code
 from purrception.tokenizers.small_vq import SmallVQ, SmallVQConfig
 from purrception.tokenizers.store import load_tokenizer, save_tokenizer
-from purrception.tokenizers.train import evaluate_tokenizer, images_to_tensor
+from purrception.tokenizers.train import evaluate_tokenizer
+from purrception.pixels import images_to_tensor
 
 
 def test_embedded_split_is_deterministic_stratified_and_disjoint():

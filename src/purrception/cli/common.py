@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from purrception.errors import PurrError
-from purrception.flows.base import SamplerSettings
+from purrception.sampling.settings import SamplerSettings
 from purrception.sampling.schedules import SHAPES, Schedule, parse_schedule
 from purrception.sampling.solvers import SOLVERS
 

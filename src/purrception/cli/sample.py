@@ -18,11 +18,11 @@ import numpy as np
 from purrception.cli.common import add_sampler_args, positive_int, sampler_from_args
 from purrception.errors import PurrError
 from purrception.io import atomic_write
-from purrception.sampling.generate import balanced_labels, check_labels, generate_images
+from purrception.generation.generate import balanced_labels, check_labels, generate_images
 from purrception.sampling.grid import image_grid, save_png, save_samples_npz
-from purrception.sampling.uncertainty import UncertaintyTrace, candidate_codes, entropy_heatmap, trace_labels
+from purrception.generation.uncertainty import UncertaintyTrace, candidate_codes, entropy_heatmap, trace_labels
 from purrception.tokenizers.base import VQTokenizer
-from purrception.tokenizers.train import tensor_to_images
+from purrception.pixels import tensor_to_images
 from purrception.tokenizers.store import load_matching_tokenizer
 from purrception.training.checkpoint import Checkpoint, load_checkpoint
 from purrception.training.loop import latest_checkpoint
@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     tokenizer.to(args.device)
     trace = None
     if args.uncertainty_times is not None or args.topk is not None:
-        trace = trace_labels(method, model, labels, sampler, args.seed, args.uncertainty_times or [],
+        trace = trace_labels(method, model, labels, sampler, args.seed, tokenizer.snap, args.uncertainty_times or [],
                              args.topk or 0, args.position, args.batch_size, args.device, progress=True)
         images = np.concatenate([tensor_to_images(tokenizer.decode(trace.codes[i:i + args.batch_size].to(args.device)))
                                  for i in range(0, len(labels), args.batch_size)])

@@ -18,7 +18,8 @@ from purrception.errors import PurrError
 from purrception.sampling.grid import image_grid, save_png, save_samples_npz
 from purrception.tokenizers.small_vq import SmallVQConfig
 from purrception.tokenizers.store import load_tokenizer, save_tokenizer
-from purrception.tokenizers.train import TokenizerTrainConfig, evaluate_tokenizer, tensor_to_images, train_small_vq
+from purrception.tokenizers.train import TokenizerTrainConfig, evaluate_tokenizer, train_small_vq
+from purrception.pixels import tensor_to_images
 
 log = logging.getLogger(__name__)
 

@@ -25,13 +25,11 @@ import torch
 from PIL import Image
 
 from purrception.errors import PurrError
+from purrception.pixels import IMAGE_SUFFIXES, images_to_tensor, list_image_files
 
-__all__ = ["ImageSource", "folder_source", "embedded_source", "resize_center_crop", "image_to_tensor",
-           "IMAGE_EXTENSIONS"]
+__all__ = ["ImageSource", "folder_source", "embedded_source", "resize_center_crop", "image_to_tensor"]
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 
 
 @dataclass
@@ -67,10 +65,6 @@ class ImageSource:
                 return img
         except (OSError, ValueError) as err:
             raise PurrError(f"cannot read image {path}: {err}; remove or fix the file") from None
-
-
-def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def _fingerprint(lines: list[str]) -> str:
@@ -137,7 +131,7 @@ def folder_source(root: str | Path, labels_file: str | Path | None = None) -> Im
             raise PurrError(f"{root} has no class sub-folders; put images in ROOT/<class>/ or pass --labels FILE")
         files, label_list, class_names = [], [], []
         for d in class_dirs:
-            images = _list_images(d)
+            images = list_image_files(d)
             if not images:
                 log.warning("class folder %s holds no images; skipped", d)
                 continue
@@ -145,7 +139,7 @@ def folder_source(root: str | Path, labels_file: str | Path | None = None) -> Im
             files.extend(images)
             label_list.extend([len(class_names) - 1] * len(images))
         if not files:
-            raise PurrError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
+            raise PurrError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
         labels = np.array(label_list, dtype=np.int64)
         layout = "class-folders"
     listing = [f"{p.relative_to(root).as_posix()}\t{y}\t{p.stat().st_size}" for p, y in zip(files, labels)]
@@ -192,7 +186,4 @@ def image_to_tensor(img: Image.Image, size: int, channels: int) -> torch.Tensor:
         raise PurrError(f"tokenizers with {channels} image channels are not supported by the image reader")
     img = img.convert("L" if channels == 1 else "RGB")
     img = resize_center_crop(img, size)
-    arr = np.asarray(img, dtype=np.uint8)
-    x = torch.from_numpy(arr.copy()).float()
-    x = x[None] if x.ndim == 2 else x.permute(2, 0, 1)
-    return x / 127.5 - 1.0
+    return images_to_tensor(np.array(img, dtype=np.uint8)[None])[0]

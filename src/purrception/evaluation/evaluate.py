@@ -34,9 +34,9 @@ from purrception.evaluation.extractors import DigitFeatures, Extracted, FeatureE
 from purrception.evaluation.fid import ReferenceFeatures, feature_stats, frechet_distance, load_or_compute_reference
 from purrception.evaluation.metrics import class_accuracy, inception_score, precision_recall
 from purrception.evaluation.references import ReferenceSource, file_sha256, open_reference, to_channels
-from purrception.flows.base import SamplerSettings
+from purrception.sampling.settings import SamplerSettings
 from purrception.io import atomic_write
-from purrception.sampling.generate import balanced_labels, generate_images
+from purrception.generation.generate import balanced_labels, generate_images
 from purrception.tokenizers.base import VQTokenizer
 from purrception.training.checkpoint import Checkpoint
 

@@ -28,14 +28,12 @@ from purrception.data.embedded import load_embedded_mnist
 from purrception.data.shards import MANIFEST, TokenShards, check_same_tokenizer
 from purrception.errors import PurrError
 from purrception.tokenizers.base import VQTokenizer
-from purrception.tokenizers.train import tensor_to_images
+from purrception.pixels import IMAGE_SUFFIXES, list_image_files, tensor_to_images
 
 __all__ = ["ReferenceSource", "EmbeddedReference", "ImageFolderReference", "NpzReference", "ShardReference",
            "REFERENCE_KINDS", "open_reference", "to_channels", "file_sha256", "module_fingerprint"]
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -142,7 +140,7 @@ class ImageFolderReference(ReferenceSource):
 
     def __init__(self, spec: str, tokenizer: VQTokenizer | None = None):
         self.folder = Path(spec)
-        self.files = sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        self.files = list_image_files(self.folder)
         if not self.files:
             raise PurrError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {self.folder}")
 

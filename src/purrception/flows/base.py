@@ -14,10 +14,16 @@ from typing import Any, Callable, ClassVar, NamedTuple
 
 import torch
 
+from purrception.errors import PurrError
 from purrception.models.dit import DiT
+from purrception.sampling.settings import SamplerSettings
+from purrception.sampling.solvers import EndpointFn, StepCallback, VelocityFn, integrate
 
-__all__ = ["LossOutput", "SamplerSettings", "FlowMethod", "METHODS", "register_method", "get_method", "drop_labels",
+__all__ = ["LossOutput", "Snap", "FlowMethod", "METHODS", "register_method", "get_method", "drop_labels",
            "sample_time", "PathSample", "make_path_sample", "endpoint_velocity"]
+
+#: latents ``(B, d, h, w)`` -> codes ``(B, h, w)``: a tokenizer's ``snap``
+Snap = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -116,62 +122,60 @@ class FlowMethod(abc.ABC):
              generator: torch.Generator | None = None) -> LossOutput:
         """Training loss for clean codes ``(B, h, w)`` and labels ``(B,)``."""
 
-    @abc.abstractmethod
-    def generate(self, model: DiT, noise: torch.Tensor, y: torch.Tensor, sampler: "SamplerSettings",
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """Generate codes ``(B, h, w)`` from ``noise`` ``(B, d, h, w)`` and labels ``(B,)``."""
-
-    # Optional hooks for solvers and uncertainty maps (sampling/solvers.py, sampling/uncertainty.py).
+    # Optional hooks for solvers and uncertainty maps (sampling/solvers.py, generation/uncertainty.py).
 
     #: does the velocity come from an endpoint prediction, ``v = (mu(z, t) - z) / (1 - t)`` (:meth:`endpoint`)?
     has_endpoint: ClassVar[bool] = False
     #: is ``mu`` the mean of a categorical posterior over codes (:meth:`posterior_logits`)?
     has_posterior: ClassVar[bool] = False
 
+    def velocity(self, model: DiT, z: torch.Tensor, t: float, y: torch.Tensor, tau: float,
+                 cfg_scale: float) -> torch.Tensor:
+        """The guided velocity ``v(z, t)`` ``(B, d, h, w)`` of a continuous method; endpoint predictors get
+        ``(mu - z) / (1 - t)`` (eq. 7) from :meth:`endpoint`."""
+        if self.has_endpoint:
+            return endpoint_velocity(self.endpoint(model, z, t, y, tau, cfg_scale), z, t)
+        raise PurrError(f"method {self.name!r} has no continuous velocity")
+
     def endpoint(self, model: DiT, z: torch.Tensor, t: float, y: torch.Tensor, tau: float,
                  cfg_scale: float) -> torch.Tensor:
         """The predicted endpoint ``mu(z, t)`` ``(B, d, h, w)`` behind the velocity (eq. 7); see ``has_endpoint``."""
-        from purrception.errors import PurrError
-
         raise PurrError(f"method {self.name!r} does not predict an endpoint")
 
     def posterior_logits(self, model: DiT, z: torch.Tensor, t: float, y: torch.Tensor,
                          cfg_scale: float) -> torch.Tensor:
         """Guided logits ``(B, h, w, K)`` of the posterior over codes at ``(z, t)``; see ``has_posterior``."""
-        from purrception.errors import PurrError
-
         raise PurrError(f"method {self.name!r} has no categorical posterior over codes along its flow; "
                         "uncertainty maps need a purrception checkpoint")
 
-    def endpoint_field(self, model: DiT, y: torch.Tensor,
-                       sampler: "SamplerSettings") -> tuple[Callable[[torch.Tensor, float], torch.Tensor],
-                                                            Callable[[torch.Tensor, float], torch.Tensor]]:
-        """``(v, mu)`` as plain callables of ``(z, t)`` with ``tau`` and ``cfg_scale`` taken from ``sampler`` at
-        ``t``, for ``sampling.solvers.integrate(v, ..., endpoint=mu)``; needs ``has_endpoint``."""
+    def fields(self, model: DiT, y: torch.Tensor, sampler: SamplerSettings) -> tuple[VelocityFn, EndpointFn | None]:
+        """``(v, mu)`` as plain callables of ``(z, t)`` for :func:`~purrception.sampling.solvers.integrate`, with
+        ``tau`` and ``cfg_scale`` read from ``sampler`` at ``t``; ``mu`` is ``None`` unless ``has_endpoint``."""
+        if not self.has_endpoint:
+            return (lambda z, t: self.velocity(model, z, t, y, sampler.tau_at(t), sampler.cfg_at(t))), None
+
         def mu(z: torch.Tensor, t: float) -> torch.Tensor:
             return self.endpoint(model, z, t, y, sampler.tau_at(t), sampler.cfg_at(t))
 
         return (lambda z, t: endpoint_velocity(mu(z, t), z, t)), mu
 
+    @torch.no_grad()
+    def generate(self, model: DiT, noise: torch.Tensor, y: torch.Tensor, sampler: SamplerSettings, snap: Snap,
+                 callback: StepCallback | None = None) -> torch.Tensor:
+        """Codes ``(B, h, w)``: integrate ``dz/dt = v`` from ``z0 = noise`` ``(B, d, h, w)`` to ``t = 1`` (paper
+        App. B; an endpoint predictor's last step is ``z <- mu``), then ``snap`` ``z_1`` to codes.
 
-@dataclass
-class SamplerSettings:
-    """Inference knobs shared by all methods.
-
-    ``tau`` and ``cfg_scale`` are constants or callables of ``t`` (schedules). ``steps`` is the number of
-    integration steps T on the uniform grid ``t_i = i / T``.
-    """
-
-    steps: int = 100
-    tau: float | Callable[[float], float] = 1.0
-    cfg_scale: float | Callable[[float], float] = 1.0
-    solver: str = "euler"
-
-    def tau_at(self, t: float) -> float:
-        return float(self.tau(t)) if callable(self.tau) else float(self.tau)
-
-    def cfg_at(self, t: float) -> float:
-        return float(self.cfg_scale(t)) if callable(self.cfg_scale) else float(self.cfg_scale)
+        Args:
+            model: the backbone.
+            noise: ``z0``.
+            y: labels ``(B,)``.
+            sampler: steps, solver, ``tau(t)``, ``cfg_scale(t)``.
+            snap: latents ``(B, d, h, w)`` -> codes ``(B, h, w)``: the tokenizer's own
+                :meth:`~purrception.tokenizers.base.VQTokenizer.snap`.
+            callback: called with ``(t_i, z_{t_i})`` at every grid time before ``t = 1`` (uncertainty maps).
+        """
+        v, mu = self.fields(model, y, sampler)
+        return snap(integrate(v, noise, sampler.steps, sampler.solver, endpoint=mu, callback=callback))
 
 
 METHODS: dict[str, type[FlowMethod]] = {}
@@ -184,8 +188,6 @@ def register_method(cls: type[FlowMethod]) -> type[FlowMethod]:
 
 
 def get_method(name: str) -> type[FlowMethod]:
-    from purrception.errors import PurrError
-
     if name not in METHODS:
         raise PurrError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
     return METHODS[name]

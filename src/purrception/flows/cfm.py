@@ -20,12 +20,10 @@ import abc
 import torch
 
 from purrception.errors import PurrError
-from purrception.flows.base import (FlowMethod, LossOutput, PathSample, SamplerSettings, drop_labels,
+from purrception.flows.base import (FlowMethod, LossOutput, PathSample, drop_labels,
                                     make_path_sample, register_method)
 from purrception.models.dit import DiT
 from purrception.sampling.guidance import guided_features
-from purrception.sampling.solvers import EndpointFn, VelocityFn, integrate
-from purrception.tokenizers.base import nearest_code
 
 __all__ = ["RegressionFlow", "CFM", "regression_output"]
 
@@ -77,17 +75,6 @@ class RegressionFlow(FlowMethod):
                  cfg_scale: float) -> torch.Tensor:
         """Guided velocity at ``(z, t)``."""
         return self.velocity_from_output(self.output(model, z, t, y, tau, cfg_scale), z, t)
-
-    def fields(self, model: DiT, y: torch.Tensor, sampler: SamplerSettings) -> tuple[VelocityFn, EndpointFn | None]:
-        """``(v, mu)`` for :func:`~purrception.sampling.solvers.integrate`; ``mu`` only for endpoint predictors."""
-        return (lambda z, t: self.velocity(model, z, t, y, sampler.tau_at(t), sampler.cfg_at(t))), None
-
-    @torch.no_grad()
-    def generate(self, model: DiT, noise: torch.Tensor, y: torch.Tensor, sampler: SamplerSettings,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """Integrate ``dz/dt = v`` from ``z0 = noise`` and snap ``z_1`` to the nearest code."""
-        v, mu = self.fields(model, y, sampler)
-        return nearest_code(integrate(v, noise, sampler.steps, sampler.solver, endpoint=mu), self.codebook)
 
 
 @register_method

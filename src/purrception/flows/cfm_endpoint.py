@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from purrception.flows.base import PathSample, SamplerSettings, endpoint_velocity, register_method
+from purrception.flows.base import PathSample, endpoint_velocity, register_method
 from purrception.flows.cfm import RegressionFlow
 from purrception.models.dit import DiT
-from purrception.sampling.solvers import EndpointFn, VelocityFn
 
 __all__ = ["CFMEndpoint"]
 
@@ -34,6 +33,3 @@ class CFMEndpoint(RegressionFlow):
                  cfg_scale: float) -> torch.Tensor:
         """The guided endpoint prediction ``z1_hat`` ``(B, d, h, w)``."""
         return self.output(model, z, t, y, tau, cfg_scale)
-
-    def fields(self, model: DiT, y: torch.Tensor, sampler: SamplerSettings) -> tuple[VelocityFn, EndpointFn | None]:
-        return self.endpoint_field(model, y, sampler)

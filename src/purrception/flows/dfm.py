@@ -22,7 +22,7 @@ the image's own noise, ``u = Phi(noise[0, i])`` and ``w = Phi(noise[1, i])`` (``
 at the first step whose ``kappa(t + h) >= u``, and takes the code at quantile ``w`` of that step's categorical.
 Since ``P(kappa(t) < u <= kappa(t+h) | u > kappa(t)) = (kappa(t+h) - kappa(t)) / (1 - kappa(t))``, this is the
 step rule above in law, and image ``k`` depends only on ``(seed, k)`` like every other method
-(:func:`purrception.sampling.generate.generate_codes`).
+(:func:`purrception.generation.generate.generate_codes`).
 """
 
 from __future__ import annotations
@@ -34,10 +34,12 @@ import torch
 import torch.nn.functional as F
 
 from purrception.errors import PurrError
-from purrception.flows.base import FlowMethod, LossOutput, SamplerSettings, drop_labels, register_method, sample_time
+from purrception.flows.base import FlowMethod, LossOutput, Snap, drop_labels, register_method, sample_time
 from purrception.flows.categorical import logits_from_features
 from purrception.models.dit import DiT
 from purrception.sampling.guidance import guided_features
+from purrception.sampling.settings import SamplerSettings
+from purrception.sampling.solvers import StepCallback
 
 __all__ = ["KAPPA_SCHEDULERS", "get_scheduler", "mask_path_sample", "sample_from_quantile", "discrete_euler", "DFM"]
 
@@ -75,7 +77,8 @@ def sample_from_quantile(probs: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def discrete_euler(logits_fn: Callable[[torch.Tensor, float], torch.Tensor], noise: torch.Tensor, steps: int,
-                   kappa: Scheduler, mask_id: int, tau_at: Callable[[float], float]) -> torch.Tensor:
+                   kappa: Scheduler, mask_id: int, tau_at: Callable[[float], float],
+                   callback: StepCallback | None = None) -> torch.Tensor:
     """Masked-DFM Euler sampler (module docstring): tokens ``(B, h, w)`` from the all-mask source.
 
     Args:
@@ -85,6 +88,7 @@ def discrete_euler(logits_fn: Callable[[torch.Tensor, float], torch.Tensor], noi
         kappa: the scheduler the model was trained with.
         mask_id: the mask token id (``K``).
         tau_at: temperature at ``t`` (``softmax(logits / tau)``).
+        callback: called with ``(t_s, x_{t_s})`` before every step.
     """
     if steps <= 0:
         raise PurrError(f"steps must be a positive integer, got {steps}")
@@ -96,6 +100,8 @@ def discrete_euler(logits_fn: Callable[[torch.Tensor, float], torch.Tensor], noi
     k = kappa(torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)).tolist()
     x = torch.full(u_reveal.shape, mask_id, dtype=torch.long, device=noise.device)
     for s in range(steps):
+        if callback is not None:
+            callback(s / steps, x)
         masked = x == mask_id
         reveal = masked if s == steps - 1 else masked & (u_reveal <= k[s + 1])
         if not bool(reveal.any()):
@@ -168,14 +174,16 @@ class DFM(FlowMethod):
         return logits_from_features(model, guided_features(model, x, t, y, cfg_scale))
 
     @torch.no_grad()
-    def generate(self, model: DiT, noise: torch.Tensor, y: torch.Tensor, sampler: SamplerSettings,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(self, model: DiT, noise: torch.Tensor, y: torch.Tensor, sampler: SamplerSettings, snap: Snap,
+                 callback: StepCallback | None = None) -> torch.Tensor:
         """Codes ``(B, h, w)`` from the all-mask source; ``noise`` supplies the per-image randomness.
 
-        Only ``sampler.solver == "euler"`` is accepted: this is the discrete Euler sampler of the mixture path.
+        The state is token ids throughout, so ``snap`` is never needed; ``callback`` sees ``(t_s, x_{t_s})``, the
+        ids (mask ``K``) at every step. Only ``sampler.solver == "euler"`` is accepted: this is the discrete Euler
+        sampler of the mixture path.
         """
         if sampler.solver != "euler":
             raise PurrError(f"solver {sampler.solver!r} does not apply to dfm (it has its own discrete Euler sampler); "
                             "use --solver euler")
         logits_fn = lambda x, t: self.logits(model, x, t, y, sampler.cfg_at(t))  # noqa: E731
-        return discrete_euler(logits_fn, noise, sampler.steps, self.kappa, self.mask_id, sampler.tau_at)
+        return discrete_euler(logits_fn, noise, sampler.steps, self.kappa, self.mask_id, sampler.tau_at, callback)

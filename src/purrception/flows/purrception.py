@@ -7,14 +7,12 @@ from typing import Any
 import torch
 
 from purrception.errors import PurrError
-from purrception.flows.base import (FlowMethod, LossOutput, SamplerSettings, drop_labels, endpoint_velocity,
-                                    make_path_sample, register_method)
+from purrception.flows.base import (FlowMethod, LossOutput, drop_labels, endpoint_velocity, make_path_sample,
+                                    register_method)
 from purrception.flows.categorical import cross_entropy_and_zloss, logits_from_features, posterior_mean
 from purrception.flows.liger_head import liger_cross_entropy_and_zloss
 from purrception.models.dit import DiT
 from purrception.sampling.guidance import guided_features
-from purrception.sampling.solvers import integrate
-from purrception.tokenizers.base import nearest_code
 
 __all__ = ["Purrception", "purrception_velocity"]
 
@@ -80,16 +78,3 @@ class Purrception(FlowMethod):
                          cfg_scale: float) -> torch.Tensor:
         """Guided logits ``l`` ``(B, h, w, K)`` of the posterior ``pi = softmax(l / tau)`` (eq. 15), materialised."""
         return logits_from_features(model, guided_features(model, z, t, y, cfg_scale))
-
-    def velocity(self, model: DiT, z: torch.Tensor, t: float, y: torch.Tensor, tau: float,
-                 cfg_scale: float) -> torch.Tensor:
-        """Guided velocity at ``(z, t)`` with temperature ``tau`` (eqs. 13, 15)."""
-        return endpoint_velocity(self.endpoint(model, z, t, y, tau, cfg_scale), z, t)
-
-    @torch.no_grad()
-    def generate(self, model: DiT, noise: torch.Tensor, y: torch.Tensor, sampler: SamplerSettings,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """Integrate ``dz/dt = v`` from ``z0 = noise`` (last step: ``z <- mu``) and snap ``z_1`` to the nearest
-        code (App. B)."""
-        v, mu = self.endpoint_field(model, y, sampler)
-        return nearest_code(integrate(v, noise, sampler.steps, sampler.solver, endpoint=mu), self.codebook)

@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from purrception.pixels import images_to_tensor
 from purrception.tokenizers.base import VQTokenizer
 from purrception.tokenizers.small_vq import SmallVQ, SmallVQConfig
 
-__all__ = ["TokenizerTrainConfig", "train_small_vq", "evaluate_tokenizer", "images_to_tensor"]
+__all__ = ["TokenizerTrainConfig", "train_small_vq", "evaluate_tokenizer"]
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +30,6 @@ class TokenizerTrainConfig:
     batch_size: int = 64
     lr: float = 2e-3
     seed: int = 0
-
-
-def images_to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 ``(N, H, W)`` or ``(N, H, W, C)`` -> float ``(N, C, H, W)`` in ``[-1, 1]``."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float()
-    x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
-    return x / 127.5 - 1.0
-
-
-def tensor_to_images(x: torch.Tensor) -> np.ndarray:
-    """float ``(N, C, H, W)`` in ``[-1, 1]`` -> uint8 ``(N, H, W)`` (one channel) or ``(N, H, W, C)``."""
-    u8 = ((x.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).cpu()
-    return (u8[:, 0] if u8.shape[1] == 1 else u8.permute(0, 2, 3, 1)).numpy()
 
 
 def train_small_vq(images: np.ndarray, model_config: SmallVQConfig, train_config: TokenizerTrainConfig,

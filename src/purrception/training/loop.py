@@ -45,7 +45,7 @@ from purrception.data.shards import TokenShards
 from purrception.distributed import (DistInfo, all_reduce_sum, barrier, contiguous_slice, gather_to_rank0,
                                      init_distributed)
 from purrception.errors import PurrError
-from purrception.flows.base import FlowMethod, LossOutput, SamplerSettings, get_method
+from purrception.flows.base import FlowMethod, LossOutput, get_method
 from purrception.io import atomic_save_json
 from purrception.models.dit import DiT, dit_config_from_preset
 from purrception.training.checkpoint import (Checkpoint, capture_rng_state, load_checkpoint, restore_rng_state,
@@ -185,7 +185,8 @@ class _RunWriter:
         """An EMA sample grid (class-balanced labels, fixed seed: comparable across steps), rank 0 only."""
         if not self.active or self.tokenizer is None:
             return
-        from purrception.sampling.generate import balanced_labels, generate_images
+        from purrception.generation.generate import balanced_labels, generate_images
+        from purrception.sampling.settings import SamplerSettings
         from purrception.sampling.grid import image_grid, save_png
 
         n = self.config.sample_images

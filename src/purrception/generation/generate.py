@@ -14,10 +14,11 @@ import torch
 from tqdm.auto import tqdm
 
 from purrception.errors import PurrError
-from purrception.flows.base import FlowMethod, SamplerSettings
+from purrception.flows.base import FlowMethod, Snap
 from purrception.models.dit import DiT
+from purrception.sampling.settings import SamplerSettings
 from purrception.tokenizers.base import VQTokenizer
-from purrception.tokenizers.train import tensor_to_images
+from purrception.pixels import tensor_to_images
 
 __all__ = ["noise_for", "generate_codes", "generate_images", "balanced_labels", "check_labels"]
 
@@ -46,9 +47,12 @@ def check_labels(labels: np.ndarray, num_classes: int) -> None:
 
 @torch.no_grad()
 def generate_codes(method: FlowMethod, model: DiT, labels: np.ndarray, sampler: SamplerSettings, seed: int,
-                   batch_size: int = 64, first_index: int = 0, device: str = "cpu",
+                   snap: Snap, batch_size: int = 64, first_index: int = 0, device: str = "cpu",
                    progress: bool = False) -> torch.Tensor:
-    """Codes ``(N, h, w)`` for ``labels`` (N,); image ``k`` uses noise index ``first_index + k``."""
+    """Codes ``(N, h, w)`` for ``labels`` (N,); image ``k`` uses noise index ``first_index + k``.
+
+    ``snap`` turns the flow's final latents into codes: the tokenizer's own ``snap``.
+    """
     check_labels(labels, model.config.num_classes)
     if sampler.steps <= 0:
         raise PurrError(f"steps must be a positive integer, got {sampler.steps}")
@@ -60,8 +64,7 @@ def generate_codes(method: FlowMethod, model: DiT, labels: np.ndarray, sampler: 
         idx = range(first_index + start, first_index + min(start + batch_size, len(labels)))
         noise = noise_for(idx, seed, shape).to(device)
         y = torch.as_tensor(labels[start : start + batch_size], device=device)
-        gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + first_index + start)
-        out.append(method.generate(model, noise, y, sampler, gen).cpu())
+        out.append(method.generate(model, noise, y, sampler, snap).cpu())
     return torch.cat(out) if out else torch.zeros((0, side, side), dtype=torch.long)
 
 
@@ -70,7 +73,8 @@ def generate_images(method: FlowMethod, model: DiT, tokenizer: VQTokenizer, labe
                     sampler: SamplerSettings, seed: int, batch_size: int = 64, first_index: int = 0,
                     device: str = "cpu", progress: bool = False) -> np.ndarray:
     """uint8 images (``(N, H, W)`` grey or ``(N, H, W, C)``) generated for ``labels`` and decoded."""
-    codes = generate_codes(method, model, labels, sampler, seed, batch_size, first_index, device, progress)
+    codes = generate_codes(method, model, labels, sampler, seed, tokenizer.snap, batch_size, first_index, device,
+                           progress)
     images = [tensor_to_images(tokenizer.decode(codes[i : i + batch_size].to(device)))
               for i in range(0, len(codes), batch_size)]
     return np.concatenate(images) if images else np.zeros((0,), dtype=np.uint8)

@@ -8,8 +8,8 @@ every latent position (eq. 15). This module samples as usual and, at chosen time
   position and their probabilities, so that the image can be decoded once per candidate.
 
 Times are snapped to the sampling grid ``t_i = i / T`` (``i = round(t T)``, at most ``T - 1``); the states are the
-solver's own, so the codes equal :meth:`FlowMethod.generate`'s for the same noise. Reading the posterior costs one
-extra network evaluation per recorded time. Only methods with a categorical posterior along a continuous path
+solver's own, read through :meth:`FlowMethod.generate`'s step callback, so the codes are generate's for the same
+noise. Reading the posterior costs one extra network evaluation per recorded time. Only methods with a categorical posterior along a continuous path
 (``has_posterior``: Purrception) are accepted; others raise :class:`~purrception.errors.PurrError`.
 """
 
@@ -24,11 +24,10 @@ import numpy as np
 import torch
 
 from purrception.errors import PurrError
-from purrception.flows.base import FlowMethod, SamplerSettings
+from purrception.flows.base import FlowMethod, Snap
 from purrception.models.dit import DiT
-from purrception.sampling.generate import check_labels, noise_for
-from purrception.sampling.solvers import integrate
-from purrception.tokenizers.base import nearest_code
+from purrception.sampling.settings import SamplerSettings
+from purrception.generation.generate import check_labels, noise_for
 
 __all__ = ["UncertaintyTrace", "posterior_entropy", "snap_times", "trace_uncertainty", "trace_labels",
            "candidate_codes", "entropy_heatmap"]
@@ -73,7 +72,7 @@ def snap_times(times: Sequence[float], steps: int) -> list[int]:
 
 @torch.no_grad()
 def trace_uncertainty(method: FlowMethod, model: DiT, noise: torch.Tensor, y: torch.Tensor, sampler: SamplerSettings,
-                      times: Sequence[float], topk: int = 0,
+                      snap: Snap, times: Sequence[float], topk: int = 0,
                       position: Optional[tuple[int, int]] = None) -> UncertaintyTrace:
     """Sample codes from ``noise`` and read the posterior's entropy at ``times`` and its top-``k`` at ``position``.
 
@@ -83,6 +82,7 @@ def trace_uncertainty(method: FlowMethod, model: DiT, noise: torch.Tensor, y: to
         noise: ``z0`` ``(B, d, h, w)``.
         y: labels ``(B,)``.
         sampler: steps, solver, ``tau(t)``, ``cfg_scale(t)``.
+        snap: final latents -> codes, the tokenizer's own ``snap``.
         times: when to read the entropy (snapped to the grid).
         topk: how many candidate codes to report at ``position`` (0: none).
         position: ``(row, col)`` in the latent grid; required when ``topk > 0``.
@@ -123,17 +123,16 @@ def trace_uncertainty(method: FlowMethod, model: DiT, noise: torch.Tensor, y: to
             top_probs.copy_(p.cpu())
             top_codes.copy_(k.cpu())
 
-    v, mu = method.endpoint_field(model, y, sampler)
-    z1 = integrate(v, noise, steps, sampler.solver, endpoint=mu, callback=read)
-    return UncertaintyTrace(nearest_code(z1, method.codebook).cpu(), [i / steps for i in indices], entropy,
+    codes = method.generate(model, noise, y, sampler, snap, callback=read)
+    return UncertaintyTrace(codes.cpu(), [i / steps for i in indices], entropy,
                             top_codes, top_probs, (steps - 1) / steps)
 
 
 def trace_labels(method: FlowMethod, model: DiT, labels: np.ndarray, sampler: SamplerSettings, seed: int,
-                 times: Sequence[float], topk: int = 0, position: Optional[tuple[int, int]] = None,
+                 snap: Snap, times: Sequence[float], topk: int = 0, position: Optional[tuple[int, int]] = None,
                  batch_size: int = 64, device: str = "cpu", progress: bool = False) -> UncertaintyTrace:
     """:func:`trace_uncertainty` for ``labels`` in batches, image ``i`` from the noise of ``(seed, i)`` — the same
-    noise, and so the same codes, as :func:`~purrception.sampling.generate.generate_codes`."""
+    noise, and so the same codes, as :func:`~purrception.generation.generate.generate_codes`."""
     if len(labels) == 0:
         raise PurrError("no images to sample; ask for at least one")
     check_labels(labels, model.config.num_classes)
@@ -143,7 +142,7 @@ def trace_labels(method: FlowMethod, model: DiT, labels: np.ndarray, sampler: Sa
         stop = min(start + batch_size, len(labels))
         noise = noise_for(range(start, stop), seed, (method.latent_dim, side, side)).to(device)
         y = torch.as_tensor(labels[start:stop], device=device)
-        parts.append(trace_uncertainty(method, model, noise, y, sampler, times, topk, position))
+        parts.append(trace_uncertainty(method, model, noise, y, sampler, snap, times, topk, position))
     first = parts[0]
     return UncertaintyTrace(torch.cat([p.codes for p in parts]), first.times,
                             torch.cat([p.entropy for p in parts]), torch.cat([p.topk_codes for p in parts]),

@@ -1,0 +1,40 @@
+"""Pixels in one place: uint8 images <-> float tensors in ``[-1, 1]``, and which files count as images.
+
+Every module that reads, writes, encodes or compares images goes through these, so a folder that encodes is
+also a folder that evaluates, and a decoded sample is quantised the same way everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["IMAGE_SUFFIXES", "is_image_file", "list_image_files", "images_to_tensor", "tensor_to_images"]
+
+#: File suffixes (lower case) read as images by every folder reader.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+def is_image_file(path: Path) -> bool:
+    """A regular file whose suffix is in :data:`IMAGE_SUFFIXES` (case-insensitive)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
+def list_image_files(folder: Path) -> list[Path]:
+    """Every image file under ``folder``, recursively, sorted by path."""
+    return sorted(p for p in Path(folder).rglob("*") if is_image_file(p))
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 ``(N, H, W)`` or ``(N, H, W, C)`` -> float ``(N, C, H, W)`` in ``[-1, 1]``."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float()
+    x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    return x / 127.5 - 1.0
+
+
+def tensor_to_images(x: torch.Tensor) -> np.ndarray:
+    """float ``(N, C, H, W)`` in ``[-1, 1]`` -> uint8 ``(N, H, W)`` (one channel) or ``(N, H, W, C)``."""
+    u8 = ((x.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).cpu()
+    return (u8[:, 0] if u8.shape[1] == 1 else u8.permute(0, 2, 3, 1)).numpy()
