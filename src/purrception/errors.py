@@ -3,9 +3,10 @@
 __all__ = ["PurrError"]
 
 
-class PurrError(Exception):
-    """An error caused by the user's input (a file, a flag, a checkpoint).
+class PurrError(ValueError):
+    """An error caused by the user's input (a file, a parameter, a checkpoint).
 
-    The CLI prints ``str(error)`` on one line and exits non-zero, without a traceback.
-    Library callers can catch it like any exception.
+    A ``ValueError``, so library callers that catch bad values catch it too. Library messages name the Python
+    parameter (``tau``, ``solver``); the CLI prints ``str(error)`` on one line and exits non-zero, without a
+    traceback.
     """
