@@ -317,7 +317,7 @@ def test_uncertainty_needs_a_posterior_and_valid_arguments():
     model = _model(method)
     with pytest.raises(PurrError, match="outside"):
         trace_uncertainty(method, model, noise, torch.tensor([0]), SamplerSettings(steps=2), _snap(method), [], 2, (SIDE, 0))
-    with pytest.raises(PurrError, match="--position"):
+    with pytest.raises(PurrError, match="needs a position"):
         trace_uncertainty(method, model, noise, torch.tensor([0]), SamplerSettings(steps=2), _snap(method), [], 2)
 
 

@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "purrception.cli.encode",
     "purrception.cli.train",
     "purrception.cli.sample",
+    "purrception.cli.export",
     "purrception.cli.eval",
     "purrception.cli.study",
 ]

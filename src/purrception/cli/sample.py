@@ -1,40 +1,52 @@
-"""``purr sample CHECKPOINT``: generate images for chosen classes; PNGs, a grid and ``samples.npz``.
+"""``purr sample CHECKPOINT_OR_RUN_OR_PIPELINE``: generate images for chosen classes; PNGs, a grid, ``samples.npz``.
 
-With ``--uncertainty-times`` (and optionally ``--topk K --position R,C``) it also reads the categorical posterior
-along each trajectory (``sampling.uncertainty``): ``NNNNN_classY_uncertainty.png`` shows the image next to its
-per-position entropy maps (0 .. log K on the magma colormap, one per time), ``NNNNN_classY_top{K}.png`` the image
-decoded with the position's code replaced by each of the top-K candidates of the final posterior, and
-``uncertainty.npz`` holds the numbers.
+A thin layer over :class:`~purrception.pipeline.PurrceptionPipeline`. With ``--uncertainty-times`` (and optionally
+``--topk K --position R,C``) it also reads the categorical posterior along each trajectory
+(``generation.uncertainty``): ``NNNNN_classY_uncertainty.png`` shows the image next to its per-position entropy
+maps (0 .. log K on the magma colormap, one per time), ``NNNNN_classY_top{K}.png`` the image decoded with the
+position's code replaced by each of the top-K candidates of the final posterior, and ``uncertainty.npz`` holds the
+numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
 
-from purrception.cli.common import add_sampler_args, positive_int, sampler_from_args
+from purrception.cli.common import add_sampler_args, positive_int
 from purrception.errors import PurrError
+from purrception.generation.generate import balanced_labels, check_labels
+from purrception.generation.uncertainty import entropy_heatmap
 from purrception.io import atomic_write
-from purrception.generation.generate import balanced_labels, check_labels, generate_images
+from purrception.pipeline import PipelineOutput, PurrceptionPipeline, resolve_checkpoint
 from purrception.sampling.grid import image_grid, save_png, save_samples_npz
-from purrception.generation.uncertainty import UncertaintyTrace, candidate_codes, entropy_heatmap, trace_labels
 from purrception.tokenizers.base import VQTokenizer
-from purrception.pixels import tensor_to_images
 from purrception.tokenizers.store import load_matching_tokenizer
-from purrception.training.checkpoint import Checkpoint, load_checkpoint
-from purrception.training.loop import latest_checkpoint
+from purrception.training.checkpoint import Checkpoint
 
-__all__ = ["register", "resolve_checkpoint", "tokenizer_for"]
+__all__ = ["register", "resolve_checkpoint", "tokenizer_for", "PIPELINE_FLAGS", "with_flags"]
 
 log = logging.getLogger(__name__)
+
+#: the pipeline's parameter names -> the ``purr sample`` flags that set them
+PIPELINE_FLAGS = {"num_inference_steps": "--steps", "guidance_scale": "--cfg-scale", "class_labels": "--classes",
+                  "num_per_class": "--num", "batch_size": "--batch-size", "tau": "--tau", "topk": "--topk",
+                  "uncertainty_times": "--uncertainty-times"}
+
+
+def with_flags(message: str) -> str:
+    """A library message that names pipeline parameters, with the flags that set them instead."""
+    pattern = r"(?<![\w-])(" + "|".join(map(re.escape, PIPELINE_FLAGS)) + r")(?![\w])"
+    return re.sub(pattern, lambda m: PIPELINE_FLAGS[m.group(1)], message)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("sample", help="generate images from a checkpoint")
-    p.add_argument("checkpoint", help="checkpoint file, or a run folder (its newest checkpoint)")
+    p.add_argument("checkpoint", help="checkpoint file, run folder (its newest checkpoint) or saved pipeline folder")
     p.add_argument("--out", required=True, help="new folder for PNGs, grid.png and samples.npz")
     p.add_argument("--classes", default="all", help="comma-separated class ids, or 'all' (balanced; default)")
     p.add_argument("--num", type=positive_int, default=None, help="number of images (default: 8 per class)")
@@ -74,17 +86,6 @@ def _position(text: str) -> tuple[int, int]:
     return row, col
 
 
-def resolve_checkpoint(path: str, expect_method: str | None = None) -> Checkpoint:
-    """A checkpoint file, or the newest checkpoint of a run folder."""
-    p = Path(path)
-    if p.is_dir():
-        newest = latest_checkpoint(p)
-        if newest is None:
-            raise PurrError(f"run folder {p} has no checkpoints yet")
-        p = newest
-    return load_checkpoint(p, expect_method)
-
-
 def tokenizer_for(ckpt: Checkpoint, path: str | None, kind: str | None) -> VQTokenizer:
     """Load the tokenizer that decodes ``ckpt``'s codes and check it is the one the model was trained on."""
     path = path or ckpt.tokenizer_path
@@ -107,10 +108,9 @@ def _labels(args: argparse.Namespace, num_classes: int) -> np.ndarray:
     return np.resize(np.repeat(classes, -(-num // len(classes))), num)
 
 
-def _save_uncertainty(out: Path, trace: UncertaintyTrace, images: np.ndarray, labels: np.ndarray,
-                      tokenizer: VQTokenizer, codebook_size: int, position: tuple[int, int] | None,
-                      batch_size: int, device: str) -> None:
+def _save_uncertainty(out: Path, result: PipelineOutput, codebook_size: int, position: tuple[int, int] | None) -> None:
     """Entropy panels, top-k strips and ``uncertainty.npz`` (see the module docstring)."""
+    trace, images, labels = result.uncertainty, result.pixels, result.labels
     rgb = images if images.ndim == 4 else np.repeat(images[..., None], 3, axis=-1)
     size = rgb.shape[1:3]
     max_entropy = float(np.log(codebook_size))
@@ -119,14 +119,10 @@ def _save_uncertainty(out: Path, trace: UncertaintyTrace, images: np.ndarray, la
         maps = [entropy_heatmap(entropy[i, j], max_entropy, size) for j in range(len(trace.times))]
         save_png(out / f"{i:05d}_class{label}_uncertainty.png", np.concatenate([rgb[i], *maps], axis=1), scale=4)
     extra: dict[str, np.ndarray] = {}
-    if trace.topk_codes.shape[1] and position is not None:
-        k = trace.topk_codes.shape[1]
-        swapped = candidate_codes(trace.codes, position, trace.topk_codes).flatten(0, 1)      # (N*k, h, w)
-        decoded = np.concatenate([tensor_to_images(tokenizer.decode(swapped[j:j + batch_size].to(device)))
-                                  for j in range(0, len(swapped), batch_size)])
-        decoded = decoded.reshape(len(labels), k, *decoded.shape[1:])
+    if result.candidates is not None:
+        k = result.candidates.shape[1]
         for i, label in enumerate(labels):
-            save_png(out / f"{i:05d}_class{label}_top{k}.png", image_grid(decoded[i], rows=1), scale=4)
+            save_png(out / f"{i:05d}_class{label}_top{k}.png", image_grid(result.candidates[i], rows=1), scale=4)
         extra = {"topk_codes": trace.topk_codes.numpy(), "topk_probs": trace.topk_probs.numpy(),
                  "position": np.asarray(position), "final_time": np.asarray(trace.final_time)}
     arrays = {"entropy": entropy, "times": np.asarray(trace.times), "labels": labels, "codes": trace.codes.numpy(),
@@ -145,31 +141,25 @@ def run(args: argparse.Namespace) -> int:
         raise PurrError(f"{out} exists and is not empty; choose another --out (nothing was overwritten)")
     if (args.topk is None) != (args.position is None):
         raise PurrError("--topk and --position go together: e.g. --topk 5 --position 3,3")
-    ckpt = resolve_checkpoint(args.checkpoint, args.method)
-    tokenizer = tokenizer_for(ckpt, args.tokenizer, args.tokenizer_kind)
-    labels = _labels(args, ckpt.num_classes)
-    sampler = sampler_from_args(args)
-    method, model = ckpt.build_method().to(args.device), ckpt.build_model(ema=True).to(args.device)
-    tokenizer.to(args.device)
-    trace = None
-    if args.uncertainty_times is not None or args.topk is not None:
-        trace = trace_labels(method, model, labels, sampler, args.seed, tokenizer.snap, args.uncertainty_times or [],
-                             args.topk or 0, args.position, args.batch_size, args.device, progress=True)
-        images = np.concatenate([tensor_to_images(tokenizer.decode(trace.codes[i:i + args.batch_size].to(args.device)))
-                                 for i in range(0, len(labels), args.batch_size)])
-    else:
-        images = generate_images(method, model, tokenizer, labels, sampler, args.seed, args.batch_size,
-                                 device=args.device, progress=True)
+    pipe = PurrceptionPipeline.from_pretrained(args.checkpoint, args.device, args.tokenizer, args.tokenizer_kind,
+                                               args.method)
+    labels = _labels(args, pipe.num_classes)
+    try:
+        result = pipe(class_labels=labels, num_per_class=1, num_inference_steps=args.steps, tau=args.tau,
+                      guidance_scale=args.cfg_scale, solver=args.solver, seed=args.seed, batch_size=args.batch_size,
+                      uncertainty_times=args.uncertainty_times, topk=args.topk or 0, position=args.position,
+                      progress=True)
+    except PurrError as err:
+        raise PurrError(with_flags(str(err))) from None
     out.mkdir(parents=True, exist_ok=True)
+    images = result.pixels
     for i, (image, label) in enumerate(zip(images, labels)):
         save_png(out / f"{i:05d}_class{label}.png", image)
     order = np.argsort(labels, kind="stable")
-    rows = len(np.unique(labels))
-    save_png(out / "grid.png", image_grid(images[order], rows=rows), scale=2)
+    save_png(out / "grid.png", image_grid(images[order], rows=len(np.unique(labels))), scale=2)
     save_samples_npz(out / "samples.npz", images, labels)
-    if trace is not None:
-        _save_uncertainty(out, trace, images, labels, tokenizer, method.codebook_size, args.position,
-                          args.batch_size, args.device)
+    if result.uncertainty is not None:
+        _save_uncertainty(out, result, pipe.method.codebook_size, args.position)
     log.info("wrote %d images, grid.png and samples.npz to %s (steps %d, solver %s, tau %s, cfg %s)",
-             len(images), out, sampler.steps, sampler.solver, sampler.tau, sampler.cfg_scale)
+             len(images), out, args.steps, args.solver, args.tau, args.cfg_scale)
     return 0

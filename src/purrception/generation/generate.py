@@ -7,7 +7,7 @@ batch size or the number of processes generating.
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from purrception.sampling.settings import SamplerSettings
 from purrception.tokenizers.base import VQTokenizer
 from purrception.pixels import tensor_to_images
 
-__all__ = ["noise_for", "generate_codes", "generate_images", "balanced_labels", "check_labels"]
+__all__ = ["noise_for", "seeded_batches", "generate_codes", "generate_images", "balanced_labels", "check_labels"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,15 @@ def check_labels(labels: np.ndarray, num_classes: int) -> None:
         raise PurrError(f"class id {int(bad[0])} is out of range; this model knows classes 0..{num_classes - 1}")
 
 
+def seeded_batches(labels: np.ndarray, seed: int, shape: tuple[int, ...], batch_size: int, first_index: int = 0,
+                   device: str = "cpu", progress: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(noise, y)`` batches for ``labels``: image ``k`` gets the noise of ``(seed, first_index + k)``."""
+    for start in tqdm(range(0, len(labels), batch_size), desc="sample", disable=not progress, dynamic_ncols=True):
+        stop = min(start + batch_size, len(labels))
+        noise = noise_for(range(first_index + start, first_index + stop), seed, shape).to(device)
+        yield noise, torch.as_tensor(labels[start:stop], device=device)
+
+
 @torch.no_grad()
 def generate_codes(method: FlowMethod, model: DiT, labels: np.ndarray, sampler: SamplerSettings, seed: int,
                    snap: Snap, batch_size: int = 64, first_index: int = 0, device: str = "cpu",
@@ -57,14 +66,9 @@ def generate_codes(method: FlowMethod, model: DiT, labels: np.ndarray, sampler: 
     if sampler.steps <= 0:
         raise PurrError(f"steps must be a positive integer, got {sampler.steps}")
     side = model.config.input_size
-    shape = (method.latent_dim, side, side)
-    out = []
-    starts = range(0, len(labels), batch_size)
-    for start in tqdm(starts, desc="sample", disable=not progress, dynamic_ncols=True):
-        idx = range(first_index + start, first_index + min(start + batch_size, len(labels)))
-        noise = noise_for(idx, seed, shape).to(device)
-        y = torch.as_tensor(labels[start : start + batch_size], device=device)
-        out.append(method.generate(model, noise, y, sampler, snap).cpu())
+    out = [method.generate(model, noise, y, sampler, snap).cpu()
+           for noise, y in seeded_batches(labels, seed, (method.latent_dim, side, side), batch_size, first_index,
+                                          device, progress)]
     return torch.cat(out) if out else torch.zeros((0, side, side), dtype=torch.long)
 
 

@@ -9,16 +9,15 @@ every latent position (eq. 15). This module samples as usual and, at chosen time
 
 Times are snapped to the sampling grid ``t_i = i / T`` (``i = round(t T)``, at most ``T - 1``); the states are the
 solver's own, read through :meth:`FlowMethod.generate`'s step callback, so the codes are generate's for the same
-noise. Reading the posterior costs one extra network evaluation per recorded time. Only methods with a categorical posterior along a continuous path
-(``has_posterior``: Purrception) are accepted; others raise :class:`~purrception.errors.PurrError`.
+noise. Reading the posterior costs one extra network evaluation per recorded time. Only methods with a categorical
+posterior along a continuous path (``has_posterior``: Purrception) are accepted; others raise
+:class:`~purrception.errors.PurrError`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional, Sequence
-
-from tqdm.auto import tqdm
 
 import numpy as np
 import torch
@@ -27,7 +26,7 @@ from purrception.errors import PurrError
 from purrception.flows.base import FlowMethod, Snap
 from purrception.models.dit import DiT
 from purrception.sampling.settings import SamplerSettings
-from purrception.generation.generate import check_labels, noise_for
+from purrception.generation.generate import check_labels, seeded_batches
 
 __all__ = ["UncertaintyTrace", "posterior_entropy", "snap_times", "trace_uncertainty", "trace_labels",
            "candidate_codes", "entropy_heatmap"]
@@ -95,11 +94,11 @@ def trace_uncertainty(method: FlowMethod, model: DiT, noise: torch.Tensor, y: to
         raise PurrError(f"steps must be a positive integer, got {steps}")
     b, _, h, w = noise.shape
     if topk < 0 or topk > method.codebook_size:
-        raise PurrError(f"--topk must lie in 0..{method.codebook_size} (the codebook size), got {topk}")
+        raise PurrError(f"topk must lie in 0..{method.codebook_size} (the codebook size), got {topk}")
     if topk and position is None:
-        raise PurrError("--topk needs --position ROW,COL (a latent position)")
+        raise PurrError("topk needs a position (row, col) in the latent grid")
     if position is not None and not (0 <= position[0] < h and 0 <= position[1] < w):
-        raise PurrError(f"--position {position[0]},{position[1]} is outside the {h}x{w} latent grid")
+        raise PurrError(f"position ({position[0]}, {position[1]}) is outside the {h}x{w} latent grid")
     indices = snap_times(times, steps)
     slots: dict[int, list[int]] = {}
     for slot, i in enumerate(indices):
@@ -130,19 +129,17 @@ def trace_uncertainty(method: FlowMethod, model: DiT, noise: torch.Tensor, y: to
 
 def trace_labels(method: FlowMethod, model: DiT, labels: np.ndarray, sampler: SamplerSettings, seed: int,
                  snap: Snap, times: Sequence[float], topk: int = 0, position: Optional[tuple[int, int]] = None,
-                 batch_size: int = 64, device: str = "cpu", progress: bool = False) -> UncertaintyTrace:
-    """:func:`trace_uncertainty` for ``labels`` in batches, image ``i`` from the noise of ``(seed, i)`` — the same
-    noise, and so the same codes, as :func:`~purrception.generation.generate.generate_codes`."""
+                 batch_size: int = 64, device: str = "cpu", progress: bool = False,
+                 first_index: int = 0) -> UncertaintyTrace:
+    """:func:`trace_uncertainty` for ``labels`` in batches, image ``k`` from the noise of ``(seed, first_index + k)``
+    — the same noise, and so the same codes, as :func:`~purrception.generation.generate.generate_codes`."""
     if len(labels) == 0:
         raise PurrError("no images to sample; ask for at least one")
     check_labels(labels, model.config.num_classes)
     side = model.config.input_size
-    parts = []
-    for start in tqdm(range(0, len(labels), batch_size), desc="sample", disable=not progress, dynamic_ncols=True):
-        stop = min(start + batch_size, len(labels))
-        noise = noise_for(range(start, stop), seed, (method.latent_dim, side, side)).to(device)
-        y = torch.as_tensor(labels[start:stop], device=device)
-        parts.append(trace_uncertainty(method, model, noise, y, sampler, snap, times, topk, position))
+    parts = [trace_uncertainty(method, model, noise, y, sampler, snap, times, topk, position)
+             for noise, y in seeded_batches(labels, seed, (method.latent_dim, side, side), batch_size, first_index,
+                                            device, progress)]
     first = parts[0]
     return UncertaintyTrace(torch.cat([p.codes for p in parts]), first.times,
                             torch.cat([p.entropy for p in parts]), torch.cat([p.topk_codes for p in parts]),

@@ -1,0 +1,451 @@
+"""The Python front door: load a trained generator from anywhere it lives, sample it, save it as a plain folder.
+
+``PurrceptionPipeline.from_pretrained(PATH)`` takes a run folder (its newest checkpoint), a checkpoint file, or a
+folder written by :meth:`PurrceptionPipeline.save_pretrained`; calling the pipeline generates images for class
+labels with the sampler's knobs (steps, temperature ``tau`` of eq. 15, guidance scale, solver) and returns
+:class:`PipelineOutput`. Image ``i`` depends only on ``(seed, i)``, exactly as in ``purr sample``, whatever the
+batch size or device.
+
+A saved pipeline folder holds no pickle: ``model.safetensors`` (the EMA weights used for sampling),
+``codebook.safetensors`` (the codebook the flow was trained over), ``config.json`` (model, method, options,
+classes, tokenizer identity), the tokenizer (its own folder, ``tokenizer/``, when it is one of this library's, else
+a pointer to its local file with its codebook hash) and a ``README.md`` model card.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from purrception.errors import PurrError
+from purrception.flows.base import FlowMethod, get_method
+from purrception.generation.generate import check_labels, generate_codes
+from purrception.generation.uncertainty import UncertaintyTrace, candidate_codes, trace_labels
+from purrception.io import atomic_save_json, atomic_write, load_json
+from purrception.models.dit import DiT, DiTConfig
+from purrception.pixels import tensor_to_images
+from purrception.sampling.schedules import Schedule, parse_schedule
+from purrception.sampling.settings import SamplerSettings
+from purrception.tokenizers.base import TokenizerIdentity, VQTokenizer
+from purrception.tokenizers.store import CONFIG_NAME as TOKENIZER_CONFIG
+from purrception.tokenizers.store import load_matching_tokenizer
+from purrception.training.checkpoint import Checkpoint, load_checkpoint
+from purrception.training.loop import latest_checkpoint
+
+__all__ = ["PurrceptionPipeline", "PipelineOutput", "PIPELINE_FORMAT", "resolve_checkpoint"]
+
+log = logging.getLogger(__name__)
+
+PIPELINE_FORMAT = "purrception-pipeline"
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CODEBOOK_NAME = "codebook.safetensors"
+TOKENIZER_DIR = "tokenizer"
+
+#: a temperature or guidance scale: a number, a schedule of ``t``, or its spec string (``"linear:1.2:0.6"``)
+Knob = float | Schedule | str
+
+
+@dataclass
+class PipelineOutput:
+    """What one call of :class:`PurrceptionPipeline` produced.
+
+    Attributes:
+        images: one PIL image per sample.
+        pixels: the same images as uint8 ``(N, H, W)`` (grey) or ``(N, H, W, C)``.
+        codes: the generated codes ``(N, h, w)``.
+        labels: the requested class of each sample ``(N,)``.
+        uncertainty: the posterior read along the trajectories (``uncertainty_times`` / ``topk``), else ``None``.
+        candidates: uint8 ``(N, k, H, W[, C])``: each image decoded with the code at ``position`` replaced by each
+            of the final posterior's top-``k`` codes (``topk > 0``), else ``None``.
+    """
+
+    images: list[Image.Image]
+    pixels: np.ndarray
+    codes: torch.Tensor
+    labels: np.ndarray
+    uncertainty: UncertaintyTrace | None = None
+    candidates: np.ndarray | None = None
+
+
+def resolve_checkpoint(path: str | Path, expect_method: str | None = None) -> Checkpoint:
+    """A checkpoint file, or the newest checkpoint of a run folder."""
+    p = Path(path)
+    if p.is_dir():
+        newest = latest_checkpoint(p)
+        if newest is None:
+            raise PurrError(f"run folder {p} has no checkpoints yet; train it first or pass a checkpoint file")
+        p = newest
+    return load_checkpoint(p, expect_method)
+
+
+def _knob(value: Knob, name: str, positive: bool) -> float | Schedule:
+    """A number, a :class:`Schedule` or a spec string -> what :class:`SamplerSettings` takes."""
+    if isinstance(value, str):
+        return parse_schedule(value, name, positive)
+    if isinstance(value, Schedule):
+        if positive and min(value.start, value.end) <= 0:
+            raise PurrError(f"{name} must be > 0 throughout, got the schedule {value}")
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise PurrError(f"{name} must be a number or a schedule like linear:1.2:0.6, got {value!r}") from None
+    if positive and not number > 0:
+        raise PurrError(f"{name} must be > 0, got {number:g}")
+    return number
+
+
+class PurrceptionPipeline:
+    """A trained generator with its tokenizer, ready to sample.
+
+    Args:
+        method: the flow method (its codebook on the pipeline's device).
+        model: the backbone with the EMA weights, in eval mode.
+        tokenizer: the tokenizer that decodes the codes (its identity matches the model's).
+        info: what the pipeline knows about itself: ``step``, ``class_names``, ``train``, ``data``, ``source``,
+            ``tokenizer`` (identity, kind and path), written into ``config.json`` and the model card.
+    """
+
+    def __init__(self, method: FlowMethod, model: DiT, tokenizer: VQTokenizer, info: dict[str, Any] | None = None):
+        self.method = method
+        self.model = model.eval()
+        self.tokenizer = tokenizer.eval()
+        self.info = dict(info or {})
+        self.device = next(model.parameters()).device
+
+    # -- loading --------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", tokenizer: str | Path | None = None,
+                        tokenizer_kind: str | None = None, method: str | None = None) -> "PurrceptionPipeline":
+        """Load from a run folder, a checkpoint file, or a folder written by :meth:`save_pretrained`.
+
+        Args:
+            path: where the generator lives.
+            device: where to run it.
+            tokenizer: the tokenizer's path, when not the one recorded (e.g. the run moved machines).
+            tokenizer_kind: the kind of a pretrained tokenizer file (default: the recorded kind).
+            method: if given, refuse a generator trained with another method.
+        """
+        p = Path(path)
+        if not p.exists():
+            raise PurrError(f"{p} not found; pass a run folder, a checkpoint or a saved pipeline folder")
+        if p.is_dir() and (p / CONFIG_NAME).is_file() and _is_pipeline_config(p / CONFIG_NAME):
+            return cls._from_folder(p, device, tokenizer, tokenizer_kind, method)
+        return cls.from_checkpoint(resolve_checkpoint(p, method), device, tokenizer, tokenizer_kind)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Checkpoint, device: str | torch.device = "cpu", tokenizer: str | Path | None = None,
+                        tokenizer_kind: str | None = None) -> "PurrceptionPipeline":
+        """A pipeline from a loaded training checkpoint (EMA weights) and its tokenizer."""
+        tok_path = tokenizer or ckpt.tokenizer_path
+        if not tok_path:
+            raise PurrError(f"checkpoint {ckpt.path} records no tokenizer path; pass tokenizer=PATH")
+        tok = load_matching_tokenizer(tok_path, ckpt.tokenizer_identity, tokenizer_kind)
+        run = _run_description(ckpt.path)
+        info = {"step": ckpt.step, "source": str(ckpt.path), "train": ckpt.raw.get("config", {}),
+                "train_seconds": ckpt.train_seconds, "data": run.get("data"), "class_names": run.get("class_names"),
+                "tokenizer": {"identity": ckpt.tokenizer_identity.to_dict(), "kind": tokenizer_kind or tok.kind,
+                              "path": str(Path(tok_path).resolve())}}
+        return cls(ckpt.build_method(), ckpt.build_model(ema=True), tok, info).to(device)
+
+    @classmethod
+    def _from_folder(cls, folder: Path, device: str | torch.device, tokenizer: str | Path | None,
+                     tokenizer_kind: str | None, method: str | None) -> "PurrceptionPipeline":
+        config = load_json(folder / CONFIG_NAME, "pipeline config")
+        try:
+            model_config = DiTConfig.from_dict(config["model"])
+            method_name, options = str(config["method"]["name"]), dict(config["method"]["options"])
+            tok_entry = dict(config["tokenizer"])
+            identity = TokenizerIdentity.from_dict(tok_entry["identity"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise PurrError(f"{folder / CONFIG_NAME} is incomplete ({err}); save the pipeline again") from None
+        if method is not None and method_name != method:
+            raise PurrError(f"pipeline {folder} was trained with method {method_name!r}, not {method!r}")
+        weights = _read_safetensors(folder / WEIGHTS_NAME, "pipeline weights")
+        codebook = _read_safetensors(folder / CODEBOOK_NAME, "pipeline codebook")["codebook"]
+        model = DiT(model_config)
+        try:
+            model.load_state_dict(weights, strict=True)
+        except RuntimeError as err:
+            raise PurrError(f"{folder / WEIGHTS_NAME} does not fit {folder / CONFIG_NAME}: "
+                            f"{str(err).splitlines()[0]}") from None
+        if tokenizer is not None:
+            tok_path = Path(tokenizer)
+        elif (folder / TOKENIZER_DIR / TOKENIZER_CONFIG).is_file():
+            tok_path = folder / TOKENIZER_DIR
+        elif tok_entry.get("path"):
+            tok_path = Path(tok_entry["path"])
+        else:
+            raise PurrError(f"pipeline {folder} has no tokenizer folder and records no tokenizer path; "
+                            "pass tokenizer=PATH")
+        kind = tokenizer_kind or (None if tok_path.is_dir() else tok_entry.get("kind"))
+        tok = load_matching_tokenizer(tok_path, identity, kind)
+        info = {k: v for k, v in config.items() if k not in ("format", "version", "model", "method")}
+        info["source"] = str(folder)
+        info["tokenizer"] = {**tok_entry, "path": str(tok_path.resolve())}
+        info["tokenizer"].pop("folder", None)
+        return cls(get_method(method_name)(codebook, **options), model.eval(), tok, info).to(device)
+
+    def to(self, device: str | torch.device) -> "PurrceptionPipeline":
+        """Move the model, codebook and tokenizer to ``device``."""
+        self.model.to(device)
+        self.method.to(device)
+        self.tokenizer.to(device)
+        self.device = torch.device(device)
+        return self
+
+    # -- what it is -----------------------------------------------------------------------------------------------
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.model.config.num_classes)
+
+    @property
+    def class_names(self) -> list[str]:
+        """One name per class: the data's own where it had them (folder names), else the class ids."""
+        names = self.info.get("class_names")
+        if isinstance(names, list) and len(names) == self.num_classes:
+            return [str(n) for n in names]
+        return [str(i) for i in range(self.num_classes)]
+
+    @property
+    def has_posterior(self) -> bool:
+        """Can uncertainty be read along the trajectories (Purrception's categorical posterior)?"""
+        return bool(self.method.has_posterior and self.method.has_endpoint)
+
+    # -- sampling -------------------------------------------------------------------------------------------------
+
+    def labels_for(self, class_labels: Sequence[int] | None, num_per_class: int) -> np.ndarray:
+        """``class_labels`` each repeated ``num_per_class`` times (``None``: every class), checked against the
+        model's classes."""
+        if isinstance(num_per_class, bool) or not isinstance(num_per_class, (int, np.integer)) or num_per_class <= 0:
+            raise PurrError(f"num_per_class must be a positive integer, got {num_per_class!r}")
+        classes = np.arange(self.num_classes) if class_labels is None else np.asarray(list(class_labels))
+        if classes.size == 0:
+            raise PurrError("class_labels is empty; give class ids like [0, 3, 7] or None for every class")
+        if not np.issubdtype(classes.dtype, np.integer):
+            raise PurrError(f"class_labels must be integers, got {list(class_labels)!r}")
+        check_labels(classes, self.num_classes)
+        return np.repeat(classes.astype(np.int64), num_per_class)
+
+    def sampler(self, num_inference_steps: int = 100, tau: Knob = 1.0, guidance_scale: Knob = 1.0,
+                solver: str = "euler") -> SamplerSettings:
+        """The :class:`SamplerSettings` for these knobs, checked (messages name the parameters)."""
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) \
+                or num_inference_steps <= 0:
+            raise PurrError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        tau = _knob(tau, "tau", positive=True)
+        if not self.method.has_temperature and tau != 1.0:
+            raise PurrError(f"tau={tau} has no meaning for {self.method.name} (it has no logits); leave tau at 1")
+        return SamplerSettings(steps=int(num_inference_steps), tau=tau,
+                               cfg_scale=_knob(guidance_scale, "guidance_scale", positive=False), solver=str(solver))
+
+    @torch.no_grad()
+    def __call__(self, class_labels: Sequence[int] | None = None, num_per_class: int = 1,
+                 num_inference_steps: int = 100, tau: Knob = 1.0, guidance_scale: Knob = 1.0, solver: str = "euler",
+                 seed: int = 0, batch_size: int = 64, first_index: int = 0,
+                 uncertainty_times: Sequence[float] | None = None, topk: int = 0,
+                 position: tuple[int, int] | None = None, progress: bool = False) -> PipelineOutput:
+        """Generate ``num_per_class`` images for each of ``class_labels``.
+
+        Args:
+            class_labels: class ids (``None``: every class); the samples come in this order.
+            num_per_class: images per entry of ``class_labels``.
+            num_inference_steps: integration steps ``T`` on the grid ``t_i = i / T``.
+            tau: posterior temperature (eq. 15): a number, a :class:`Schedule`, or a spec like
+                ``"linear:1.2:0.6"``; Purrception and DFM only.
+            guidance_scale: classifier-free guidance ``s`` in ``l_u + s (l_c - l_u)`` (1 = off), number or schedule.
+            solver: ``euler`` (the paper's), ``heun``, ``midpoint``, or an adaptive ``NAME:TOL`` (torchdiffeq).
+            seed: image ``first_index + k`` uses the noise of ``(seed, first_index + k)``.
+            batch_size: images per forward pass (does not change the images).
+            first_index: noise index of the first image (regenerate image ``i`` alone with ``first_index=i``).
+            uncertainty_times: read the posterior's per-position entropy at these times in ``[0, 1]``.
+            topk: also read the final posterior's top-``k`` codes at ``position`` and decode each alternative.
+            position: ``(row, col)`` in the code grid, with ``topk``.
+            progress: show a progress bar.
+        """
+        labels = self.labels_for(class_labels, num_per_class)
+        sampler = self.sampler(num_inference_steps, tau, guidance_scale, solver)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+            raise PurrError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if (topk > 0) != (position is not None):
+            raise PurrError("topk and position go together: e.g. topk=5, position=(3, 3)")
+        device = str(self.device)
+        trace = None
+        if uncertainty_times is not None or topk > 0:
+            trace = trace_labels(self.method, self.model, labels, sampler, seed, self.tokenizer.snap,
+                                 list(uncertainty_times or []), topk, position, batch_size, device, progress,
+                                 first_index=first_index)
+            codes = trace.codes
+        else:
+            codes = generate_codes(self.method, self.model, labels, sampler, seed, self.tokenizer.snap, batch_size,
+                                   first_index, device, progress)
+        pixels = self.decode(codes, batch_size)
+        candidates = None
+        if trace is not None and topk > 0:
+            swapped = candidate_codes(trace.codes, position, trace.topk_codes).flatten(0, 1)     # (N*k, h, w)
+            candidates = self.decode(swapped, batch_size).reshape(len(labels), topk, *pixels.shape[1:])
+        return PipelineOutput([Image.fromarray(p) for p in pixels], pixels, codes, labels, trace, candidates)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+        """Codes ``(N, h, w)`` -> uint8 images ``(N, H, W)`` or ``(N, H, W, C)`` through the tokenizer."""
+        parts = [tensor_to_images(self.tokenizer.decode(codes[i:i + batch_size].to(self.device)))
+                 for i in range(0, len(codes), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0,), dtype=np.uint8)
+
+    # -- saving ---------------------------------------------------------------------------------------------------
+
+    def save_pretrained(self, folder: str | Path, metrics: dict[str, Any] | None = None) -> Path:
+        """Write a pickle-free folder that :meth:`from_pretrained` reads (see the module docstring).
+
+        Args:
+            folder: a new or empty folder (an existing non-empty one is refused; nothing is overwritten).
+            metrics: measured scores to record in ``config.json`` and the model card (e.g. a ``purr eval`` report's
+                ``metrics``).
+        """
+        folder = Path(folder)
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            raise PurrError(f"{folder} exists and is not an empty folder; choose another (nothing was overwritten)")
+        folder.mkdir(parents=True, exist_ok=True)
+        weights = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
+        atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(weights, tmp))
+        codebook = {"codebook": self.method.codebook.detach().contiguous().cpu()}
+        atomic_write(folder / CODEBOOK_NAME, lambda tmp: save_file(codebook, tmp))
+        tok_entry = self._save_tokenizer(folder)
+        info = {**self.info, "tokenizer": tok_entry}
+        info.pop("source", None)
+        if metrics:
+            info["metrics"] = metrics
+        config = {"format": PIPELINE_FORMAT, "version": 1, **_jsonable(info), "model": self.model.config.to_dict(),
+                  "method": {"name": self.method.name, "options": self.method.options()},
+                  "num_classes": self.num_classes, "class_names": self.class_names}
+        card = model_card(config)
+        atomic_write(folder / "README.md", lambda tmp: Path(tmp).write_text(card))
+        atomic_save_json(folder / CONFIG_NAME, config)          # last: it marks the folder complete
+        log.info("saved pipeline to %s", folder)
+        return folder
+
+    def _save_tokenizer(self, folder: Path) -> dict[str, Any]:
+        """Copy a tokenizer folder of this library into ``folder/tokenizer``; point to any other by path."""
+        entry = dict(self.info.get("tokenizer") or {})
+        entry["identity"] = self.tokenizer.identity().to_dict()
+        entry.setdefault("kind", self.tokenizer.kind)
+        source = Path(entry["path"]) if entry.get("path") else None
+        if source is None:
+            raise PurrError("this pipeline does not know where its tokenizer lives; load it with tokenizer=PATH")
+        if (source / TOKENIZER_CONFIG).is_file():
+            shutil.copytree(source, folder / TOKENIZER_DIR)
+            entry["path"], entry["folder"] = None, TOKENIZER_DIR
+        return entry
+
+
+def _is_pipeline_config(path: Path) -> bool:
+    config = load_json(path, "config")
+    return isinstance(config, dict) and config.get("format") == PIPELINE_FORMAT
+
+
+def _read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise PurrError(f"{what} missing: {path}; save the pipeline again")
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors raises its own error types for malformed files
+        raise PurrError(f"cannot read {what} {path}: {str(err).splitlines()[0]}") from None
+
+
+def _run_description(ckpt_path: Path) -> dict[str, Any]:
+    """The data a checkpoint was trained on, from its run folder's ``config.json`` and the shards' manifest."""
+    run_config = ckpt_path.parent.parent / "config.json"
+    if ckpt_path.parent.name != "checkpoints" or not run_config.is_file():
+        return {}
+    try:
+        config = load_json(run_config, "run config")
+        shards = config.get("shards")
+        manifest = load_json(Path(shards) / "manifest.json", "shard manifest") if shards else {}
+    except PurrError:
+        return {}
+    source = manifest.get("source", {}) if isinstance(manifest, dict) else {}
+    names = source.get("class_names") if isinstance(source, dict) else None
+    data = {"shards": shards, "num_images": manifest.get("num_items") or manifest.get("num_images"),
+            "source": {k: v for k, v in source.items() if k != "class_names"} if isinstance(source, dict) else {}}
+    return {"data": data, "class_names": names}
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON values (tuples to lists, paths and unknown objects to strings)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def model_card(config: dict[str, Any]) -> str:
+    """A Markdown model card for a saved pipeline: what it is, what it was trained on, its scores, how to sample."""
+    method = config["method"]["name"]
+    model = config["model"]
+    train = config.get("train") or {}
+    tok = config.get("tokenizer") or {}
+    identity = tok.get("identity") or {}
+    data = config.get("data") or {}
+    lines = [
+        f"# Purrception pipeline: {method}",
+        "",
+        f"A class-conditional image generator trained with the `{method}` objective of the purrception library "
+        "(variational flow matching over vector-quantized latents).",
+        "",
+        "## What it is",
+        "",
+        f"- backbone: DiT, hidden {model.get('hidden_size')}, depth {model.get('depth')}, heads "
+        f"{model.get('num_heads')}, patch {model.get('patch_size')}, {model.get('input_size')}x"
+        f"{model.get('input_size')} codes",
+        f"- classes: {config['num_classes']} ({', '.join(map(str, config['class_names'][:20]))}"
+        f"{', ...' if len(config['class_names']) > 20 else ''})",
+        f"- tokenizer: {tok.get('kind')} (K={identity.get('codebook_size')}, d={identity.get('latent_dim')}, "
+        f"codebook sha256 {identity.get('codebook_sha256')}); "
+        + ("included in `tokenizer/`" if tok.get("folder") else f"read from `{tok.get('path')}`"),
+        f"- training: {config.get('step')} steps, batch {train.get('batch_size')}, lr {train.get('lr')}, seed "
+        f"{train.get('seed')}",
+        f"- data: {data.get('shards') or 'not recorded'}"
+        + (f" ({data['num_images']} images)" if data.get("num_images") else ""),
+        "",
+        "## Measured scores",
+        "",
+    ]
+    metrics = config.get("metrics") or {}
+    if metrics:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+    else:
+        lines.append("None recorded with this folder (run `purr eval` on it).")
+    lines += [
+        "",
+        "## How to sample",
+        "",
+        "```python",
+        "from purrception import PurrceptionPipeline",
+        "",
+        'pipe = PurrceptionPipeline.from_pretrained("THIS_FOLDER", device="cpu")',
+        "out = pipe(class_labels=[0, 1], num_per_class=4, num_inference_steps=50, tau=0.9, seed=0)",
+        'out.images[0].save("sample.png")',
+        "```",
+        "",
+        "or `purr sample THIS_FOLDER --out samples --classes 0,1 --num 8 --steps 50 --tau 0.9`.",
+        "",
+        "The folder holds no pickle: weights and codebook are safetensors, everything else JSON.",
+        "",
+    ]
+    return "\n".join(lines)
