@@ -68,7 +68,7 @@ class RegressionFlow(FlowMethod):
                cfg_scale: float) -> torch.Tensor:
         """Guided backbone output ``(B, d, h, w)``: CFG mixes the features, the affine head then runs once."""
         if tau != 1.0:
-            raise PurrError(f"temperature tau={tau} has no meaning for {self.name} (it has no logits); drop --tau")
+            raise PurrError(f"temperature tau={tau} has no meaning for {self.name} (it has no logits); leave tau at 1")
         return regression_output(model, guided_features(model, z, t, y, cfg_scale))
 
     def velocity(self, model: DiT, z: torch.Tensor, t: float, y: torch.Tensor, tau: float,

@@ -78,7 +78,7 @@ class FixedGridSolver(Solver):
     def solve(self, v: VelocityFn, z0: torch.Tensor, steps: int, endpoint: Optional[EndpointFn],
               callback: Optional[StepCallback], option: str) -> torch.Tensor:
         if option:
-            raise PurrError(f"fixed-grid solvers take no tolerance (got ':{option}'); the grid is --steps")
+            raise PurrError(f"fixed-grid solvers take no tolerance (got ':{option}'); their grid is set by steps")
         z, h = z0, 1.0 / steps
         for i in range(steps):
             t = i / steps
