@@ -24,6 +24,7 @@ from purrception.evaluation.fid import (FeatureStats, feature_stats, fid_from_fe
 from purrception.evaluation.inception import FIDInceptionV3, load_fid_inception, resize_bilinear_tf1
 from purrception.evaluation.metrics import class_accuracy, inception_score, precision_recall
 from purrception.evaluation.references import open_reference, to_channels
+from purrception.sampling.schedules import Schedule, parse_schedule
 from purrception.distributed import contiguous_slice
 
 
@@ -223,3 +224,17 @@ def test_purr_eval_refuses_bad_requests(tiny_checkpoint, tmp_path, capsys):
     assert "trained with method" in capsys.readouterr().err
     assert main([*args, "--fid-subsets", "31"]) == 2
     assert not (tmp_path / "x.json").exists()
+
+
+def test_purr_eval_records_tau_and_cfg_schedules_by_their_spec(tiny_checkpoint, tmp_path, capsys):
+    cache = Path(os.environ["PURR_CACHE"])
+    out = tmp_path / "sched.json"
+    args = ["eval", str(tiny_checkpoint), "-n", "10", "--steps", "2", "--batch-size", "10", "--no-precision-recall",
+            "--tau", "linear:0.5:1.0", "--cfg-scale", "cosine:1:1.5", "--cache-dir", str(cache), "--device", "cpu",
+            "--out", str(out)]
+    assert main(args) == 0
+    assert "tau=linear:0.5:1 cfg=cosine:1:1.5" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    for where in (report["sampling"], report["command"]):
+        assert where["tau"] == "linear:0.5:1" and where["cfg_scale"] == "cosine:1:1.5"
+        assert parse_schedule(where["tau"]) == Schedule("linear", 0.5, 1.0)

@@ -15,6 +15,7 @@ from purrception.cli.sample import resolve_checkpoint, tokenizer_for
 from purrception.distributed import cleanup_distributed, init_distributed
 from purrception.evaluation.evaluate import PROTOCOLS, EvalSettings, evaluate_checkpoint, format_table
 from purrception.io import atomic_save_json
+from purrception.sampling.schedules import as_spec
 
 __all__ = ["register", "run"]
 
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         out = Path(args.out) if args.out else ckpt.path.with_name(
             f"{ckpt.path.stem}.eval-{report['protocol']}-n{args.num_samples}.json")
-        report["command"] = {k: v for k, v in vars(args).items() if k != "func"}
+        report["command"] = {k: as_spec(v) for k, v in vars(args).items() if k != "func"}
         atomic_save_json(out, report)
         print(format_table(report))
         print(f"report: {out}")
