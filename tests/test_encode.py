@@ -147,6 +147,30 @@ def test_encode_embedded_cli(tokenizer_dir, tmp_path):
     assert np.array_equal(shards.codes, expected)
 
 
+def test_encode_refuses_a_foreign_non_empty_out_but_takes_an_empty_one(tokenizer_dir, tmp_path, capsys):
+    args = ["encode", "--tokenizer", str(tokenizer_dir), "--embedded", "heldout", "--batch-size", "500",
+            "--part-size", "500", "--no-progress", "--out"]
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    for i in range(2):
+        Image.new("L", (8, 8), i).save(samples / f"{i:04d}.png")
+    before = sorted(p.name for p in samples.iterdir())
+    assert main([*args, str(samples)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(samples) in err and "--out" in err
+    assert sorted(p.name for p in samples.iterdir()) == before  # not even .parts/ was created
+    (tmp_path / "file").write_text("x")
+    assert main([*args, str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([*args, str(empty)]) == 0 and len(TokenShards.open(empty)) == 1000
+    debris = tmp_path / "debris"  # killed before its plan was written: only .parts/ is there
+    parts_dir(debris).mkdir(parents=True)
+    (parts_dir(debris) / ".plan.json.x1y2.tmp").write_bytes(b"torn write")
+    assert main([*args, str(debris)]) == 0 and len(TokenShards.open(debris)) == 1000
+
+
 class _Killed(Exception):
     pass
 

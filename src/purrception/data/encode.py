@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 from purrception import distributed
 from purrception.data.images import ImageSource, embedded_source, folder_source, image_to_tensor
-from purrception.data.shards import (MANIFEST, codes_dtype_for, merge_token_parts, part_path, parts_dir,
-                                     write_token_part)
+from purrception.data.shards import (MANIFEST, PARTS_DIR, codes_dtype_for, merge_token_parts, part_path,
+                                     parts_dir, write_token_part)
 from purrception.errors import PurrError
 from purrception.io import atomic_save_json, load_json
 from purrception.tokenizers.base import VQTokenizer
@@ -106,6 +106,23 @@ def _part_ranges(n: int, part_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + part_size, n)) for s in range(0, n, part_size)]
 
 
+def _refuse_foreign(out: Path) -> str | None:
+    """An error message when ``out`` exists and is neither empty nor an encode's own output, else ``None``.
+
+    Called when ``out`` has no manifest and no plan: then only ``.parts/`` (debris of an encode killed before its
+    plan was on disk) may be there. Anything else belongs to someone else (e.g. a folder of samples).
+    """
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        return f"--out {out} is a file, not a folder; choose another --out (nothing was written)"
+    foreign = sorted(p.name for p in out.iterdir() if p.name != PARTS_DIR)
+    if foreign:
+        return (f"{out} is not empty and holds no unfinished encode ({len(foreign)} other entries, e.g. "
+                f"{foreign[0]!r}); choose a new or empty --out (nothing was written)")
+    return None
+
+
 def _check_plan(out: Path, plan: dict[str, Any]) -> str | None:
     """Create or compare ``OUT/.parts/plan.json``; return an error message or ``None``."""
     plan_file = parts_dir(out) / PLAN_NAME
@@ -146,14 +163,15 @@ def encode_source(tokenizer: VQTokenizer, source: ImageSource, out: str | Path,
     Args:
         tokenizer: the frozen tokenizer (moved to ``options.device``).
         source: the images and labels.
-        out: the shard folder to create; an unfinished encode there with the same plan is resumed.
+        out: the shard folder to create (missing or empty); an unfinished encode there with the same plan is
+            resumed.
         options: batch / part sizes, flip copies, device, workers.
 
     Returns:
         ``out``, holding ``codes.npy``, ``labels.npy``, ``codebook.npy`` and ``manifest.json``.
 
     Raises:
-        PurrError: ``out`` holds other shards or an unfinished encode of other inputs.
+        PurrError: ``out`` holds other shards, an unfinished encode of other inputs, or files no encode wrote.
     """
     out = Path(out)
     joined_here = not dist.is_initialized()
@@ -189,8 +207,10 @@ def _encode(tokenizer: VQTokenizer, source: ImageSource, out: Path, options: Enc
                     finished = True
                 else:
                     error = f"{out} already holds token shards of other inputs; choose another --out or delete it"
-            else:
+            elif (parts_dir(out) / PLAN_NAME).is_file():
                 error = _check_plan(out, plan)
+            else:
+                error = _refuse_foreign(out) or _check_plan(out, plan)
         except (PurrError, OSError) as err:  # told to every rank below, so none waits forever
             error = str(err)
     error, finished = _agree(rank, (error, finished))
