@@ -171,6 +171,22 @@ def test_encode_refuses_a_foreign_non_empty_out_but_takes_an_empty_one(tokenizer
     assert main([*args, str(debris)]) == 0 and len(TokenShards.open(debris)) == 1000
 
 
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_corrupted_image_is_one_error_line_naming_the_file(tokenizer_dir, tmp_path, workers, capsys):
+    root = tmp_path / "images"
+    (root / "cat").mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (28, 28), (i, i, i)).save(root / "cat" / f"{i}.png")
+    broken = root / "cat" / "1.png"
+    broken.write_bytes(broken.read_bytes()[:40])  # a valid header, truncated pixel data
+    args = ["encode", "--tokenizer", str(tokenizer_dir), "--images", str(root), "--out", str(tmp_path / "out"),
+            "--workers", workers, "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("purr: error: cannot read image") and str(broken) in err
+
+
 class _Killed(Exception):
     pass
 

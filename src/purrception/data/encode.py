@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from purrception import distributed
@@ -79,6 +79,17 @@ def preprocessing_record(tokenizer: VQTokenizer, flip: bool) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class _Unreadable:
+    """An image that could not be read, carried out of a DataLoader worker as data.
+
+    torch re-raises a worker's exception as a new one whose message is the worker's whole traceback; returning
+    the error instead lets the main process raise the one-line :class:`PurrError` the reader made.
+    """
+
+    message: str
+
+
 class _Images(Dataset):
     def __init__(self, source: ImageSource, size: int, channels: int):
         self.source, self.size, self.channels = source, size, channels
@@ -86,9 +97,20 @@ class _Images(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        x = image_to_tensor(self.source.load(index), self.size, self.channels)
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | _Unreadable:
+        try:
+            x = image_to_tensor(self.source.load(index), self.size, self.channels)
+        except PurrError as err:
+            return _Unreadable(str(err))
         return x, int(self.source.labels[index])
+
+
+def _collate(items: list[tuple[torch.Tensor, int] | _Unreadable]) -> tuple[torch.Tensor, torch.Tensor] | _Unreadable:
+    """The batch, or the first :class:`_Unreadable` in it."""
+    for item in items:
+        if isinstance(item, _Unreadable):
+            return item
+    return default_collate(items)
 
 
 # ---- distributed helpers ---------------------------------------------------------------------------------------
@@ -229,7 +251,7 @@ def _encode(tokenizer: VQTokenizer, source: ImageSource, out: Path, options: Enc
     tokenizer = tokenizer.to(device).eval()
     batches = _batches(ranges, todo, options.batch_size)
     dataset = _Images(source, tokenizer.image_size, tokenizer.image_channels)
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=options.workers,
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=options.workers, collate_fn=_collate,
                         pin_memory=device.type == "cuda")
     my_total = sum(ranges[p][1] - ranges[p][0] for p in mine)
     bar = tqdm(total=my_total * copies, initial=done_items * copies, unit="img", desc=f"encode {out.name}",
@@ -258,7 +280,10 @@ def _collect_parts(loader: DataLoader, batches: list[list[int]], ranges: list[tu
     """Yield ``(part index, codes, labels)`` as each part covered by ``batches`` is complete."""
     copies = 2 if flip else 1
     pending: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
-    for indices, (x, y) in zip(batches, loader):
+    for indices, batch in zip(batches, loader):
+        if isinstance(batch, _Unreadable):
+            raise PurrError(batch.message)
+        x, y = batch
         p = indices[0] // part_size
         codes = _encode_batch(tokenizer, x.to(device, non_blocking=True), flip)
         labels = np.repeat(y.numpy().astype(np.int64), copies)
