@@ -10,7 +10,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from purrception.cli.common import add_sampler_args, positive_int
+from purrception.cli.common import add_sampler_args, add_tokenizer_kind_arg, positive_int
 from purrception.cli.sample import resolve_checkpoint, tokenizer_for
 from purrception.distributed import cleanup_distributed, init_distributed
 from purrception.evaluation.evaluate import PROTOCOLS, EvalSettings, evaluate_checkpoint, format_table
@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-precision-recall", action="store_true",
                    help="skip k-NN precision/recall (O(N^2) distances)")
     p.add_argument("--tokenizer", default=None, help="tokenizer path (default: the one recorded in the checkpoint)")
-    p.add_argument("--tokenizer-kind", default=None, help="kind of a pretrained tokenizer checkpoint file")
+    add_tokenizer_kind_arg(p)
     p.add_argument("--cache-dir", default=None, help="reference statistics and the digit classifier "
                                                      "(default $PURR_CACHE or ~/.cache/purrception)")
     p.add_argument("--out", default=None, help="JSON report path (default: <checkpoint>.eval-<protocol>-n<N>.json)")

@@ -304,7 +304,7 @@ def encode_images(tokenizer_path: str | Path, out: str | Path, *, tokenizer_kind
     Args:
         tokenizer_path: a tokenizer folder, or a pretrained checkpoint file with ``tokenizer_kind``.
         out: the shard folder.
-        tokenizer_kind: ``"sd-vq-f8"`` / ``"llamagen-vq-ds8-c2i"`` for pretrained checkpoint files.
+        tokenizer_kind: a name in ``tokenizers.pretrained.PRETRAINED_KINDS``, for pretrained checkpoint files.
         images: an image folder (class sub-folders, or flat with ``labels_file``).
         labels_file: ``<path>,<label>`` lines for a flat folder.
         embedded: ``"train"``, ``"heldout"`` or ``"all"`` to encode the embedded MNIST digits instead.
