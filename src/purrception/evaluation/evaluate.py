@@ -33,7 +33,8 @@ from purrception.errors import PurrError
 from purrception.evaluation.extractors import DigitFeatures, Extracted, FeatureExtractor, InceptionFeatures
 from purrception.evaluation.fid import ReferenceFeatures, feature_stats, frechet_distance, load_or_compute_reference
 from purrception.evaluation.metrics import class_accuracy, inception_score, precision_recall
-from purrception.evaluation.references import ReferenceSource, file_sha256, open_reference, to_channels
+from purrception.evaluation.references import ReferenceSource, open_reference, to_channels
+from purrception.hashing import sha256_file
 from purrception.sampling.schedules import Schedule, as_spec
 from purrception.sampling.settings import SamplerSettings
 from purrception.io import atomic_write
@@ -253,7 +254,7 @@ def evaluate_checkpoint(ckpt: Checkpoint, tokenizer: VQTokenizer, settings: Eval
     return {
         "protocol": protocol_name,
         "metrics": metrics,
-        "checkpoint": {"path": str(ckpt.path), "step": ckpt.step, "sha256": file_sha256(ckpt.path)[:16],
+        "checkpoint": {"path": str(ckpt.path), "step": ckpt.step, "sha256": sha256_file(ckpt.path, length=16),
                        "method": ckpt.method_name, "weights": "ema" if settings.ema else "raw",
                        "num_classes": ckpt.num_classes},
         "tokenizer": tokenizer.identity().to_dict(),
