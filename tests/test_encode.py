@@ -147,6 +147,46 @@ def test_encode_embedded_cli(tokenizer_dir, tmp_path):
     assert np.array_equal(shards.codes, expected)
 
 
+def test_encode_refuses_a_foreign_non_empty_out_but_takes_an_empty_one(tokenizer_dir, tmp_path, capsys):
+    args = ["encode", "--tokenizer", str(tokenizer_dir), "--embedded", "heldout", "--batch-size", "500",
+            "--part-size", "500", "--no-progress", "--out"]
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    for i in range(2):
+        Image.new("L", (8, 8), i).save(samples / f"{i:04d}.png")
+    before = sorted(p.name for p in samples.iterdir())
+    assert main([*args, str(samples)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and str(samples) in err and "--out" in err
+    assert sorted(p.name for p in samples.iterdir()) == before  # not even .parts/ was created
+    (tmp_path / "file").write_text("x")
+    assert main([*args, str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([*args, str(empty)]) == 0 and len(TokenShards.open(empty)) == 1000
+    debris = tmp_path / "debris"  # killed before its plan was written: only .parts/ is there
+    parts_dir(debris).mkdir(parents=True)
+    (parts_dir(debris) / ".plan.json.x1y2.tmp").write_bytes(b"torn write")
+    assert main([*args, str(debris)]) == 0 and len(TokenShards.open(debris)) == 1000
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_corrupted_image_is_one_error_line_naming_the_file(tokenizer_dir, tmp_path, workers, capsys):
+    root = tmp_path / "images"
+    (root / "cat").mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (28, 28), (i, i, i)).save(root / "cat" / f"{i}.png")
+    broken = root / "cat" / "1.png"
+    broken.write_bytes(broken.read_bytes()[:40])  # a valid header, truncated pixel data
+    args = ["encode", "--tokenizer", str(tokenizer_dir), "--images", str(root), "--out", str(tmp_path / "out"),
+            "--workers", workers, "--no-progress"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("purr: error: cannot read image") and str(broken) in err
+
+
 class _Killed(Exception):
     pass
 

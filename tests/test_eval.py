@@ -23,7 +23,8 @@ from purrception.evaluation.fid import (FeatureStats, feature_stats, fid_from_fe
                                         load_or_compute_reference)
 from purrception.evaluation.inception import FIDInceptionV3, load_fid_inception, resize_bilinear_tf1
 from purrception.evaluation.metrics import class_accuracy, inception_score, precision_recall
-from purrception.evaluation.references import open_reference, to_channels
+from purrception.evaluation.references import ImageFolderReference, open_reference, to_channels
+from purrception.sampling.schedules import Schedule, parse_schedule
 from purrception.distributed import contiguous_slice
 
 
@@ -110,6 +111,21 @@ def test_adm_npz_export_is_uint8_nhwc_rgb(tmp_path):
     ref = open_reference(str(tmp_path / "s.npz"))
     assert len(ref) == 2 and next(ref.batches(8, 1)).shape == (2, 4, 4)
     np.testing.assert_array_equal(to_channels(to_channels(grey, 3), 1), grey)
+
+
+def test_tif_gif_and_ppm_folders_are_non_empty_fid_references(tmp_path):
+    from PIL import Image
+
+    grey = np.arange(3 * 6 * 6, dtype=np.uint8).reshape(3, 6, 6) * 2
+    for image, suffix in zip(grey, (".tif", ".gif", ".ppm")):
+        Image.fromarray(image).convert("RGB").save(tmp_path / f"img{suffix}")
+    ref = open_reference(str(tmp_path))
+    assert isinstance(ref, ImageFolderReference) and len(ref) == 3
+    assert sorted(p.suffix for p in ref.files) == [".gif", ".ppm", ".tif"]
+    batch = np.concatenate(list(ref.batches(2, 1)))
+    by_suffix = dict(zip((p.suffix for p in ref.files), batch))
+    for image, suffix in zip(grey, (".tif", ".gif", ".ppm")):
+        np.testing.assert_array_equal(by_suffix[suffix], image)
 
 
 # ---- the embedded protocol --------------------------------------------------------------------------------------
@@ -223,3 +239,17 @@ def test_purr_eval_refuses_bad_requests(tiny_checkpoint, tmp_path, capsys):
     assert "trained with method" in capsys.readouterr().err
     assert main([*args, "--fid-subsets", "31"]) == 2
     assert not (tmp_path / "x.json").exists()
+
+
+def test_purr_eval_records_tau_and_cfg_schedules_by_their_spec(tiny_checkpoint, tmp_path, capsys):
+    cache = Path(os.environ["PURR_CACHE"])
+    out = tmp_path / "sched.json"
+    args = ["eval", str(tiny_checkpoint), "-n", "10", "--steps", "2", "--batch-size", "10", "--no-precision-recall",
+            "--tau", "linear:0.5:1.0", "--cfg-scale", "cosine:1:1.5", "--cache-dir", str(cache), "--device", "cpu",
+            "--out", str(out)]
+    assert main(args) == 0
+    assert "tau=linear:0.5:1 cfg=cosine:1:1.5" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    for where in (report["sampling"], report["command"]):
+        assert where["tau"] == "linear:0.5:1" and where["cfg_scale"] == "cosine:1:1.5"
+        assert parse_schedule(where["tau"]) == Schedule("linear", 0.5, 1.0)

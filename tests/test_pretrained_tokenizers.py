@@ -2,7 +2,8 @@
 
 The real checkpoints are not available offline: the full-size architectures are built with random weights, written
 in each real file layout, and read back through the public loader with strict key / shape checks. Key lists and
-shapes are compared with the reference listings in /work/shared/reference (skipped where that folder is absent).
+shapes are compared with listings of the real files' state dicts (``tests/data/<kind>.state_dict.tsv``: key,
+shape, param or buffer, one entry a line).
 """
 
 from __future__ import annotations
@@ -15,22 +16,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import purrception.tokenizers  # noqa: F401  (registers the pretrained loaders)
+from purrception.cli import build_parser, main
 from purrception.errors import PurrError
-from purrception.tokenizers.ldm_vq import VQGAN_PRESETS, VQGANTokenizer
-from purrception.tokenizers.pretrained import (InertForeignObject, ldm_to_llamagen_keys, llamagen_to_ldm_keys,
+from purrception.tokenizers.ldm_vq import VQGANTokenizer
+from purrception.tokenizers.pretrained import (PRETRAINED_KINDS, VQGAN_PRESETS, InertForeignObject,
+                                               get_pretrained_kind, ldm_to_llamagen_keys, llamagen_to_ldm_keys,
                                                read_checkpoint)
-from purrception.tokenizers.store import FOREIGN_LOADERS, load_tokenizer
+from purrception.tokenizers.store import TRAINABLE_KINDS, load_tokenizer
 
-REFERENCE = Path("/work/shared/reference")
+REFERENCE = Path(__file__).parent / "data"
 SD, LG = "sd-vq-f8", "llamagen-vq-ds8-c2i"
 PARAMS = {SD: 67_717_295, LG: 70_109_835}
 
 
 def _reference(kind: str) -> list[tuple[str, tuple[int, ...], str]]:
     path = REFERENCE / f"{kind}.state_dict.tsv"
-    if not path.is_file():
-        pytest.skip(f"reference key list {path} not available")
     rows = []
     for line in path.read_text().splitlines():
         key, shape, what = line.split("\t")
@@ -43,7 +43,7 @@ def models() -> dict[str, VQGANTokenizer]:
     out = {}
     for seed, kind in enumerate((SD, LG)):
         torch.manual_seed(seed)
-        out[kind] = VQGANTokenizer(VQGAN_PRESETS[kind], kind).eval()
+        out[kind] = VQGANTokenizer(PRETRAINED_KINDS[kind].config, kind).eval()
     return out
 
 
@@ -118,7 +118,38 @@ def test_llamagen_state_dict_in_llamagen_names_matches_reference_exactly(models)
 
 
 def test_registered_kinds():
-    assert {SD, LG} <= set(FOREIGN_LOADERS)
+    assert list(PRETRAINED_KINDS) == [SD, LG]
+    assert all(name == kind.name and VQGAN_PRESETS[name] is kind.config for name, kind in PRETRAINED_KINDS.items())
+
+
+def _tokenizer_kind_options(parser: argparse.ArgumentParser, command: str = "purr") -> dict[str, argparse.Action]:
+    """Every command's --tokenizer-kind option, by command ("purr encode", "purr tokenizer decode", ...)."""
+    found = {}
+    for action in parser._actions:
+        if "--tokenizer-kind" in action.option_strings:
+            found[command] = action
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found.update(_tokenizer_kind_options(sub, f"{command} {name}"))
+    return found
+
+
+def test_tokenizer_kind_choices_are_the_registry_and_unknown_kinds_are_listed(tmp_path, capsys):
+    options = _tokenizer_kind_options(build_parser())
+    assert {"purr encode", "purr eval", "purr sample", "purr tokenizer encode", "purr tokenizer decode"} <= set(options)
+    for command, action in options.items():
+        assert list(action.choices) == list(PRETRAINED_KINDS), command
+        assert all(kind.file_name in action.help for kind in PRETRAINED_KINDS.values()), command
+    with pytest.raises(SystemExit):
+        main(["encode", "--tokenizer", "x.pt", "--embedded", "train", "--out", str(tmp_path), "--tokenizer-kind", "vq"])
+    assert f"choose from {', '.join(repr(k) for k in PRETRAINED_KINDS)}" in capsys.readouterr().err
+    (tmp_path / "x.pt").write_bytes(b"")
+    for kind in ("vq", "sd-vq-f16"):
+        with pytest.raises(PurrError, match=f"unknown tokenizer kind '{kind}'; known: {SD}, {LG} .*small-vq"):
+            load_tokenizer(tmp_path / "x.pt", kind=kind)
+        with pytest.raises(PurrError, match=f"unknown pretrained tokenizer kind '{kind}'; known: {SD}, {LG}$"):
+            get_pretrained_kind(kind)
+    assert list(TRAINABLE_KINDS) == ["small-vq"]
 
 
 # ---- loading the real file layouts -------------------------------------------------------------------------------
@@ -162,7 +193,7 @@ def test_malicious_pickle_is_refused_without_running(via, tmp_path):
 def _fake_state(kind: str, **replace: tuple[int, ...]) -> dict[str, torch.Tensor]:
     """Every key of ``kind`` as a zero-stride tensor (tiny on disk), some shapes replaced."""
     with torch.device("meta"):
-        shapes = {k: tuple(v.shape) for k, v in VQGANTokenizer(VQGAN_PRESETS[kind], kind).state_dict().items()}
+        shapes = {k: tuple(v.shape) for k, v in VQGANTokenizer(PRETRAINED_KINDS[kind].config, kind).state_dict().items()}
     shapes.update(replace)
     return {k: torch.zeros(1).expand(s) if s else torch.zeros(()) for k, s in shapes.items()}
 

@@ -19,7 +19,7 @@ from purrception.flows.base import endpoint_velocity
 from purrception.models.dit import DiT, DiTConfig
 from purrception.sampling import solvers as solvers_module
 from purrception.generation.generate import generate_codes
-from purrception.sampling.schedules import Schedule, parse_schedule
+from purrception.sampling.schedules import Schedule, as_spec, parse_schedule
 from purrception.sampling.solvers import integrate
 from purrception.generation.uncertainty import (candidate_codes, entropy_heatmap, posterior_entropy, snap_times,
                                               trace_labels, trace_uncertainty)
@@ -188,6 +188,13 @@ def test_schedules_exact_values_and_round_trip():
     assert json.loads(json.dumps(asdict(SamplerSettings(tau=lin))))["tau"] == {"shape": "linear", "start": 1.2,
                                                                                  "end": 0.6}
     assert SamplerSettings(tau=lin, cfg_scale=parse_schedule("linear:1:3")).cfg_at(0.5) == 2.0
+
+
+def test_schedule_specs_parse_back_exactly_and_reports_record_specs():
+    for spec in ("linear:0.123456789:1e-07", "cosine:1:0.5", "linear:-2.5:3"):
+        schedule = parse_schedule(spec)
+        assert schedule.spec == str(schedule) == spec and parse_schedule(schedule.spec) == schedule
+    assert as_spec(parse_schedule("linear:1.3:0.6")) == "linear:1.3:0.6" and as_spec(0.8) == 0.8
 
 
 @pytest.mark.parametrize("spec", ["wave:1:2", "linear:1", "linear:a:b", "abc", "nan"])

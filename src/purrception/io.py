@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -12,6 +11,7 @@ from typing import Any, Callable
 import torch
 
 from purrception.errors import PurrError
+from purrception.hashing import sha256_tensor as sha256_of_tensor  # the name older code imports from here
 
 __all__ = ["default_cache_dir", "atomic_write", "atomic_save_json", "atomic_torch_save", "load_json", "safe_torch_load", "sha256_of_tensor"]
 
@@ -74,12 +74,6 @@ def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     except Exception as err:  # torch raises many types for corrupt / unsafe files
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PurrError(f"cannot read {what} {path}: {first_line[:200]}") from None
-
-
-def sha256_of_tensor(t: torch.Tensor, length: int = 16) -> str:
-    """A short, stable fingerprint of a tensor's float32 contents."""
-    data = t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
-    return hashlib.sha256(data).hexdigest()[:length]
 
 
 def default_cache_dir() -> Path:

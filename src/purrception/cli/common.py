@@ -9,8 +9,10 @@ from purrception.errors import PurrError
 from purrception.sampling.settings import SamplerSettings
 from purrception.sampling.schedules import SHAPES, Schedule, parse_schedule
 from purrception.sampling.solvers import SOLVERS
+from purrception.tokenizers.pretrained import PRETRAINED_KINDS
 
-__all__ = ["positive_int", "positive_float", "schedule_arg", "add_sampler_args", "sampler_from_args", "refuse_existing"]
+__all__ = ["positive_int", "positive_float", "schedule_arg", "add_sampler_args", "sampler_from_args",
+           "add_tokenizer_kind_arg", "refuse_existing"]
 
 
 def positive_int(text: str) -> int:
@@ -61,6 +63,13 @@ def add_sampler_args(parser: argparse.ArgumentParser, steps: int = 100) -> None:
 
 def sampler_from_args(args: argparse.Namespace) -> SamplerSettings:
     return SamplerSettings(steps=args.steps, tau=args.tau, cfg_scale=args.cfg_scale, solver=args.solver)
+
+
+def add_tokenizer_kind_arg(parser: argparse.ArgumentParser) -> None:
+    """``--tokenizer-kind``, choosing among the pretrained kinds of ``tokenizers.pretrained.PRETRAINED_KINDS``."""
+    files = ", ".join(f"{name}: {kind.file_name}" for name, kind in PRETRAINED_KINDS.items())
+    parser.add_argument("--tokenizer-kind", choices=list(PRETRAINED_KINDS), default=None,
+                        help=f"kind of a pretrained tokenizer checkpoint file ({files})")
 
 
 def refuse_existing(path: str | Path, flag: str = "--out") -> Path:

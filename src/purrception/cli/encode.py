@@ -11,14 +11,11 @@ import argparse
 import os
 from pathlib import Path
 
-from purrception.cli.common import positive_int
+from purrception.cli.common import add_tokenizer_kind_arg, positive_int
 from purrception.data.encode import EncodeOptions, encode_images
 from purrception.data.shards import TokenShards
 
 __all__ = ["register", "run_encode"]
-
-PRETRAINED_KINDS = ["sd-vq-f8", "llamagen-vq-ds8-c2i"]
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -26,8 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Encode images with a frozen tokenizer into token shards (resumable; torchrun for multi-GPU).")
     p.add_argument("--tokenizer", required=True,
                    help="tokenizer folder (`purr tokenizer train`) or a pretrained checkpoint file")
-    p.add_argument("--tokenizer-kind", choices=PRETRAINED_KINDS, default=None,
-                   help="kind of a pretrained checkpoint file: vq-f8.ckpt or vq_ds8_c2i.pt")
+    add_tokenizer_kind_arg(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", help="image folder: ROOT/<class>/*.png|jpg..., or a flat folder with --labels")
     src.add_argument("--embedded", choices=["train", "heldout", "all"], help="an embedded MNIST split")

@@ -10,11 +10,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from purrception.cli.common import add_sampler_args, positive_int
+from purrception.cli.common import add_sampler_args, add_tokenizer_kind_arg, positive_int
 from purrception.cli.sample import resolve_checkpoint, tokenizer_for
 from purrception.distributed import cleanup_distributed, init_distributed
 from purrception.evaluation.evaluate import PROTOCOLS, EvalSettings, evaluate_checkpoint, format_table
 from purrception.io import atomic_save_json
+from purrception.sampling.schedules import as_spec
 
 __all__ = ["register", "run"]
 
@@ -45,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-precision-recall", action="store_true",
                    help="skip k-NN precision/recall (O(N^2) distances)")
     p.add_argument("--tokenizer", default=None, help="tokenizer path (default: the one recorded in the checkpoint)")
-    p.add_argument("--tokenizer-kind", default=None, help="kind of a pretrained tokenizer checkpoint file")
+    add_tokenizer_kind_arg(p)
     p.add_argument("--cache-dir", default=None, help="reference statistics and the digit classifier "
                                                      "(default $PURR_CACHE or ~/.cache/purrception)")
     p.add_argument("--out", default=None, help="JSON report path (default: <checkpoint>.eval-<protocol>-n<N>.json)")
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         out = Path(args.out) if args.out else ckpt.path.with_name(
             f"{ckpt.path.stem}.eval-{report['protocol']}-n{args.num_samples}.json")
-        report["command"] = {k: v for k, v in vars(args).items() if k != "func"}
+        report["command"] = {k: as_spec(v) for k, v in vars(args).items() if k != "func"}
         atomic_save_json(out, report)
         print(format_table(report))
         print(f"report: {out}")

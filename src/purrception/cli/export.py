@@ -10,6 +10,7 @@ import argparse
 import logging
 from typing import Any
 
+from purrception.cli.common import add_tokenizer_kind_arg
 from purrception.errors import PurrError
 from purrception.io import load_json
 from purrception.pipeline import PurrceptionPipeline
@@ -26,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-report", default=None, help="a `purr eval` JSON report of this checkpoint: its scores "
                                                        "go into config.json and the model card")
     p.add_argument("--tokenizer", default=None, help="tokenizer path (default: the one recorded in the checkpoint)")
-    p.add_argument("--tokenizer-kind", default=None, help="kind of a pretrained tokenizer checkpoint file")
+    add_tokenizer_kind_arg(p)
     p.set_defaults(func=run)
 
 

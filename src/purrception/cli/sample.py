@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from purrception.cli.common import add_sampler_args, positive_int
+from purrception.cli.common import add_sampler_args, add_tokenizer_kind_arg, positive_int
 from purrception.errors import PurrError
 from purrception.generation.generate import balanced_labels, check_labels
 from purrception.generation.uncertainty import entropy_heatmap
@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", default=None, help="assert the checkpoint's method")
     p.add_argument("--tokenizer", default=None, help="tokenizer path (default: the one recorded in the checkpoint)")
-    p.add_argument("--tokenizer-kind", default=None, help="kind of a pretrained tokenizer checkpoint file")
+    add_tokenizer_kind_arg(p)
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="cpu")
     add_sampler_args(p)

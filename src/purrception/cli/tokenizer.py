@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from purrception.cli.common import positive_int, refuse_existing
+from purrception.cli.common import add_tokenizer_kind_arg, positive_int, refuse_existing
 from purrception.data.embedded import load_embedded_mnist
 from purrception.data.embedded_shards import encode_array
 from purrception.errors import PurrError
@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     e = sub.add_parser("encode", help="images -> codes (.npz with 'codes' and, if known, 'labels')")
     e.add_argument("--tokenizer", required=True, help="tokenizer folder or pretrained checkpoint file")
-    e.add_argument("--tokenizer-kind", default=None, help="kind of a pretrained checkpoint file")
+    add_tokenizer_kind_arg(e)
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--embedded", choices=["train", "heldout", "all"], help="an embedded MNIST split")
     src.add_argument("--images", help=".npz with uint8 'images' (N,H,W) or (N,H,W,C), e.g. samples.npz")
@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     d = sub.add_parser("decode", help="codes or continuous latents (.npz) -> images (.npz and a PNG grid)")
     d.add_argument("--tokenizer", required=True)
-    d.add_argument("--tokenizer-kind", default=None)
+    add_tokenizer_kind_arg(d)
     d.add_argument("--input", required=True, help=".npz with int 'codes' (N,h,w) or float 'latents' (N,d,h,w)")
     d.add_argument("--out", required=True, help="new .npz for the images; a grid PNG is written beside it")
     d.set_defaults(func=run_decode)

@@ -6,7 +6,6 @@ their configuration, so that ``demo``, ``train`` and ``study`` share them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import asdict
@@ -18,6 +17,7 @@ import torch
 
 from purrception.data.embedded import NUM_CLASSES, load_embedded_mnist
 from purrception.data.shards import TokenShards, write_token_shards
+from purrception.hashing import sha256_parts
 from purrception.tokenizers.base import VQTokenizer
 from purrception.tokenizers.small_vq import SmallVQConfig
 from purrception.tokenizers.store import CONFIG_NAME, load_tokenizer, save_tokenizer
@@ -50,7 +50,7 @@ def write_embedded_shards(tokenizer: VQTokenizer, split: str, folder: str | Path
 
 
 def _key(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+    return sha256_parts(json.dumps(obj, sort_keys=True), length=12)
 
 
 def ensure_embedded_tokenizer(cache_dir: Path, steps: int = 1000, progress: bool = True, device: str = "cpu") -> Path:

@@ -19,13 +19,13 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from purrception import distributed
 from purrception.data.images import ImageSource, embedded_source, folder_source, image_to_tensor
-from purrception.data.shards import (MANIFEST, codes_dtype_for, merge_token_parts, part_path, parts_dir,
-                                     write_token_part)
+from purrception.data.shards import (MANIFEST, PARTS_DIR, codes_dtype_for, merge_token_parts, part_path,
+                                     parts_dir, write_token_part)
 from purrception.errors import PurrError
 from purrception.io import atomic_save_json, load_json
 from purrception.tokenizers.base import VQTokenizer
@@ -79,6 +79,17 @@ def preprocessing_record(tokenizer: VQTokenizer, flip: bool) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class _Unreadable:
+    """An image that could not be read, carried out of a DataLoader worker as data.
+
+    torch re-raises a worker's exception as a new one whose message is the worker's whole traceback; returning
+    the error instead lets the main process raise the one-line :class:`PurrError` the reader made.
+    """
+
+    message: str
+
+
 class _Images(Dataset):
     def __init__(self, source: ImageSource, size: int, channels: int):
         self.source, self.size, self.channels = source, size, channels
@@ -86,9 +97,20 @@ class _Images(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        x = image_to_tensor(self.source.load(index), self.size, self.channels)
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | _Unreadable:
+        try:
+            x = image_to_tensor(self.source.load(index), self.size, self.channels)
+        except PurrError as err:
+            return _Unreadable(str(err))
         return x, int(self.source.labels[index])
+
+
+def _collate(items: list[tuple[torch.Tensor, int] | _Unreadable]) -> tuple[torch.Tensor, torch.Tensor] | _Unreadable:
+    """The batch, or the first :class:`_Unreadable` in it."""
+    for item in items:
+        if isinstance(item, _Unreadable):
+            return item
+    return default_collate(items)
 
 
 # ---- distributed helpers ---------------------------------------------------------------------------------------
@@ -104,6 +126,23 @@ def _agree(rank: int, value: Any) -> Any:
 # ---- the encode loop -------------------------------------------------------------------------------------------
 def _part_ranges(n: int, part_size: int) -> list[tuple[int, int]]:
     return [(s, min(s + part_size, n)) for s in range(0, n, part_size)]
+
+
+def _refuse_foreign(out: Path) -> str | None:
+    """An error message when ``out`` exists and is neither empty nor an encode's own output, else ``None``.
+
+    Called when ``out`` has no manifest and no plan: then only ``.parts/`` (debris of an encode killed before its
+    plan was on disk) may be there. Anything else belongs to someone else (e.g. a folder of samples).
+    """
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        return f"--out {out} is a file, not a folder; choose another --out (nothing was written)"
+    foreign = sorted(p.name for p in out.iterdir() if p.name != PARTS_DIR)
+    if foreign:
+        return (f"{out} is not empty and holds no unfinished encode ({len(foreign)} other entries, e.g. "
+                f"{foreign[0]!r}); choose a new or empty --out (nothing was written)")
+    return None
 
 
 def _check_plan(out: Path, plan: dict[str, Any]) -> str | None:
@@ -146,14 +185,15 @@ def encode_source(tokenizer: VQTokenizer, source: ImageSource, out: str | Path,
     Args:
         tokenizer: the frozen tokenizer (moved to ``options.device``).
         source: the images and labels.
-        out: the shard folder to create; an unfinished encode there with the same plan is resumed.
+        out: the shard folder to create (missing or empty); an unfinished encode there with the same plan is
+            resumed.
         options: batch / part sizes, flip copies, device, workers.
 
     Returns:
         ``out``, holding ``codes.npy``, ``labels.npy``, ``codebook.npy`` and ``manifest.json``.
 
     Raises:
-        PurrError: ``out`` holds other shards or an unfinished encode of other inputs.
+        PurrError: ``out`` holds other shards, an unfinished encode of other inputs, or files no encode wrote.
     """
     out = Path(out)
     joined_here = not dist.is_initialized()
@@ -189,8 +229,10 @@ def _encode(tokenizer: VQTokenizer, source: ImageSource, out: Path, options: Enc
                     finished = True
                 else:
                     error = f"{out} already holds token shards of other inputs; choose another --out or delete it"
-            else:
+            elif (parts_dir(out) / PLAN_NAME).is_file():
                 error = _check_plan(out, plan)
+            else:
+                error = _refuse_foreign(out) or _check_plan(out, plan)
         except (PurrError, OSError) as err:  # told to every rank below, so none waits forever
             error = str(err)
     error, finished = _agree(rank, (error, finished))
@@ -209,7 +251,7 @@ def _encode(tokenizer: VQTokenizer, source: ImageSource, out: Path, options: Enc
     tokenizer = tokenizer.to(device).eval()
     batches = _batches(ranges, todo, options.batch_size)
     dataset = _Images(source, tokenizer.image_size, tokenizer.image_channels)
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=options.workers,
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=options.workers, collate_fn=_collate,
                         pin_memory=device.type == "cuda")
     my_total = sum(ranges[p][1] - ranges[p][0] for p in mine)
     bar = tqdm(total=my_total * copies, initial=done_items * copies, unit="img", desc=f"encode {out.name}",
@@ -238,7 +280,10 @@ def _collect_parts(loader: DataLoader, batches: list[list[int]], ranges: list[tu
     """Yield ``(part index, codes, labels)`` as each part covered by ``batches`` is complete."""
     copies = 2 if flip else 1
     pending: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
-    for indices, (x, y) in zip(batches, loader):
+    for indices, batch in zip(batches, loader):
+        if isinstance(batch, _Unreadable):
+            raise PurrError(batch.message)
+        x, y = batch
         p = indices[0] // part_size
         codes = _encode_batch(tokenizer, x.to(device, non_blocking=True), flip)
         labels = np.repeat(y.numpy().astype(np.int64), copies)
@@ -259,7 +304,7 @@ def encode_images(tokenizer_path: str | Path, out: str | Path, *, tokenizer_kind
     Args:
         tokenizer_path: a tokenizer folder, or a pretrained checkpoint file with ``tokenizer_kind``.
         out: the shard folder.
-        tokenizer_kind: ``"sd-vq-f8"`` / ``"llamagen-vq-ds8-c2i"`` for pretrained checkpoint files.
+        tokenizer_kind: a name in ``tokenizers.pretrained.PRETRAINED_KINDS``, for pretrained checkpoint files.
         images: an image folder (class sub-folders, or flat with ``labels_file``).
         labels_file: ``<path>,<label>`` lines for a flat folder.
         embedded: ``"train"``, ``"heldout"`` or ``"all"`` to encode the embedded MNIST digits instead.

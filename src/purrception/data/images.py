@@ -14,7 +14,6 @@ map to ``[-1, 1]``. Square images already at the resolution are left untouched.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from PIL import Image
 
 from purrception.errors import PurrError
+from purrception.hashing import sha256_lines, sha256_parts
 from purrception.pixels import IMAGE_SUFFIXES, images_to_tensor, list_image_files
 
 __all__ = ["ImageSource", "folder_source", "embedded_source", "resize_center_crop", "image_to_tensor"]
@@ -65,14 +65,6 @@ class ImageSource:
                 return img
         except (OSError, ValueError) as err:
             raise PurrError(f"cannot read image {path}: {err}; remove or fix the file") from None
-
-
-def _fingerprint(lines: list[str]) -> str:
-    h = hashlib.sha256()
-    for line in lines:
-        h.update(line.encode("utf-8"))
-        h.update(b"\n")
-    return h.hexdigest()[:16]
 
 
 def _read_labels_file(root: Path, labels_file: Path) -> tuple[list[Path], list[str]]:
@@ -150,7 +142,7 @@ def folder_source(root: str | Path, labels_file: str | Path | None = None) -> Im
         "labels_file": str(Path(labels_file).resolve()) if labels_file is not None else None,
         "num_images": len(files),
         "class_names": class_names,
-        "fingerprint": _fingerprint(listing),
+        "fingerprint": sha256_lines(listing, length=16),
     }
     log.info("%s: %d images in %d classes (%s)", root, len(files), len(class_names), layout)
     return ImageSource(labels=labels, num_classes=len(class_names), description=description, files=files,
@@ -162,7 +154,7 @@ def embedded_source(split: str) -> ImageSource:
     from purrception.data.embedded import NUM_CLASSES, load_embedded_mnist
 
     data = load_embedded_mnist(split)
-    digest = hashlib.sha256(data.images.tobytes() + data.labels.tobytes()).hexdigest()[:16]
+    digest = sha256_parts(data.images, data.labels, length=16)
     description = {"type": "embedded-mnist", "split": split, "num_images": len(data), "fingerprint": digest}
     return ImageSource(labels=data.labels, num_classes=NUM_CLASSES, description=description, arrays=data.images,
                        class_names=[str(i) for i in range(NUM_CLASSES)])

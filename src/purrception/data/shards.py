@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from purrception.errors import PurrError
-from purrception.io import atomic_save_json, atomic_write, load_json, sha256_of_tensor
+from purrception.hashing import sha256_tensor
+from purrception.io import atomic_save_json, atomic_write, load_json
 from purrception.tokenizers.base import TokenizerIdentity
 
 __all__ = ["TokenShards", "write_token_shards", "codes_dtype_for", "check_same_tokenizer", "parts_dir", "part_path",
@@ -215,7 +216,7 @@ class TokenShards:
         if codes.shape[0] != n or labels.shape != (n,) or list(codes.shape[1:]) != list(manifest["latent_shape"]):
             raise PurrError(f"shards in {folder} are inconsistent with their manifest (truncated?); re-run `purr encode`")
         shards = cls(folder, manifest, codes, labels, codebook)
-        found = sha256_of_tensor(torch.from_numpy(codebook))
+        found = sha256_tensor(torch.from_numpy(codebook))
         if found != shards.identity.codebook_sha256:
             raise PurrError(f"codebook.npy in {folder} does not match its manifest's hash; re-run `purr encode`")
         return shards

@@ -7,7 +7,6 @@ are honest judges. Its own accuracy on the real train split is reported beside e
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from torch import nn
 
 from purrception.data.embedded import load_embedded_mnist
 from purrception.errors import PurrError
+from purrception.hashing import sha256_parts
 from purrception.io import atomic_save_json, atomic_write, load_json
 
 __all__ = ["MnistClassifier", "train_classifier", "load_or_train_classifier", "classifier_info", "CLASSIFIER_VERSION"]
@@ -104,11 +104,7 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, epochs: int = _EPOC
 
 
 def _cache_key(heldout_labels: np.ndarray, heldout_images: np.ndarray) -> str:
-    h = hashlib.sha256()
-    h.update(f"v{CLASSIFIER_VERSION}-e{_EPOCHS}-s{_SEED}".encode())
-    h.update(heldout_images.tobytes())
-    h.update(heldout_labels.tobytes())
-    return h.hexdigest()[:12]
+    return sha256_parts(f"v{CLASSIFIER_VERSION}-e{_EPOCHS}-s{_SEED}", heldout_images, heldout_labels, length=12)
 
 
 def _classifier_folder(cache_dir: str | Path) -> Path:

@@ -21,7 +21,7 @@ import importlib.metadata
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,7 +33,9 @@ from purrception.errors import PurrError
 from purrception.evaluation.extractors import DigitFeatures, Extracted, FeatureExtractor, InceptionFeatures
 from purrception.evaluation.fid import ReferenceFeatures, feature_stats, frechet_distance, load_or_compute_reference
 from purrception.evaluation.metrics import class_accuracy, inception_score, precision_recall
-from purrception.evaluation.references import ReferenceSource, file_sha256, open_reference, to_channels
+from purrception.evaluation.references import ReferenceSource, open_reference, to_channels
+from purrception.hashing import sha256_file
+from purrception.sampling.schedules import Schedule, as_spec
 from purrception.sampling.settings import SamplerSettings
 from purrception.io import atomic_write
 from purrception.generation.generate import balanced_labels, generate_images
@@ -48,14 +50,19 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EvalSettings:
-    """Everything that decides an evaluation's numbers (all of it goes into the JSON report)."""
+    """Everything that decides an evaluation's numbers (all of it goes into the JSON report).
+
+    ``tau`` and ``cfg_scale`` are constants or :class:`~purrception.sampling.schedules.Schedule` objects (read
+    with ``parse_schedule``); the report records a schedule by its spec string. Arbitrary callables are refused:
+    a report could not say what they were.
+    """
 
     num_samples: int = 1000
     seed: int = 0
     batch_size: int = 100
     steps: int = 100
-    tau: float = 1.0
-    cfg_scale: float = 1.0
+    tau: float | Schedule = 1.0
+    cfg_scale: float | Schedule = 1.0
     solver: str = "euler"
     ema: bool = True
     protocol: str = ""                          # "" = default_protocol(tokenizer)
@@ -71,6 +78,11 @@ class EvalSettings:
         return SamplerSettings(steps=self.steps, tau=self.tau, cfg_scale=self.cfg_scale, solver=self.solver)
 
     def check(self) -> None:
+        for name in ("tau", "cfg_scale"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float, Schedule)):
+                raise PurrError(f"{name} must be a number or a Schedule (see parse_schedule) so that the report can "
+                                f"record it, got {type(value).__name__}")
         if self.num_samples < 2:
             raise PurrError(f"--num-samples must be at least 2 for FID, got {self.num_samples}")
         bad = [n for n in self.fid_subsets if not 2 <= n <= self.num_samples]
@@ -237,11 +249,12 @@ def evaluate_checkpoint(ckpt: Checkpoint, tokenizer: VQTokenizer, settings: Eval
     source = open_reference(reference_spec, tokenizer)
     reference = reference_features(source, extractor, settings.cache_dir, settings.feature_batch_size)
     metrics = score(samples, all_labels, reference, settings, info.device)
-    sampler = asdict(settings.sampler())
+    sampler_settings = settings.sampler()
+    sampler = {f.name: as_spec(getattr(sampler_settings, f.name)) for f in fields(sampler_settings)}
     return {
         "protocol": protocol_name,
         "metrics": metrics,
-        "checkpoint": {"path": str(ckpt.path), "step": ckpt.step, "sha256": file_sha256(ckpt.path)[:16],
+        "checkpoint": {"path": str(ckpt.path), "step": ckpt.step, "sha256": sha256_file(ckpt.path, length=16),
                        "method": ckpt.method_name, "weights": "ema" if settings.ema else "raw",
                        "num_classes": ckpt.num_classes},
         "tokenizer": tokenizer.identity().to_dict(),

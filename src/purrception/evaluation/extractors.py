@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import abc
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,7 +19,7 @@ import torch
 from purrception.evaluation.classifier import CLASSIFIER_VERSION, classifier_info, load_or_train_classifier
 from purrception.evaluation.inception import (FEATURE_DIM, INCEPTION_SHA256_PREFIX, LOGITS_DIM, images_to_uint8_rgb,
                                               load_fid_inception)
-from purrception.evaluation.references import module_fingerprint
+from purrception.hashing import sha256_module, sha256_parts
 
 __all__ = ["Extracted", "FeatureExtractor", "DigitFeatures", "InceptionFeatures"]
 
@@ -71,7 +70,7 @@ class DigitFeatures(FeatureExtractor):
     def __init__(self, cache_dir: str | Path):
         self.cache_dir = Path(cache_dir)
         self.classifier = load_or_train_classifier(self.cache_dir)
-        self._fingerprint = module_fingerprint(self.classifier, f"digits-classifier-v{CLASSIFIER_VERSION}")
+        self._fingerprint = sha256_module(self.classifier, f"digits-classifier-v{CLASSIFIER_VERSION}")
 
     def extract(self, images: np.ndarray) -> Extracted:
         return Extracted(self.classifier.features(images), predicted=self.classifier.predict(images))
@@ -97,7 +96,7 @@ class InceptionFeatures(FeatureExtractor):
         self.device = torch.device(device)
         self.model.to(self.device)
         self.batch_size = batch_size
-        self._fingerprint = hashlib.sha256(f"{self.sha256}|{self.preprocessing}".encode()).hexdigest()[:16]
+        self._fingerprint = sha256_parts(f"{self.sha256}|{self.preprocessing}", length=16)
 
     @torch.no_grad()
     def extract(self, images: np.ndarray) -> Extracted:

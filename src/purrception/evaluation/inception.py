@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from purrception.errors import PurrError
-from purrception.evaluation.references import file_sha256
+from purrception.hashing import sha256_file
 from purrception.io import safe_torch_load
 
 __all__ = ["FIDInceptionV3", "load_fid_inception", "resize_bilinear_tf1", "images_to_uint8_rgb",
@@ -274,7 +274,7 @@ def load_fid_inception(path: str | Path) -> tuple[FIDInceptionV3, str]:
         raise PurrError(f"{path} is not the FID Inception-v3 ({'; '.join(problems)}); pass torch-fidelity's "
                         f"pt_inception-2015-12-05-{INCEPTION_SHA256_PREFIX}.pth")
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    digest = file_sha256(path)
+    digest = sha256_file(path)
     if not digest.startswith(INCEPTION_SHA256_PREFIX):
         log.warning("Inception weights %s have SHA-256 %s..., not torch-fidelity's %s...: FIDs will not be "
                     "comparable to published numbers", path, digest[:8], INCEPTION_SHA256_PREFIX)

@@ -15,44 +15,24 @@ A spec string picks the source: the first kind in :data:`REFERENCE_KINDS` whose 
 from __future__ import annotations
 
 import abc
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
 import numpy as np
 import torch
-from torch import nn
 
 from purrception.data.embedded import load_embedded_mnist
 from purrception.data.shards import MANIFEST, TokenShards, check_same_tokenizer
 from purrception.errors import PurrError
+from purrception.hashing import sha256_file, sha256_lines, sha256_module, sha256_parts
 from purrception.tokenizers.base import VQTokenizer
 from purrception.pixels import IMAGE_SUFFIXES, list_image_files, tensor_to_images
 
 __all__ = ["ReferenceSource", "EmbeddedReference", "ImageFolderReference", "NpzReference", "ShardReference",
-           "REFERENCE_KINDS", "open_reference", "to_channels", "file_sha256", "module_fingerprint"]
+           "REFERENCE_KINDS", "open_reference", "to_channels"]
 
 log = logging.getLogger(__name__)
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    """Full hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def module_fingerprint(module: nn.Module, extra: str = "") -> str:
-    """16 hex digits of SHA-256 over a module's state dict (names, shapes, float32 bytes) and ``extra``."""
-    h = hashlib.sha256(extra.encode())
-    for name, tensor in module.state_dict().items():
-        h.update(name.encode())
-        h.update(str(tuple(tensor.shape)).encode())
-        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
@@ -117,10 +97,7 @@ class EmbeddedReference(ReferenceSource):
         return spec == "embedded" or spec.startswith("embedded:")
 
     def fingerprint(self) -> str:
-        h = hashlib.sha256(f"embedded-{self.split}".encode())
-        h.update(self.data.images.tobytes())
-        h.update(self.data.labels.tobytes())
-        return h.hexdigest()[:16]
+        return sha256_parts(f"embedded-{self.split}", self.data.images, self.data.labels, length=16)
 
     def __len__(self) -> int:
         return len(self.data)
@@ -149,10 +126,8 @@ class ImageFolderReference(ReferenceSource):
         return Path(spec).is_dir() and not (Path(spec) / MANIFEST).is_file()
 
     def fingerprint(self) -> str:
-        h = hashlib.sha256(b"folder")
-        for p in self.files:
-            h.update(f"{p.relative_to(self.folder)}\0{p.stat().st_size}\n".encode())
-        return h.hexdigest()[:16]
+        lines = (f"{p.relative_to(self.folder)}\0{p.stat().st_size}" for p in self.files)
+        return sha256_lines(lines, prefix=b"folder", length=16)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -202,7 +177,7 @@ class NpzReference(ReferenceSource):
         return spec.endswith(".npz")
 
     def fingerprint(self) -> str:
-        return file_sha256(self.path)[:16]
+        return sha256_file(self.path, length=16)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -232,10 +207,8 @@ class ShardReference(ReferenceSource):
         return (Path(spec) / MANIFEST).is_file()
 
     def fingerprint(self) -> str:
-        h = hashlib.sha256((self.shards.folder / MANIFEST).read_bytes())
-        h.update(np.ascontiguousarray(self.shards.labels).tobytes())
-        h.update(module_fingerprint(self.tokenizer).encode())
-        return h.hexdigest()[:16]
+        return sha256_parts((self.shards.folder / MANIFEST).read_bytes(), np.asarray(self.shards.labels),
+                            sha256_module(self.tokenizer), length=16)
 
     def __len__(self) -> int:
         return len(self.shards)

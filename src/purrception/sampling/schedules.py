@@ -8,19 +8,19 @@ ones. A spec is a number (a constant) or ``shape:start:end``, which moves from `
 - ``cosine``: ``start + (end - start) (1 - cos(pi t)) / 2`` (flat at both ends)
 
 Both stay between ``start`` and ``end``, so a temperature schedule with two positive ends is positive throughout.
-A :class:`Schedule` is a frozen dataclass: ``dataclasses.asdict`` of a settings object holding one is JSON, and
-``str()`` gives back its spec.
+A :class:`Schedule` is a frozen dataclass whose :attr:`Schedule.spec` (also ``str()``) parses back to an equal
+schedule; reports record schedules by that spec (:func:`as_spec`), never as objects.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from purrception.errors import PurrError
 
-__all__ = ["SHAPES", "Schedule", "parse_schedule"]
+__all__ = ["SHAPES", "Schedule", "parse_schedule", "as_spec"]
 
 #: ``w(t)`` with ``w(0) = 0`` and ``w(1) = 1``: how a schedule moves from its start value to its end value.
 SHAPES: dict[str, Callable[[float], float]] = {
@@ -44,8 +44,24 @@ class Schedule:
     def __call__(self, t: float) -> float:
         return self.start + (self.end - self.start) * SHAPES[self.shape](float(t))
 
+    @property
+    def spec(self) -> str:
+        """``SHAPE:START:END``, which :func:`parse_schedule` reads back to an equal schedule."""
+        return f"{self.shape}:{_number(self.start)}:{_number(self.end)}"
+
     def __str__(self) -> str:
-        return f"{self.shape}:{self.start:g}:{self.end:g}"
+        return self.spec
+
+
+def _number(x: float) -> str:
+    """The short ``%g`` form where it is exact (``1``, ``0.5``), else the shortest exact ``repr``."""
+    short = f"{x:g}"
+    return short if float(short) == x else repr(float(x))
+
+
+def as_spec(value: Any) -> Any:
+    """A :class:`Schedule` -> its spec string; anything else (a constant) unchanged. For JSON reports."""
+    return value.spec if isinstance(value, Schedule) else value
 
 
 def parse_schedule(text: str, name: str = "value", positive: bool = False) -> float | Schedule:

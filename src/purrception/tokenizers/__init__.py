@@ -1,5 +1,5 @@
-"""VQ tokenizers behind one interface (see :mod:`purrception.tokenizers.base`)."""
+"""VQ tokenizers behind one interface (see :mod:`purrception.tokenizers.base`).
 
-# Importing the pretrained loaders registers the kinds "sd-vq-f8" and "llamagen-vq-ds8-c2i" in
-# purrception.tokenizers.store.FOREIGN_LOADERS.
-from purrception.tokenizers import pretrained as _pretrained  # noqa: F401
+Pretrained kinds are the entries of :data:`purrception.tokenizers.pretrained.PRETRAINED_KINDS`; folders made by
+``purr tokenizer train`` are read by :func:`purrception.tokenizers.store.load_tokenizer`.
+"""

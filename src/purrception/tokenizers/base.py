@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from purrception.io import sha256_of_tensor
+from purrception.hashing import sha256_tensor
 
 __all__ = ["TokenizerIdentity", "VQTokenizer"]
 
@@ -104,7 +104,7 @@ class VQTokenizer(nn.Module, abc.ABC):
         return self.decode_latents(self.lookup(codes))
 
     def identity(self) -> TokenizerIdentity:
-        return TokenizerIdentity(self.kind, self.codebook_size, self.latent_dim, sha256_of_tensor(self.codebook))
+        return TokenizerIdentity(self.kind, self.codebook_size, self.latent_dim, sha256_tensor(self.codebook))
 
 
 def nearest_code(z: torch.Tensor, codebook: torch.Tensor, chunk: int = 4096) -> torch.Tensor:

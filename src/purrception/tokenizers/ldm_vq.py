@@ -13,8 +13,9 @@ They differ only in the latent width, the codebook width and the quantiser's dis
 
 The module names below reproduce the LDM layout (``encoder.down.i.block.j``, ``decoder.up.i``, ``mid.block_1``...)
 so that a Lightning ``vq-f8.ckpt`` loads with ``strict=True``; LlamaGen files are renamed into this layout by
-:mod:`purrception.tokenizers.pretrained`. Written from the published description of the architecture
-(``/work/shared/reference/vq-checkpoints.md``), not copied from either project.
+:mod:`purrception.tokenizers.pretrained`, whose kind registry also holds each kind's :class:`VQGANConfig`.
+Written from the published description of the architecture (``/work/shared/reference/vq-checkpoints.md``), not
+copied from either project.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from torch import nn
 
 from purrception.tokenizers.base import VQTokenizer, nearest_code
 
-__all__ = ["VQGANConfig", "VQGANTokenizer", "VQGAN_PRESETS", "Encoder", "Decoder"]
+__all__ = ["VQGANConfig", "VQGANTokenizer", "Encoder", "Decoder"]
 
 
 @dataclass(frozen=True)
@@ -77,12 +78,14 @@ class VQGANConfig:
         return cls(**d)
 
 
-#: the two pretrained tokenizers of the paper, by kind
-VQGAN_PRESETS: dict[str, VQGANConfig] = {
-    "sd-vq-f8": VQGANConfig(z_channels=4, embed_dim=4, n_embed=16384),
-    "llamagen-vq-ds8-c2i": VQGANConfig(z_channels=256, embed_dim=8, n_embed=16384, l2_normalize=True,
-                                       usage_buffer=65536),
-}
+def __getattr__(name: str) -> Any:
+    """``VQGAN_PRESETS`` (the pretrained kinds' architectures) now lives with the kind registry; still importable
+    from here."""
+    if name == "VQGAN_PRESETS":
+        from purrception.tokenizers.pretrained import VQGAN_PRESETS
+
+        return VQGAN_PRESETS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---- blocks ------------------------------------------------------------------------------------------------

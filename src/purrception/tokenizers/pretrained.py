@@ -15,8 +15,10 @@ loading them* (``torch.serialization.get_unsafe_globals_in_checkpoint``) and eac
 stand-in class of ours that records its arguments and runs nothing, so the real class is never imported or
 called. Globals from ``os``/``sys``/``posix``/``nt`` stay refused by torch.
 
-Both loaders are registered in :data:`purrception.tokenizers.store.FOREIGN_LOADERS`, so
-``load_tokenizer(path, kind="sd-vq-f8")`` works after ``import purrception.tokenizers``.
+Every kind is one :class:`TokenizerKind` entry of :data:`PRETRAINED_KINDS` (architecture, file name, where the
+weights sit in the file, key renames, how to recognise its layout); the loader, ``load_tokenizer(path, kind=...)``,
+the ``--tokenizer-kind`` choices of every command and the error hints all read that dict, so a new kind is one
+entry there (plus a key-renaming function if its file is not in the LDM layout).
 """
 
 from __future__ import annotations
@@ -25,17 +27,21 @@ import logging
 import pickle
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from purrception.errors import PurrError
-from purrception.tokenizers.ldm_vq import VQGAN_PRESETS, VQGANTokenizer
-from purrception.tokenizers.store import FOREIGN_LOADERS
+from purrception.tokenizers.ldm_vq import VQGANConfig, VQGANTokenizer
 
 __all__ = [
+    "TokenizerKind",
+    "PRETRAINED_KINDS",
+    "VQGAN_PRESETS",
+    "get_pretrained_kind",
     "load_sd_vq_f8",
     "load_llamagen_vq_ds8_c2i",
     "load_pretrained_vqgan",
@@ -50,15 +56,6 @@ log = logging.getLogger(__name__)
 
 #: state-dict prefixes of the tokenizer itself; everything else (``loss.*``, EMA copies...) is training-only
 MODEL_PREFIXES = ("encoder.", "decoder.", "quantize.", "quant_conv.", "post_quant_conv.")
-
-#: where each kind's file keeps its weights, in order of preference
-_CONTAINER_KEYS = {
-    "sd-vq-f8": ("state_dict", "model"),
-    "llamagen-vq-ds8-c2i": ("model", "state_dict", "ema"),
-}
-_FILE_NAMES = {"sd-vq-f8": "vq-f8.ckpt (from the latent-diffusion vq-f8 model.zip)",
-               "llamagen-vq-ds8-c2i": "vq_ds8_c2i.pt"}
-
 
 # ---- safe reading --------------------------------------------------------------------------------------------
 class InertForeignObject:
@@ -199,24 +196,92 @@ def ldm_to_llamagen_keys(state: Mapping[str, Any], num_levels: int = 4) -> dict[
     return out
 
 
+# ---- the registry ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TokenizerKind:
+    """One pretrained tokenizer file format: all the loader, the command line and the error hints know about it.
+
+    Attributes:
+        name: the kind, as recorded in shards and checkpoints and given to ``--tokenizer-kind``.
+        config: the architecture the file's weights fit (strictly).
+        file_name: the file to pass, e.g. ``vq-f8.ckpt``.
+        origin: where that file comes from (for error messages; may be empty).
+        family: how hints name a file laid out like this one, e.g. ``"an LDM / SD VQ file"``.
+        container_keys: where the file keeps its weights, in order of preference (else the file is the weights).
+        looks_like: does a file's key list look like this kind's layout? (for "use --tokenizer-kind X" hints)
+        to_ldm_keys: renames the file's keys into the LDM layout of :mod:`~purrception.tokenizers.ldm_vq`, called
+            as ``to_ldm_keys(state, num_levels)``; ``None`` when the file already uses it.
+    """
+
+    name: str
+    config: VQGANConfig
+    file_name: str
+    origin: str
+    family: str
+    container_keys: tuple[str, ...]
+    looks_like: Callable[[Iterable[str]], bool]
+    to_ldm_keys: Callable[[Mapping[str, Any], int], dict[str, Any]] | None = None
+
+    @property
+    def file_hint(self) -> str:
+        """``file_name (origin)``, for error messages."""
+        return f"{self.file_name} ({self.origin})" if self.origin else self.file_name
+
+    def rename(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        """The file's state dict in the LDM key layout (values untouched)."""
+        return self.to_ldm_keys(state, len(self.config.ch_mult)) if self.to_ldm_keys else dict(state)
+
+
+def _has_ldm_levels(keys: Iterable[str]) -> bool:
+    return any(k.startswith(("encoder.down.", "decoder.up.")) for k in keys)
+
+
+def _has_llamagen_blocks(keys: Iterable[str]) -> bool:
+    return any(".conv_blocks." in k for k in keys)
+
+
+#: every pretrained tokenizer kind, by name (the paper's two, Sec. 4 / App. E)
+PRETRAINED_KINDS: dict[str, TokenizerKind] = {kind.name: kind for kind in (
+    TokenizerKind(name="sd-vq-f8", config=VQGANConfig(z_channels=4, embed_dim=4, n_embed=16384),
+                  file_name="vq-f8.ckpt", origin="from the latent-diffusion vq-f8 model.zip",
+                  family="an LDM / SD VQ file", container_keys=("state_dict", "model"), looks_like=_has_ldm_levels),
+    TokenizerKind(name="llamagen-vq-ds8-c2i",
+                  config=VQGANConfig(z_channels=256, embed_dim=8, n_embed=16384, l2_normalize=True,
+                                     usage_buffer=65536),
+                  file_name="vq_ds8_c2i.pt", origin="", family="a LlamaGen VQ file",
+                  container_keys=("model", "state_dict", "ema"), looks_like=_has_llamagen_blocks,
+                  to_ldm_keys=llamagen_to_ldm_keys),
+)}
+
+#: the architecture of every pretrained kind (derived from :data:`PRETRAINED_KINDS`)
+VQGAN_PRESETS: dict[str, VQGANConfig] = {name: kind.config for name, kind in PRETRAINED_KINDS.items()}
+
+
+def get_pretrained_kind(name: str) -> TokenizerKind:
+    """The registry entry of ``name``; an unknown name is a :class:`PurrError` listing the known ones."""
+    if name not in PRETRAINED_KINDS:
+        raise PurrError(f"unknown pretrained tokenizer kind {name!r}; known: {', '.join(PRETRAINED_KINDS)}")
+    return PRETRAINED_KINDS[name]
+
+
 # ---- loading -------------------------------------------------------------------------------------------------
 def _is_tensor_dict(obj: Any) -> bool:
     return isinstance(obj, Mapping) and len(obj) > 0 and all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
-def _find_state_dict(obj: Any, path: Path, kind: str) -> dict[str, torch.Tensor]:
+def _find_state_dict(obj: Any, path: Path, kind: TokenizerKind) -> dict[str, torch.Tensor]:
     if isinstance(obj, Mapping):
-        for key in _CONTAINER_KEYS[kind]:
+        for key in kind.container_keys:
             if key in obj and _is_tensor_dict(obj[key]):
                 return dict(obj[key])
         if _is_tensor_dict(obj):
             return dict(obj)
         entries = ", ".join(repr(k) for k in list(obj)[:8])
-        raise PurrError(f"{path} holds no {kind} weights (entries: {entries}); "
-                        f"expected {_FILE_NAMES[kind]} with weights under {_CONTAINER_KEYS[kind][0]!r}")
-    raise PurrError(f"{path} is not a {kind} checkpoint (it holds a {type(obj).__name__}); "
-                    f"expected {_FILE_NAMES[kind]}")
+        raise PurrError(f"{path} holds no {kind.name} weights (entries: {entries}); "
+                        f"expected {kind.file_hint} with weights under {kind.container_keys[0]!r}")
+    raise PurrError(f"{path} is not a {kind.name} checkpoint (it holds a {type(obj).__name__}); "
+                    f"expected {kind.file_hint}")
 
 
 def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -227,29 +292,28 @@ def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
-def _kind_hint(state: Mapping[str, Any], kind: str) -> str:
-    looks_llamagen = any(".conv_blocks." in k for k in state)
-    looks_ldm = any(k.startswith(("encoder.down.", "decoder.up.")) for k in state)
-    if kind != "llamagen-vq-ds8-c2i" and looks_llamagen:
-        return "; it looks like a LlamaGen VQ file: use --tokenizer-kind llamagen-vq-ds8-c2i"
-    if kind != "sd-vq-f8" and looks_ldm:
-        return "; it looks like an LDM / SD VQ file: use --tokenizer-kind sd-vq-f8"
+def _kind_hint(raw_keys: Iterable[str], kind: TokenizerKind) -> str:
+    """``"; it looks like a ... file: use --tokenizer-kind OTHER"`` when another kind recognises the keys."""
+    keys = list(raw_keys)
+    for other in PRETRAINED_KINDS.values():
+        if other.name != kind.name and other.looks_like(keys):
+            return f"; it looks like {other.family}: use --tokenizer-kind {other.name}"
     return ""
 
 
 _EXPECTED_SHAPES: dict[str, dict[str, tuple[int, ...]]] = {}
 
 
-def _expected_shapes(kind: str) -> dict[str, tuple[int, ...]]:
+def _expected_shapes(kind: TokenizerKind) -> dict[str, tuple[int, ...]]:
     """Key -> shape of the ``kind`` architecture (computed once per process)."""
-    if kind not in _EXPECTED_SHAPES:
-        model = VQGANTokenizer(VQGAN_PRESETS[kind], kind)
-        _EXPECTED_SHAPES[kind] = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    return _EXPECTED_SHAPES[kind]
+    if kind.name not in _EXPECTED_SHAPES:
+        model = VQGANTokenizer(kind.config, kind.name)
+        _EXPECTED_SHAPES[kind.name] = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return _EXPECTED_SHAPES[kind.name]
 
 
-def _check_keys_and_shapes(state: dict[str, torch.Tensor], path: Path, kind: str,
-                           raw_keys: Mapping[str, Any]) -> None:
+def _check_keys_and_shapes(state: dict[str, torch.Tensor], path: Path, kind: TokenizerKind,
+                           raw_keys: Iterable[str]) -> None:
     """Every key of the architecture present with its shape, and nothing else; else a PurrError saying what."""
     expected = _expected_shapes(kind)
     missing = [k for k in expected if k not in state]
@@ -264,7 +328,7 @@ def _check_keys_and_shapes(state: dict[str, torch.Tensor], path: Path, kind: str
             parts.append(f"{len(unexpected)} unexpected key(s) (e.g. {unexpected[0]})")
         if wrong:
             parts.append(f"{len(wrong)} wrong shape(s) (e.g. {wrong[0]} expected)")
-        raise PurrError(f"{path} does not match the {kind} architecture: {'; '.join(parts)}"
+        raise PurrError(f"{path} does not match the {kind.name} architecture: {'; '.join(parts)}"
                         f"{_kind_hint(raw_keys, kind)}")
 
 
@@ -272,26 +336,25 @@ def load_pretrained_vqgan(path: str | Path, kind: str) -> VQGANTokenizer:
     """Build the ``kind`` architecture and load a local checkpoint into it with strict key and shape checks.
 
     Args:
-        path: the checkpoint file (``vq-f8.ckpt`` or ``vq_ds8_c2i.pt``).
-        kind: ``"sd-vq-f8"`` or ``"llamagen-vq-ds8-c2i"``.
+        path: the checkpoint file (``vq-f8.ckpt``, ``vq_ds8_c2i.pt``: see :data:`PRETRAINED_KINDS`).
+        kind: a name in :data:`PRETRAINED_KINDS`.
 
     Returns:
         The tokenizer in eval mode with gradients disabled.
     """
-    if kind not in VQGAN_PRESETS:
-        raise PurrError(f"unknown pretrained tokenizer kind {kind!r}; known: {', '.join(VQGAN_PRESETS)}")
+    entry = get_pretrained_kind(kind)
     path = Path(path)
     if path.is_dir():
-        raise PurrError(f"{path} is a folder; --tokenizer-kind {kind} expects the checkpoint file {_FILE_NAMES[kind]}")
+        raise PurrError(f"{path} is a folder; --tokenizer-kind {kind} expects the checkpoint file {entry.file_hint}")
     obj = read_checkpoint(path, f"{kind} checkpoint")
-    raw = _strip_prefix(_find_state_dict(obj, path, kind))
-    state = llamagen_to_ldm_keys(raw) if kind == "llamagen-vq-ds8-c2i" else dict(raw)
+    raw = _strip_prefix(_find_state_dict(obj, path, entry))
+    state = entry.rename(raw)
     dropped = sorted({k.split(".")[0] for k in state if not k.startswith(MODEL_PREFIXES)})
     state = {k: v for k, v in state.items() if k.startswith(MODEL_PREFIXES)}
     if dropped:
         log.info("%s: dropped training-only entries under %s", path.name, ", ".join(p + ".*" for p in dropped))
-    _check_keys_and_shapes(state, path, kind, raw)  # before building: a wrong file fails fast
-    model = VQGANTokenizer(VQGAN_PRESETS[kind], kind)
+    _check_keys_and_shapes(state, path, entry, raw)  # before building: a wrong file fails fast
+    model = VQGANTokenizer(entry.config, kind)
     model.load_state_dict(state, strict=True)
     model.eval().requires_grad_(False)
     log.info("loaded %s tokenizer from %s (K=%d, d=%d)", kind, path, model.codebook_size, model.latent_dim)
@@ -306,7 +369,3 @@ def load_sd_vq_f8(path: str | Path) -> VQGANTokenizer:
 def load_llamagen_vq_ds8_c2i(path: str | Path) -> VQGANTokenizer:
     """LlamaGen ``vq_ds8_c2i.pt`` -> tokenizer (K=16384, d=8 unit-norm rows, 256x256 -> 32x32 codes)."""
     return load_pretrained_vqgan(path, "llamagen-vq-ds8-c2i")
-
-
-FOREIGN_LOADERS["sd-vq-f8"] = load_sd_vq_f8
-FOREIGN_LOADERS["llamagen-vq-ds8-c2i"] = load_llamagen_vq_ds8_c2i

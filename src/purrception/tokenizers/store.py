@@ -1,31 +1,30 @@
 """Saving and loading tokenizers: a folder with ``config.json`` + ``model.safetensors``.
 
-Pretrained foreign checkpoints (SD ``vq-f8``, LlamaGen ``vq-ds8-c2i``) are read by their own loaders,
-registered in :data:`FOREIGN_LOADERS` by kind.
+Pretrained foreign checkpoints (SD ``vq-f8``, LlamaGen ``vq-ds8-c2i``) are read by
+:func:`~purrception.tokenizers.pretrained.load_pretrained_vqgan`, one kind per entry of
+:data:`~purrception.tokenizers.pretrained.PRETRAINED_KINDS`.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from safetensors.torch import load_file, save_file
 
 from purrception.errors import PurrError
 from purrception.io import atomic_save_json, atomic_write, load_json
 from purrception.tokenizers.base import TokenizerIdentity, VQTokenizer
+from purrception.tokenizers.pretrained import PRETRAINED_KINDS, load_pretrained_vqgan
 from purrception.tokenizers.small_vq import SmallVQ, SmallVQConfig
 
-__all__ = ["save_tokenizer", "load_tokenizer", "load_matching_tokenizer", "TRAINABLE_KINDS", "FOREIGN_LOADERS"]
+__all__ = ["save_tokenizer", "load_tokenizer", "load_matching_tokenizer", "TRAINABLE_KINDS", "known_kinds"]
 
 log = logging.getLogger(__name__)
 
 #: kinds saved by :func:`save_tokenizer` as a folder: kind -> (class, config class)
 TRAINABLE_KINDS: dict[str, tuple[type[VQTokenizer], type]] = {"small-vq": (SmallVQ, SmallVQConfig)}
-
-#: kinds read from a foreign pretrained file: kind -> loader(path) -> VQTokenizer
-FOREIGN_LOADERS: dict[str, Callable[[Path], VQTokenizer]] = {}
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -47,21 +46,36 @@ def save_tokenizer(tokenizer: VQTokenizer, folder: str | Path, metrics: dict[str
     return folder
 
 
-def load_tokenizer(path: str | Path, kind: str | None = None) -> VQTokenizer:
-    """Load a tokenizer folder written by :func:`save_tokenizer`, or a foreign checkpoint file of ``kind``.
+def known_kinds() -> str:
+    """Every tokenizer kind, for error messages: the pretrained files', then the folders'."""
+    return (f"{', '.join(PRETRAINED_KINDS)} (pretrained checkpoint files), "
+            f"{', '.join(TRAINABLE_KINDS)} (folders made by `purr tokenizer train`)")
 
-    The result is in eval mode with gradients disabled (tokenizers are frozen, paper App. C).
+
+def load_tokenizer(path: str | Path, kind: str | None = None) -> VQTokenizer:
+    """Load a tokenizer folder written by :func:`save_tokenizer`, or a pretrained checkpoint file of ``kind``.
+
+    Args:
+        path: a tokenizer folder, or a checkpoint file.
+        kind: a name in :data:`~purrception.tokenizers.pretrained.PRETRAINED_KINDS` for a checkpoint file;
+            ``None`` (or a folder kind such as ``"small-vq"``) for a folder.
+
+    Returns:
+        The tokenizer, in eval mode with gradients disabled (tokenizers are frozen, paper App. C).
     """
     path = Path(path)
+    if kind is not None and kind not in PRETRAINED_KINDS and kind not in TRAINABLE_KINDS:
+        raise PurrError(f"unknown tokenizer kind {kind!r}; known: {known_kinds()}")
     if not path.exists():
         raise PurrError(f"tokenizer not found: {path}")
-    if kind is not None and kind in FOREIGN_LOADERS:
-        tokenizer = FOREIGN_LOADERS[kind](path)
+    if kind in PRETRAINED_KINDS:
+        tokenizer = load_pretrained_vqgan(path, kind)
     elif path.is_dir():
         tokenizer = _load_folder(path)
+        if kind is not None and tokenizer.kind != kind:
+            raise PurrError(f"{path} holds a {tokenizer.kind} tokenizer, not {kind}; drop the kind or fix the path")
     else:
-        known = ", ".join(sorted(FOREIGN_LOADERS)) or "none installed"
-        raise PurrError(f"{path} is a file: name its kind with --tokenizer-kind ({known}), "
+        raise PurrError(f"{path} is a file: name its kind with --tokenizer-kind ({', '.join(PRETRAINED_KINDS)}), "
                         f"or pass a tokenizer folder made by `purr tokenizer train`")
     tokenizer.eval().requires_grad_(False)
     return tokenizer
@@ -72,7 +86,7 @@ def load_matching_tokenizer(path: str | Path, expected: TokenizerIdentity, kind:
 
     A pretrained file's kind defaults to the kind recorded in ``expected`` (a checkpoint's or shards' identity).
     """
-    if kind is None and expected.kind in FOREIGN_LOADERS:
+    if kind is None and expected.kind in PRETRAINED_KINDS:
         kind = expected.kind
     tokenizer = load_tokenizer(path, kind)
     if tokenizer.identity() != expected:
