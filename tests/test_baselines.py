@@ -16,6 +16,7 @@ from purrception.errors import PurrError
 from purrception.flows import CFM, DFM, CFMEndpoint, Purrception, get_method
 from purrception.sampling.settings import SamplerSettings
 from purrception.flows.base import make_path_sample
+from purrception.flows.categorical import logits_from_features
 from purrception.flows.dfm import KAPPA_SCHEDULERS, discrete_euler, mask_path_sample, sample_from_quantile
 from purrception.io import sha256_of_tensor
 from purrception.models.dit import DiT, DiTConfig
@@ -38,10 +39,10 @@ def _codebook(seed: int = 0) -> torch.Tensor:
     return torch.randn(K, D, generator=torch.Generator().manual_seed(seed))
 
 
-def _model(method, random_weights: bool = True, seed: int = 1) -> DiT:
+def _model(method, random_weights: bool = True, seed: int = 1, patch: int = 1, rank: int = 0) -> DiT:
     """A tiny DiT with the method's I/O; random weights so that every output depends on every input."""
     model = DiT(DiTConfig(input_size=SIDE, hidden_size=32, depth=1, num_heads=2, num_classes=CLASSES,
-                          **method.backbone_io()))
+                          patch_size=patch, head_rank=rank, **method.backbone_io()))
     if random_weights:
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -233,6 +234,51 @@ def test_dfm_loss_is_cross_entropy_on_masked_positions_only():
     expected = F.cross_entropy(logits, codes[masked]) + 0.01 * torch.logsumexp(logits, -1).pow(2).mean()
     torch.testing.assert_close(got.loss, expected)
     assert got.metrics["masked_frac"] == pytest.approx(masked.float().mean().item())
+
+
+#: (patch size, factorised head width): one row per position (p = 1; the factorised head) and one row per token of
+#: p*p positions (the full head at p = 2, where the loss weights a token's unmasked sub-positions 0).
+HEADS = [(1, 0), (2, 0), (2, 3)]
+
+
+@pytest.mark.parametrize("patch,rank", HEADS)
+@pytest.mark.parametrize("z_loss_weight", [0.0, 0.01])
+def test_dfm_loss_and_gradients_equal_the_materialised_masked_loss(patch, rank, z_loss_weight):
+    """The chunked head's loss and every parameter's gradient == CE (+ z-loss) on the materialised logits of the
+    masked positions, replaying the loss's draws from the same generator. In float64: the timestep embedding's
+    sin-cos features are float32 by design, so they are cast up before its MLP."""
+    cb, codes = _codebook(), _codes(8)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    method = DFM(cb, label_dropout=0.25, z_loss_weight=z_loss_weight, embed_dim=8)
+    model = _model(method, patch=patch, rank=rank).double()
+    model.t_embedder.mlp.register_forward_pre_hook(lambda module, args: (args[0].double(),))
+    got = method.loss(model, codes, y, torch.Generator().manual_seed(12))
+    got_grads = torch.autograd.grad(got.loss, list(model.parameters()))
+    gen = torch.Generator().manual_seed(12)
+    t = torch.rand(8, generator=gen)
+    x_t = mask_path_sample(codes, t, KAPPA_SCHEDULERS["linear"], K, gen)
+    y_used = torch.where(torch.rand(8, generator=gen) < 0.25, torch.full_like(y, CLASSES), y)
+    masked = x_t == K
+    if patch > 1:  # some tokens mix masked and revealed sub-positions, so the weighted rows are exercised
+        per_token = masked.reshape(8, SIDE // patch, patch, SIDE // patch, patch).sum((2, 4))
+        assert ((per_token > 0) & (per_token < patch * patch)).any()
+    logits = logits_from_features(model, model.features(x_t, t, y_used))[masked]
+    expected = F.cross_entropy(logits, codes[masked]) + z_loss_weight * torch.logsumexp(logits, -1).pow(2).mean()
+    want_grads = torch.autograd.grad(expected, list(model.parameters()))
+    torch.testing.assert_close(got.loss, expected, rtol=1e-10, atol=1e-12)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_dfm_loss_with_nothing_masked_is_zero_and_reaches_every_parameter():
+    cb = _codebook()
+    method = DFM(cb, label_dropout=0.0, embed_dim=8)
+    method.kappa = lambda t: torch.ones_like(t)                             # every position revealed
+    model = _model(method)
+    out = method.loss(model, _codes(2), torch.tensor([0, 1]), torch.Generator().manual_seed(3))
+    assert out.loss.item() == 0.0 and out.metrics["masked_frac"] == 0.0
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
 
 
 def test_sample_from_quantile_is_the_inverse_cdf():

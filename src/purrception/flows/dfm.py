@@ -23,6 +23,13 @@ at the first step whose ``kappa(t + h) >= u``, and takes the code at quantile ``
 Since ``P(kappa(t) < u <= kappa(t+h) | u > kappa(t)) = (kappa(t+h) - kappa(t)) / (1 - kappa(t))``, this is the
 step rule above in law, and image ``k`` depends only on ``(seed, k)`` like every other method
 (:func:`purrception.generation.generate.generate_codes`).
+
+The K-way head (DESIGN.md §3): at ``K = 16384`` all ``B x H x W x K`` float32 logits of a batch are gigabytes, so
+training does not materialise them: it goes through the head's row view (``models.heads``) and keeps only the rows
+that matter, with :func:`purrception.flows.categorical.masked_cross_entropy_and_zloss`, the chunked linear +
+cross-entropy of Purrception restricted to the rows that feed a masked position (with the full head and patch
+size ``p > 1`` a row is a token covering ``p*p`` positions; its unmasked sub-positions get weight 0). Values and
+gradients equal the materialised loss (:func:`purrception.flows.categorical.naive_masked_cross_entropy_and_zloss`).
 """
 
 from __future__ import annotations
@@ -31,11 +38,10 @@ import math
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from purrception.errors import PurrError
 from purrception.flows.base import FlowMethod, LossOutput, Snap, drop_labels, register_method, sample_time
-from purrception.flows.categorical import logits_from_features
+from purrception.flows.categorical import logits_from_features, masked_cross_entropy_and_zloss
 from purrception.models.dit import DiT
 from purrception.sampling.guidance import guided_features
 from purrception.sampling.settings import SamplerSettings
@@ -158,14 +164,12 @@ class DFM(FlowMethod):
         t = sample_time(codes.shape[0], codes.device, generator)
         x_t = mask_path_sample(codes, t, self.kappa, self.mask_id, generator)
         y = drop_labels(y, self.label_dropout, model.null_class, generator)
-        logits = logits_from_features(model, model.features(x_t, t, y))    # (B, h, w, K)
+        h = model.features(x_t, t, y)                                       # (B, N, hidden)
         masked = x_t == self.mask_id
         if not bool(masked.any()):  # every position revealed: nothing to predict in this batch
-            zero = logits.sum() * 0.0
+            zero = (h.sum() + sum(p.sum() for p in model.head.parameters())) * 0.0  # keeps every parameter in the graph
             return LossOutput(zero, {"ce": 0.0, "z_loss": 0.0, "masked_frac": 0.0})
-        chosen = logits[masked]                                             # (M, K)
-        ce = F.cross_entropy(chosen, codes.long()[masked])
-        z_sq = torch.logsumexp(chosen, dim=-1).pow(2).mean()
+        ce, z_sq = masked_cross_entropy_and_zloss(model, h, codes, masked, self.z_loss_weight)
         loss = ce + self.z_loss_weight * z_sq
         return LossOutput(loss, {"ce": ce.item(), "z_loss": z_sq.item(), "masked_frac": masked.float().mean().item()})
 
