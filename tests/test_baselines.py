@@ -16,10 +16,12 @@ from purrception.errors import PurrError
 from purrception.flows import CFM, DFM, CFMEndpoint, Purrception, get_method
 from purrception.sampling.settings import SamplerSettings
 from purrception.flows.base import make_path_sample
-from purrception.flows.categorical import logits_from_features
-from purrception.flows.dfm import KAPPA_SCHEDULERS, discrete_euler, mask_path_sample, sample_from_quantile
+from purrception.flows.categorical import chunk_rows, logits_from_features
+from purrception.flows.dfm import (KAPPA_SCHEDULERS, SAMPLE_COPIES_PER_LOGIT, discrete_euler, draws_from_logits,
+                                   mask_path_sample, quantile_draws, sample_from_quantile)
 from purrception.io import sha256_of_tensor
 from purrception.models.dit import DiT, DiTConfig
+from purrception.sampling.guidance import guided_features
 from purrception.generation.generate import generate_codes
 from purrception.tokenizers.base import TokenizerIdentity, nearest_code
 from purrception.training.checkpoint import load_checkpoint
@@ -281,6 +283,48 @@ def test_dfm_loss_with_nothing_masked_is_zero_and_reaches_every_parameter():
     assert all(p.grad is not None for p in model.parameters())
 
 
+@pytest.mark.parametrize("patch,rank", HEADS)
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.0])
+def test_dfm_chunked_sampler_gives_the_materialised_samplers_codes(patch, rank, cfg_scale):
+    """Same noise, same codes: the chunked draws (a budget of a few rows per chunk) and ``DFM.generate`` against
+    the Euler sampler on materialised guided logits (``softmax(l / tau)`` over all B x H x W x K)."""
+    method = DFM(_codebook(), embed_dim=8)
+    model = _model(method, patch=patch, rank=rank)
+    noise = torch.randn(5, D, SIDE, SIDE, generator=torch.Generator().manual_seed(21))
+    y = torch.tensor([0, 1, 2, 1, 0])
+    sampler = SamplerSettings(steps=4, cfg_scale=cfg_scale, tau=0.8)
+    budget = 3 * SAMPLE_COPIES_PER_LOGIT * model.head.groups * K * 4          # 3 rows of float32 logits
+    rows = model.head.rows(torch.zeros(5, model.grid ** 2, 32)).shape[0]
+    assert chunk_rows(rows, SAMPLE_COPIES_PER_LOGIT * model.head.groups * K, torch.device("cpu"), budget) == 3
+    seen: list = []
+
+    def chunked(x, t, reveal, w, tau):
+        seen.append(int(reveal.sum()))
+        return quantile_draws(model, guided_features(model, x, t, y, sampler.cfg_at(t)), reveal, w, tau, budget)
+
+    with torch.no_grad():
+        materialised = draws_from_logits(lambda x, t: method.logits(model, x, t, y, sampler.cfg_at(t)))
+        want = discrete_euler(materialised, noise, sampler.steps, method.kappa, K, sampler.tau_at)
+        got = discrete_euler(chunked, noise, sampler.steps, method.kappa, K, sampler.tau_at)
+    assert len(seen) > 1 and max(seen) > 3 * model.head.groups               # several steps, several chunks
+    assert torch.equal(got, want) and (want != K).all()
+    assert torch.equal(method.generate(model, noise, y, sampler, _snap(method)), want)
+
+
+def test_quantile_draws_reads_only_revealed_positions():
+    """Draws at the revealed positions equal the materialised inverse-CDF draws; every other position is 0."""
+    method = DFM(_codebook(), embed_dim=8)
+    model = _model(method, patch=2)
+    gen = torch.Generator().manual_seed(22)
+    h = torch.randn(3, model.grid ** 2, 32, generator=gen)
+    reveal = torch.rand(3, SIDE, SIDE, generator=gen) < 0.3
+    w = torch.rand(3, SIDE, SIDE, generator=gen, dtype=torch.float64)
+    got = quantile_draws(model, h, reveal, w, 0.5, chunk_bytes=1)
+    with torch.no_grad():
+        want = sample_from_quantile(torch.softmax(logits_from_features(model, h) / 0.5, dim=-1), w)
+    assert torch.equal(got[reveal], want[reveal]) and (got[~reveal] == 0).all()
+
+
 def test_sample_from_quantile_is_the_inverse_cdf():
     probs = torch.tensor([0.25, 0.0, 0.5, 0.25]).expand(6, 4)
     w = torch.tensor([0.0, 0.2, 0.26, 0.74, 0.76, 1.0])
@@ -302,7 +346,7 @@ def test_dfm_sampler_with_perfect_denoiser_returns_targets_on_the_kappa_schedule
     target = _codes(n, seed=13)
     noise = torch.randn(n, D, SIDE, SIDE, generator=torch.Generator().manual_seed(14))
     seen: list = []
-    out = discrete_euler(_perfect_denoiser(target, seen), noise, steps, kappa, K, lambda t: 0.7)
+    out = discrete_euler(draws_from_logits(_perfect_denoiser(target, seen)), noise, steps, kappa, K, lambda t: 0.7)
     assert torch.equal(out, target)
     assert [s[0] for s in seen] == [i / steps for i in range(steps)]
     for t, x in seen:
@@ -319,8 +363,8 @@ def test_dfm_sampler_draws_from_softmax_over_tau():
     tau = 2.0
     n = 4000
     noise = torch.randn(n, D, SIDE, SIDE, generator=torch.Generator().manual_seed(15))
-    out = discrete_euler(lambda x, t: base.expand(*x.shape, K), noise, 1, KAPPA_SCHEDULERS["linear"], K,
-                         lambda t: tau)
+    out = discrete_euler(draws_from_logits(lambda x, t: base.expand(*x.shape, K)), noise, 1,
+                         KAPPA_SCHEDULERS["linear"], K, lambda t: tau)
     freq = torch.bincount(out.flatten(), minlength=K).double() / out.numel()
     expected = torch.softmax(base.double() / tau, 0)
     m = out.numel()
