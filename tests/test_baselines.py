@@ -311,13 +311,15 @@ def test_dfm_chunked_sampler_gives_the_materialised_samplers_codes(patch, rank, 
     assert torch.equal(method.generate(model, noise, y, sampler, _snap(method)), want)
 
 
-def test_quantile_draws_reads_only_revealed_positions():
-    """Draws at the revealed positions equal the materialised inverse-CDF draws; every other position is 0."""
+@pytest.mark.parametrize("frac", [0.3, 1.0])
+def test_quantile_draws_reads_only_revealed_positions(frac):
+    """Draws at the revealed positions equal the materialised inverse-CDF draws; every other position is 0. At
+    patch 2 a fraction of 0.3 leaves tokens partly revealed; 1.0 reveals whole tokens only."""
     method = DFM(_codebook(), embed_dim=8)
     model = _model(method, patch=2)
     gen = torch.Generator().manual_seed(22)
     h = torch.randn(3, model.grid ** 2, 32, generator=gen)
-    reveal = torch.rand(3, SIDE, SIDE, generator=gen) < 0.3
+    reveal = torch.rand(3, SIDE, SIDE, generator=gen) < frac
     w = torch.rand(3, SIDE, SIDE, generator=gen, dtype=torch.float64)
     got = quantile_draws(model, h, reveal, w, 0.5, chunk_bytes=1)
     with torch.no_grad():

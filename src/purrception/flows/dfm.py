@@ -116,7 +116,8 @@ def quantile_draws(model: DiT, h: torch.Tensor, reveal: torch.Tensor, w: torch.T
     :func:`purrception.flows.categorical.chunk_rows` so that :data:`SAMPLE_COPIES_PER_LOGIT` copies of a chunk's
     logits fit ``chunk_bytes`` (default by device). Each chunk's logits are the head's own affine map on those rows
     (the product and dtype of the materialised path, under autocast too), then softmax and inverse CDF in float32
-    exactly as :func:`sample_from_quantile`; only the sub-positions being revealed are kept for the softmax.
+    exactly as :func:`sample_from_quantile`; where a row (token) is only partly revealed, only its revealed
+    sub-positions are kept for the softmax.
     """
     head = model.head
     groups, k = head.groups, head.out_channels
@@ -125,13 +126,16 @@ def quantile_draws(model: DiT, h: torch.Tensor, reveal: torch.Tensor, w: torch.T
     x = head.rows(h).index_select(0, keep)                                      # (R, r)
     entries = chosen.index_select(0, keep)                                      # (R, G)
     quantiles = head.row_targets(w).index_select(0, keep)                       # (R, G)
+    partial = groups > 1 and not bool(entries.all())                            # some kept rows not fully revealed
     drawn = torch.zeros(entries.shape, dtype=torch.long, device=h.device)
     rows = chunk_rows(x.shape[0], SAMPLE_COPIES_PER_LOGIT * groups * k, x.device, chunk_bytes, matmul_dtype(x))
     for start in range(0, x.shape[0], rows):
         sel = entries[start:start + rows]                                       # (c, G)
         logits = F.linear(x[start:start + rows], head.classifier_weight, head.classifier_bias)     # (c, G*K)
-        logits = logits.view(-1, k)[sel.reshape(-1)]                            # (e, K), revealed entries only
-        logits = logits.float().div_(tau)                                       # indexing copied it
+        logits = logits.view(-1, k)                                             # (c*G, K)
+        if partial:
+            logits = logits[sel.reshape(-1)]                                    # (e, K), revealed entries only
+        logits = logits.float().div_(tau)                                       # a fresh tensor: divide in place
         probs = torch.softmax(logits, dim=-1)
         del logits
         drawn[start:start + rows][sel] = sample_from_quantile(probs, quantiles[start:start + rows][sel])
