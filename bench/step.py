@@ -6,7 +6,8 @@ For every backbone and K, side by side in one run (each measurement in a fresh p
   ``ru_maxrss`` growth of the child after imports, so it includes weights, gradients and optimizer state; GPU:
   ``max_memory_allocated``) and what one step adds above the memory held between steps ("step": activations,
   gradients, transients; see ``_harness``);
-- sampling: median time of one guided velocity evaluation (CFG batched cond/uncond, the head once), per image;
+- sampling: median time of one guided velocity evaluation (CFG batched cond/uncond, the head once), per image,
+  and the same two memory figures for the whole batch;
 - each as a ratio to CFM, next to the FLOP ratio to CFM computed from the shapes (``efficiency`` = time ratio /
   FLOP ratio; 1.0 = no overhead beyond the FLOPs), and the chunked head against the naive one.
 
@@ -77,7 +78,7 @@ def main() -> None:
     if "sample" in tasks:
         report(cases_from_args(args, "sample", args.cfg_scale, args.tau), args.rounds,
                f"Sampling: one velocity evaluation, CFG {args.cfg_scale} (cond+uncond batched), per image",
-               True, False)
+               True, True)
 
 
 if __name__ == "__main__":
