@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 Z_LOSS_WEIGHT = 1e-5  # paper App. D
+DFM_EMBED_DIM = 64    # DFM's default token embedding width (its backbone input channels)
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,8 @@ def backbone_flops(c: Case) -> float:
     h, p = c.backbone.hidden, c.backbone.patch
     t = (c.latent // p) ** 2
     per_block = 2 * t * h * 3 * h + 2 * 2 * t * t * h + 2 * t * h * h + 2 * 2 * t * h * 4 * h + 2 * h * 6 * h
-    embed = 2 * t * c.d * p * p * h + 2 * (256 * h + h * h) + 2 * h * 2 * h
+    d_in = DFM_EMBED_DIM if VARIANTS[c.variant].discrete else c.d
+    embed = 2 * t * d_in * p * p * h + 2 * (256 * h + h * h) + 2 * h * 2 * h
     return c.backbone.depth * per_block + embed
 
 
@@ -110,7 +112,7 @@ def case_flops(c: Case) -> float:
     if c.task == "head":
         return 3 * head_flops(c)
     guided = 2 if c.cfg_scale != 1.0 else 1
-    read = 0 if c.variant == "cfm" else 2 * c.latent * c.latent * c.K * c.d
+    read = 0 if c.variant == "cfm" or VARIANTS[c.variant].discrete else 2 * c.latent * c.latent * c.K * c.d
     return guided * backbone_flops(c) + head_flops(c) + read
 
 
@@ -121,7 +123,12 @@ def case_flops(c: Case) -> float:
 
 @dataclass(frozen=True)
 class Variant:
-    """How one head is built, trained and read. ``op(model, h, codes) -> (ce, z_sq)`` for K-way heads."""
+    """How one head is built, trained and read. ``op(model, h, codes) -> (ce, z_sq)`` for K-way heads.
+
+    ``discrete``: DFM's backbone (token ids in through a ``K + 1`` embedding table, loss on masked positions,
+    sampling draws codes instead of reading the posterior mean). ``reference``: the materialised variant that the
+    ``/naive`` columns compare against.
+    """
 
     name: str
     description: str
@@ -129,6 +136,8 @@ class Variant:
     categorical: bool
     op: Callable | None = None
     read: Callable | None = None
+    discrete: bool = False
+    reference: str = "naive"
 
     def out_channels(self, c: Case) -> int:
         return c.K if self.categorical else c.d
@@ -154,6 +163,29 @@ def _ops():
             "factorised": (hinted, chunked_read), "liger": (liger, chunked_read)}
 
 
+def _dfm_ops():
+    """Per DFM variant: ``(loss(model, h, codes, masked), draw(model, h, reveal, w, tau))``."""
+    import torch
+
+    from purrception.flows import categorical as cat
+    from purrception.flows.dfm import quantile_draws, sample_from_quantile
+
+    def combined(ce_and_z):
+        def loss(m, h, codes, masked):
+            ce, z_sq = ce_and_z(m, h, codes, masked)
+            return ce + Z_LOSS_WEIGHT * z_sq
+        return loss
+
+    def naive_draw(m, h, reveal, w, tau):
+        return sample_from_quantile(torch.softmax(cat.logits_from_features(m, h).float() / tau, dim=-1), w)
+
+    chunked = combined(lambda m, h, codes, masked: cat.masked_cross_entropy_and_zloss(m, h, codes, masked,
+                                                                                      Z_LOSS_WEIGHT, _CHUNK_BYTES))
+    chunked_draw = lambda m, h, reveal, w, tau: quantile_draws(m, h, reveal, w, tau, _CHUNK_BYTES)  # noqa: E731
+    return {"dfm-naive": (combined(cat.naive_masked_cross_entropy_and_zloss), naive_draw),
+            "dfm": (chunked, chunked_draw)}
+
+
 _CHUNK_BYTES: int | None = None
 
 VARIANTS: dict[str, Variant] = {
@@ -165,9 +197,16 @@ VARIANTS: dict[str, Variant] = {
     "factorised": Variant("factorised", "Purrception, factorised head (head_rank=r), chunked", True, True),
     "liger": Variant("liger", "Purrception, Liger-Kernel fused linear cross-entropy (head_kernel='liger'; CUDA only; "
                      "sampling as chunked)", False, True),
+    "dfm-naive": Variant("dfm-naive", "DFM, all logits materialised: CE on the masked positions selected from them; "
+                         "sampling: softmax and inverse CDF over all B x H x W x K", False, True, discrete=True,
+                         reference="dfm-naive"),
+    "dfm": Variant("dfm", "DFM, chunked head on the rows of masked (training) / revealed (sampling) positions only "
+                   "(flows.dfm; FLOPs counted for the full head)", False, True, discrete=True, reference="dfm-naive"),
 }
 #: Variants that run only on CUDA (left out of the default list elsewhere).
 CUDA_ONLY = ("liger",)
+#: Variants run only when named in ``--variants`` (the default list compares Purrception's heads with CFM).
+OPT_IN = ("dfm-naive", "dfm")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -227,10 +266,11 @@ def run_child(c: Case, memory: bool = False) -> dict:
         torch.cuda.reset_peak_memory_stats()
     variant = VARIANTS[c.variant]
     torch.manual_seed(0)
-    model_cfg = DiTConfig(input_size=c.latent, in_channels=c.d, out_channels=variant.out_channels(c),
-                          patch_size=c.backbone.patch, hidden_size=c.backbone.hidden, depth=c.backbone.depth,
-                          num_heads=c.backbone.heads, num_classes=1000,
-                          head_rank=c.rank if variant.factorised else 0)
+    model_cfg = DiTConfig(input_size=c.latent, in_channels=DFM_EMBED_DIM if variant.discrete else c.d,
+                          out_channels=variant.out_channels(c), patch_size=c.backbone.patch,
+                          hidden_size=c.backbone.hidden, depth=c.backbone.depth, num_heads=c.backbone.heads,
+                          num_classes=1000, head_rank=c.rank if variant.factorised else 0,
+                          input_vocab_size=c.K + 1 if variant.discrete else 0)
     model = DiT(model_cfg).to(device)
     for p in model.head.parameters():     # a trained head is not zero: give softmax something to do
         torch.nn.init.normal_(p, std=0.02)
@@ -239,7 +279,10 @@ def run_child(c: Case, memory: bool = False) -> dict:
     codes = torch.randint(0, c.K, (c.batch, c.latent, c.latent), device=device, generator=gen)
     y = torch.randint(0, 1000, (c.batch,), device=device, generator=gen)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=c.dtype == "bf16")
-    ops = _ops()
+    ops = _dfm_ops() if variant.discrete else _ops()
+    if variant.discrete:
+        from purrception.flows.base import sample_time
+        from purrception.flows.dfm import KAPPA_SCHEDULERS, mask_path_sample
     cfm = METHODS["cfm"](codebook) if "cfm" in METHODS else None  # else: DiT forward + MSE, the same cost
 
     def cfm_loss() -> torch.Tensor:
@@ -260,7 +303,12 @@ def run_child(c: Case, memory: bool = False) -> dict:
 
         def run() -> None:
             with autocast:
-                if variant.categorical:
+                if variant.discrete:  # as DFM.loss: x_t on the masked path, the loss on its masked positions
+                    t = sample_time(c.batch, device, gen)
+                    x_t = mask_path_sample(codes, t, KAPPA_SCHEDULERS["linear"], c.K, gen)
+                    yy = drop_labels(y, 0.1, model.null_class, gen)
+                    loss = ops[c.variant][0](model, model.features(x_t, t, yy), codes, x_t == c.K)
+                elif variant.categorical:
                     path = make_path_sample(codebook, codes, gen)
                     yy = drop_labels(y, 0.1, model.null_class, gen)
                     loss = ops[c.variant][0](model, model.features(path.z_t, path.t, yy), codes)
@@ -273,10 +321,13 @@ def run_child(c: Case, memory: bool = False) -> dict:
         h = torch.randn(c.batch, (c.latent // c.backbone.patch) ** 2, c.backbone.hidden, device=device,
                         requires_grad=True)
         target = torch.randn(c.batch, c.d, c.latent, c.latent, device=device)
+        masked = torch.rand(codes.shape, device=device, generator=gen) < 0.5  # DFM: E[masked fraction] = 1/2
 
         def run() -> None:
             with autocast:
-                if variant.categorical:
+                if variant.discrete:
+                    loss = ops[c.variant][0](model, h, codes, masked)
+                elif variant.categorical:
                     loss = ops[c.variant][0](model, h, codes)
                 else:
                     out = model.unpatchify(model.head(h), c.d).permute(0, 3, 1, 2).float()
@@ -287,10 +338,16 @@ def run_child(c: Case, memory: bool = False) -> dict:
     else:
         model.eval()
         z = torch.randn(c.batch, c.d, c.latent, c.latent, device=device, generator=gen)
+        # DFM: the all-mask state, every position revealed (the sampler's last step, its largest draw)
+        x_mask = torch.full(codes.shape, c.K, dtype=torch.long, device=device)
+        reveal = torch.ones(codes.shape, dtype=torch.bool, device=device)
+        w = torch.rand(codes.shape, device=device, generator=gen, dtype=torch.float64)
 
         def run() -> None:
             with torch.no_grad(), autocast:
-                if variant.categorical:
+                if variant.discrete:
+                    ops[c.variant][1](model, guided_features(model, x_mask, 0.5, y, c.cfg_scale), reveal, w, c.tau)
+                elif variant.categorical:
                     mu = ops[c.variant][1](model, guided_features(model, z, 0.5, y, c.cfg_scale), codebook, c.tau)
                     purrception_velocity(mu, z, 0.5)
                 else:
@@ -333,7 +390,8 @@ def add_shape_args(parser: argparse.ArgumentParser) -> None:
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     add_shape_args(parser)
     parser.add_argument("--variants", default=None,
-                        help="comma list of " + ", ".join(VARIANTS) + " (default: all that run on --device)")
+                        help="comma list of " + ", ".join(VARIANTS) + " (default: all that run on --device except "
+                        + ", ".join(OPT_IN) + ")")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--steps", type=int, default=5, help="timed repetitions (median reported)")
@@ -349,7 +407,7 @@ def cases_from_args(args: argparse.Namespace, task: str, cfg_scale: float = 1.0,
     ks = [16384] if args.quick else [int(k) for k in args.ks.split(",")]
     steps, warmup = (3, 1) if args.quick else (args.steps, args.warmup)
     names = (args.variants.split(",") if args.variants else
-             [n for n in VARIANTS if args.device.startswith("cuda") or n not in CUDA_ONLY])
+             [n for n in VARIANTS if (args.device.startswith("cuda") or n not in CUDA_ONLY) and n not in OPT_IN])
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")

@@ -34,12 +34,12 @@ def main() -> None:
     results = measure_all(cases, args.rounds)
     rows = []
     for c in cases:
-        r, naive = results[c], results.get(with_variant(c, "naive"))
+        r, naive = results[c], results.get(with_variant(c, VARIANTS[c.variant].reference))
         flops = case_flops(c) * c.batch
         rows.append([c.backbone.spec, c.K, c.variant, f"{r['head_params'] / 1e6:.2f}", f"{r['seconds'] * 1e3:.1f}",
                      f"{flops / r['seconds'] / 1e9:.1f}",
                      f"{r['seconds'] / naive['seconds']:.2f}" if naive else "-",
-                     f"{flops / (case_flops(with_variant(c, 'naive')) * c.batch):.3f}",
+                     f"{flops / (case_flops(with_variant(c, VARIANTS[c.variant].reference)) * c.batch):.3f}",
                      mib(r["peak_bytes"]), ratio(r["peak_bytes"], naive, "peak_bytes"),
                      mib(r["step_bytes"]), ratio(r["step_bytes"], naive, "step_bytes")])
     print("\nHead only: loss + backward (grads w.r.t. features and head weights)\n")

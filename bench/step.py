@@ -6,13 +6,19 @@ For every backbone and K, side by side in one run (each measurement in a fresh p
   ``ru_maxrss`` growth of the child after imports, so it includes weights, gradients and optimizer state; GPU:
   ``max_memory_allocated``) and what one step adds above the memory held between steps ("step": activations,
   gradients, transients; see ``_harness``);
-- sampling: median time of one guided velocity evaluation (CFG batched cond/uncond, the head once), per image;
+- sampling: median time of one guided velocity evaluation (CFG batched cond/uncond, the head once), per image,
+  and the same two memory figures for the whole batch;
 - each as a ratio to CFM, next to the FLOP ratio to CFM computed from the shapes (``efficiency`` = time ratio /
   FLOP ratio; 1.0 = no overhead beyond the FLOPs), and the chunked head against the naive one.
+
+The DFM baseline runs when named: ``dfm`` (chunked head on the masked rows; sampling draws through chunks of the
+revealed rows) against ``dfm-naive`` (all logits materialised), its ``/naive`` columns relative to ``dfm-naive``.
+Its sampling figure is one denoiser evaluation with every position revealed (the sampler's last step).
 
 Examples:
     python bench/step.py                                   # CPU, 256x6/2 and 384x6/2, 16x16x4 latents, batch 8
     python bench/step.py --device cuda --dtype bf16 --backbones DiT-B/2 --latent 32 --batch 32 --quick
+    python bench/step.py --quick --variants cfm,chunked,dfm-naive,dfm      # DFM next to Purrception, K=16384
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ def report(cases: list[Case], rounds: int, title: str, per_image: bool, memory: 
         r = results[c]
         ms = r["seconds"] * 1e3 / (c.batch if per_image else 1)
         ref = results.get(with_variant(c, "cfm"))
-        naive = results.get(with_variant(c, "naive"))
+        naive = results.get(with_variant(c, VARIANTS[c.variant].reference))
         t_ratio = f"{r['seconds'] / ref['seconds']:.2f}" if ref else "-"
         f_ratio = f"{case_flops(c) / case_flops(with_variant(c, 'cfm')):.2f}"
         eff = f"{(r['seconds'] / ref['seconds']) / (case_flops(c) / case_flops(with_variant(c, 'cfm'))):.2f}" if ref else "-"
@@ -72,7 +78,7 @@ def main() -> None:
     if "sample" in tasks:
         report(cases_from_args(args, "sample", args.cfg_scale, args.tau), args.rounds,
                f"Sampling: one velocity evaluation, CFG {args.cfg_scale} (cond+uncond batched), per image",
-               True, False)
+               True, True)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,12 @@ from purrception.errors import PurrError
 from purrception.flows import CFM, DFM, CFMEndpoint, Purrception, get_method
 from purrception.sampling.settings import SamplerSettings
 from purrception.flows.base import make_path_sample
-from purrception.flows.dfm import KAPPA_SCHEDULERS, discrete_euler, mask_path_sample, sample_from_quantile
+from purrception.flows.categorical import chunk_rows, logits_from_features
+from purrception.flows.dfm import (KAPPA_SCHEDULERS, SAMPLE_COPIES_PER_LOGIT, discrete_euler, draws_from_logits,
+                                   mask_path_sample, quantile_draws, sample_from_quantile)
 from purrception.io import sha256_of_tensor
 from purrception.models.dit import DiT, DiTConfig
+from purrception.sampling.guidance import guided_features
 from purrception.generation.generate import generate_codes
 from purrception.tokenizers.base import TokenizerIdentity, nearest_code
 from purrception.training.checkpoint import load_checkpoint
@@ -38,10 +41,10 @@ def _codebook(seed: int = 0) -> torch.Tensor:
     return torch.randn(K, D, generator=torch.Generator().manual_seed(seed))
 
 
-def _model(method, random_weights: bool = True, seed: int = 1) -> DiT:
+def _model(method, random_weights: bool = True, seed: int = 1, patch: int = 1, rank: int = 0) -> DiT:
     """A tiny DiT with the method's I/O; random weights so that every output depends on every input."""
     model = DiT(DiTConfig(input_size=SIDE, hidden_size=32, depth=1, num_heads=2, num_classes=CLASSES,
-                          **method.backbone_io()))
+                          patch_size=patch, head_rank=rank, **method.backbone_io()))
     if random_weights:
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():
@@ -235,6 +238,95 @@ def test_dfm_loss_is_cross_entropy_on_masked_positions_only():
     assert got.metrics["masked_frac"] == pytest.approx(masked.float().mean().item())
 
 
+#: (patch size, factorised head width): one row per position (p = 1; the factorised head) and one row per token of
+#: p*p positions (the full head at p = 2, where the loss weights a token's unmasked sub-positions 0).
+HEADS = [(1, 0), (2, 0), (2, 3)]
+
+
+@pytest.mark.parametrize("patch,rank", HEADS)
+@pytest.mark.parametrize("z_loss_weight", [0.0, 0.01])
+def test_dfm_loss_and_gradients_equal_the_materialised_masked_loss(patch, rank, z_loss_weight):
+    """The chunked head's loss and every parameter's gradient == CE (+ z-loss) on the materialised logits of the
+    masked positions, replaying the loss's draws from the same generator. In float64: the timestep embedding's
+    sin-cos features are float32 by design, so they are cast up before its MLP."""
+    cb, codes = _codebook(), _codes(8)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    method = DFM(cb, label_dropout=0.25, z_loss_weight=z_loss_weight, embed_dim=8)
+    model = _model(method, patch=patch, rank=rank).double()
+    model.t_embedder.mlp.register_forward_pre_hook(lambda module, args: (args[0].double(),))
+    got = method.loss(model, codes, y, torch.Generator().manual_seed(12))
+    got_grads = torch.autograd.grad(got.loss, list(model.parameters()))
+    gen = torch.Generator().manual_seed(12)
+    t = torch.rand(8, generator=gen)
+    x_t = mask_path_sample(codes, t, KAPPA_SCHEDULERS["linear"], K, gen)
+    y_used = torch.where(torch.rand(8, generator=gen) < 0.25, torch.full_like(y, CLASSES), y)
+    masked = x_t == K
+    if patch > 1:  # some tokens mix masked and revealed sub-positions, so the weighted rows are exercised
+        per_token = masked.reshape(8, SIDE // patch, patch, SIDE // patch, patch).sum((2, 4))
+        assert ((per_token > 0) & (per_token < patch * patch)).any()
+    logits = logits_from_features(model, model.features(x_t, t, y_used))[masked]
+    expected = F.cross_entropy(logits, codes[masked]) + z_loss_weight * torch.logsumexp(logits, -1).pow(2).mean()
+    want_grads = torch.autograd.grad(expected, list(model.parameters()))
+    torch.testing.assert_close(got.loss, expected, rtol=1e-10, atol=1e-12)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_dfm_loss_with_nothing_masked_is_zero_and_reaches_every_parameter():
+    cb = _codebook()
+    method = DFM(cb, label_dropout=0.0, embed_dim=8)
+    method.kappa = lambda t: torch.ones_like(t)                             # every position revealed
+    model = _model(method)
+    out = method.loss(model, _codes(2), torch.tensor([0, 1]), torch.Generator().manual_seed(3))
+    assert out.loss.item() == 0.0 and out.metrics["masked_frac"] == 0.0
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("patch,rank", HEADS)
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.0])
+def test_dfm_chunked_sampler_gives_the_materialised_samplers_codes(patch, rank, cfg_scale):
+    """Same noise, same codes: the chunked draws (a budget of a few rows per chunk) and ``DFM.generate`` against
+    the Euler sampler on materialised guided logits (``softmax(l / tau)`` over all B x H x W x K)."""
+    method = DFM(_codebook(), embed_dim=8)
+    model = _model(method, patch=patch, rank=rank)
+    noise = torch.randn(5, D, SIDE, SIDE, generator=torch.Generator().manual_seed(21))
+    y = torch.tensor([0, 1, 2, 1, 0])
+    sampler = SamplerSettings(steps=4, cfg_scale=cfg_scale, tau=0.8)
+    budget = 3 * SAMPLE_COPIES_PER_LOGIT * model.head.groups * K * 4          # 3 rows of float32 logits
+    rows = model.head.rows(torch.zeros(5, model.grid ** 2, 32)).shape[0]
+    assert chunk_rows(rows, SAMPLE_COPIES_PER_LOGIT * model.head.groups * K, torch.device("cpu"), budget) == 3
+    seen: list = []
+
+    def chunked(x, t, reveal, w, tau):
+        seen.append(int(reveal.sum()))
+        return quantile_draws(model, guided_features(model, x, t, y, sampler.cfg_at(t)), reveal, w, tau, budget)
+
+    with torch.no_grad():
+        materialised = draws_from_logits(lambda x, t: method.logits(model, x, t, y, sampler.cfg_at(t)))
+        want = discrete_euler(materialised, noise, sampler.steps, method.kappa, K, sampler.tau_at)
+        got = discrete_euler(chunked, noise, sampler.steps, method.kappa, K, sampler.tau_at)
+    assert len(seen) > 1 and max(seen) > 3 * model.head.groups               # several steps, several chunks
+    assert torch.equal(got, want) and (want != K).all()
+    assert torch.equal(method.generate(model, noise, y, sampler, _snap(method)), want)
+
+
+@pytest.mark.parametrize("frac", [0.3, 1.0])
+def test_quantile_draws_reads_only_revealed_positions(frac):
+    """Draws at the revealed positions equal the materialised inverse-CDF draws; every other position is 0. At
+    patch 2 a fraction of 0.3 leaves tokens partly revealed; 1.0 reveals whole tokens only."""
+    method = DFM(_codebook(), embed_dim=8)
+    model = _model(method, patch=2)
+    gen = torch.Generator().manual_seed(22)
+    h = torch.randn(3, model.grid ** 2, 32, generator=gen)
+    reveal = torch.rand(3, SIDE, SIDE, generator=gen) < frac
+    w = torch.rand(3, SIDE, SIDE, generator=gen, dtype=torch.float64)
+    got = quantile_draws(model, h, reveal, w, 0.5, chunk_bytes=1)
+    with torch.no_grad():
+        want = sample_from_quantile(torch.softmax(logits_from_features(model, h) / 0.5, dim=-1), w)
+    assert torch.equal(got[reveal], want[reveal]) and (got[~reveal] == 0).all()
+
+
 def test_sample_from_quantile_is_the_inverse_cdf():
     probs = torch.tensor([0.25, 0.0, 0.5, 0.25]).expand(6, 4)
     w = torch.tensor([0.0, 0.2, 0.26, 0.74, 0.76, 1.0])
@@ -256,7 +348,7 @@ def test_dfm_sampler_with_perfect_denoiser_returns_targets_on_the_kappa_schedule
     target = _codes(n, seed=13)
     noise = torch.randn(n, D, SIDE, SIDE, generator=torch.Generator().manual_seed(14))
     seen: list = []
-    out = discrete_euler(_perfect_denoiser(target, seen), noise, steps, kappa, K, lambda t: 0.7)
+    out = discrete_euler(draws_from_logits(_perfect_denoiser(target, seen)), noise, steps, kappa, K, lambda t: 0.7)
     assert torch.equal(out, target)
     assert [s[0] for s in seen] == [i / steps for i in range(steps)]
     for t, x in seen:
@@ -273,8 +365,8 @@ def test_dfm_sampler_draws_from_softmax_over_tau():
     tau = 2.0
     n = 4000
     noise = torch.randn(n, D, SIDE, SIDE, generator=torch.Generator().manual_seed(15))
-    out = discrete_euler(lambda x, t: base.expand(*x.shape, K), noise, 1, KAPPA_SCHEDULERS["linear"], K,
-                         lambda t: tau)
+    out = discrete_euler(draws_from_logits(lambda x, t: base.expand(*x.shape, K)), noise, 1,
+                         KAPPA_SCHEDULERS["linear"], K, lambda t: tau)
     freq = torch.bincount(out.flatten(), minlength=K).double() / out.numel()
     expected = torch.softmax(base.double() / tau, 0)
     m = out.numel()

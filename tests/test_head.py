@@ -86,6 +86,60 @@ def test_chunked_head_equals_naive_beyond_the_range_of_the_cheap_shifts(case, ra
                                cat.naive_posterior_mean(model, h.detach(), book, 0.5), rtol=1e-10, atol=1e-12)
 
 
+def _masks(kind: str) -> torch.Tensor:
+    """Positions ``(3, 4, 4)`` a masked loss averages over: random (tokens of a 2x2 patch mix selected and
+    unselected sub-positions), a single position, or all."""
+    if kind == "random":
+        return torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(5)) < 0.4
+    mask = torch.zeros(3, 4, 4, dtype=torch.bool) if kind == "one" else torch.ones(3, 4, 4, dtype=torch.bool)
+    mask[1, 2, 3] = True
+    return mask
+
+
+@pytest.mark.parametrize("k,patch,rank,chunk_bytes", [(7, 1, 0, 1), (37, 2, 0, 3000), (37, 2, 5, 2000),
+                                                      (300, 2, 0, 1 << 30)])
+@pytest.mark.parametrize("hint,weights", [(None, (1.0, 0.3)), (0.3, (1.0, 0.3)), (0.3, (0.0, 1.0))])
+@pytest.mark.parametrize("kind", ["random", "one", "all"])
+def test_masked_loss_and_gradients_equal_naive(k, patch, rank, chunk_bytes, hint, weights, kind):
+    """CE and z_sq over the selected positions only (DFM's loss) == the same on materialised logits, with the
+    gradients of ``a ce + b z_sq``; at patch 2 with the full head, rows (tokens) are partly selected."""
+    model = make_model(k, patch, rank)
+    h = features(model)
+    codes = torch.randint(0, k, (3, 4, 4), generator=torch.Generator().manual_seed(2))
+    mask = _masks(kind)
+    want = grads(model, h, lambda: cat.naive_masked_cross_entropy_and_zloss(model, h, codes, mask), weights)
+    got = grads(model, h, lambda: cat.masked_cross_entropy_and_zloss(model, h, codes, mask, hint, chunk_bytes),
+                weights)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_weighted_rows_equal_the_mean_over_the_selected_entries():
+    """An exact answer: identity classifier, two groups; weight 0 drops an entry from both means."""
+    x = torch.tensor([[0.0, 1.0, 2.0], [3.0, 0.0, -1.0]], dtype=torch.float64)
+    weight = torch.cat([torch.eye(3), 2 * torch.eye(3)]).double()           # group 1's logits are 2 x
+    targets = torch.tensor([[2, 0], [1, 1]])
+    a = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
+    ce, z_sq = cat.linear_cross_entropy_and_zloss(x, weight, None, targets, groups=2, chunk_bytes=1,
+                                                  entry_weights=a)
+    lse0, lse1 = torch.logsumexp(x, -1), torch.logsumexp(2 * x, -1)
+    entries = [(lse0[0], 2.0), (lse0[1], 0.0), (lse1[1], 0.0)]              # (lse, target logit) with weight 1
+    assert ce.item() == pytest.approx(sum(float(lse) - t for lse, t in entries) / 3, abs=1e-14)
+    assert z_sq.item() == pytest.approx(sum(float(lse) ** 2 for lse, _ in entries) / 3, abs=1e-14)
+
+
+@pytest.mark.parametrize("case", ["late", "all", "negative"])
+def test_masked_loss_equals_naive_beyond_the_range_of_the_cheap_shifts(case):
+    model = make_model(37, 2, 0)
+    h = _beyond_cheap_shifts(model, features(model), case)
+    codes = torch.randint(0, 37, (3, 4, 4), generator=torch.Generator().manual_seed(2))
+    mask = _masks("random")
+    want = grads(model, h, lambda: cat.naive_masked_cross_entropy_and_zloss(model, h, codes, mask), (1.0, 0.3))
+    got = grads(model, h, lambda: cat.masked_cross_entropy_and_zloss(model, h, codes, mask, 0.3, 2000), (1.0, 0.3))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_small_budget_really_chunks():
     m = 48
     rows = cat.chunk_rows(m, 2 * 37, torch.device("cpu"), 3000)
@@ -228,9 +282,13 @@ def test_bf16_autocast_matches_naive_loosely():
     torch.nn.init.normal_(model.head.weight, std=0.3)
     h = torch.randn(3, 4, HIDDEN, requires_grad=True)
     codes = torch.randint(0, 40, (3, 4, 4))
+    mask = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(5)) < 0.4
     with torch.autocast("cpu", dtype=torch.bfloat16):
         want = grads(model, h, lambda: cat.naive_cross_entropy_and_zloss(model, h, codes), (1.0, 0.1))
         got = grads(model, h, lambda: cat.cross_entropy_and_zloss(model, h, codes, 0.1, 2000), (1.0, 0.1))
+        want += grads(model, h, lambda: cat.naive_masked_cross_entropy_and_zloss(model, h, codes, mask), (1.0, 0.1))
+        got += grads(model, h, lambda: cat.masked_cross_entropy_and_zloss(model, h, codes, mask, 0.1, 2000),
+                     (1.0, 0.1))
     for a, b in zip(got, want):
         assert a.dtype == b.dtype
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-3)

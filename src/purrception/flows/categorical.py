@@ -17,6 +17,10 @@ logits are at hand (Liger-kernel style): the head then costs the same three matm
 backward pass asks for a different combination (or no weight was given) it recomputes each chunk's logits in
 backward instead (one extra matmul). Both give the naive gradients to float tolerance.
 
+:func:`masked_cross_entropy_and_zloss` averages over selected positions only (DFM's loss on its masked positions):
+it sweeps only the rows that feed a selected position and weights each row's entries 1 or 0 when a row covers
+several positions (the full head with patch size > 1), so the means and gradients are those over the selection.
+
 The ``naive_*`` functions materialise every logit; they are the references for tests and benchmarks.
 """
 
@@ -29,7 +33,8 @@ from purrception.models.dit import DiT
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "CACHE_CHUNK_BYTES", "GEMM_FULL_RATE_ROWS", "FOLDED_BIAS_MAX_SPREAD",
            "bytes_per_logit", "chunk_rows", "matmul_dtype", "logits_from_features", "naive_cross_entropy_and_zloss",
-           "naive_posterior_mean", "linear_cross_entropy_and_zloss", "cross_entropy_and_zloss", "posterior_mean"]
+           "naive_masked_cross_entropy_and_zloss", "naive_posterior_mean", "linear_cross_entropy_and_zloss",
+           "cross_entropy_and_zloss", "masked_cross_entropy_and_zloss", "posterior_mean"]
 
 #: Memory budget for one chunk of logits (and their temporaries), by device type.
 DEFAULT_CHUNK_BYTES: dict[str, int] = {"cpu": 32 << 20, "cuda": 1 << 30}
@@ -89,6 +94,16 @@ def naive_cross_entropy_and_zloss(model: DiT, h: torch.Tensor, codes: torch.Tens
     flat = logits.reshape(-1, logits.shape[-1])
     ce = F.cross_entropy(flat, codes.reshape(-1).long())
     z_sq = torch.logsumexp(flat, dim=-1).pow(2).mean()
+    return ce, z_sq
+
+
+def naive_masked_cross_entropy_and_zloss(model: DiT, h: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor
+                                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference for :func:`masked_cross_entropy_and_zloss`: CE and ``lse^2`` averaged over the positions where
+    ``mask`` ``(B, H, W)`` is true, on materialised logits."""
+    chosen = logits_from_features(model, h)[mask]                                  # (positions, K)
+    ce = F.cross_entropy(chosen, codes.long()[mask])
+    z_sq = torch.logsumexp(chosen, dim=-1).pow(2).mean()
     return ce, z_sq
 
 
@@ -163,7 +178,8 @@ def _read_in_exp_range(read: torch.Tensor) -> bool:
 
 
 def _sweep(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, groups: int,
-           rows: int, dtype: torch.dtype, grad_ce: torch.Tensor | None = None, grad_z: torch.Tensor | None = None
+           rows: int, dtype: torch.dtype, grad_ce: torch.Tensor | None = None, grad_z: torch.Tensor | None = None,
+           entry_weights: torch.Tensor | None = None
            ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None]:
     """One pass over row chunks of ``logits = x W^T + b`` viewed as ``(M, G, K)``.
 
@@ -171,7 +187,9 @@ def _sweep(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tar
     ``grad_z`` are given, the gradients of ``grad_ce * ce + grad_z * z_sq`` w.r.t. ``x``, ``weight``, ``bias``
     (float32, or float64 for float64 inputs), where ``ce = mean(lse - target)`` and ``z_sq = mean(lse^2)`` over
     all ``M G`` entries: ``dlogits = softmax * s - grad_ce onehot / (M G)`` with the per-entry scale
-    ``s = (grad_ce + 2 grad_z lse) / (M G)``.
+    ``s = (grad_ce + 2 grad_z lse) / (M G)``. With ``entry_weights`` ``a`` ``(M, G)`` (accumulation dtype) the
+    means are weighted, ``sum(a (lse - target)) / sum(a)`` and ``sum(a lse^2) / sum(a)``: ``M G`` becomes ``sum(a)``
+    and both gradient terms of an entry are scaled by its ``a`` (a 0/1 mask drops entries from the loss).
 
     Each chunk's logits are held once, transposed (``(G, K, c)``, see :func:`_chunk_logits`), and turned into the
     softmax numerators in place: ``exp(logits - target logit)``, the shift written with the bias before the matmul,
@@ -181,7 +199,7 @@ def _sweep(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tar
     """
     m, r = x.shape
     k = weight.shape[0] // groups
-    count = m * groups
+    count = m * groups if entry_weights is None else entry_weights.sum()
     acc = torch.promote_types(dtype, torch.float32)
     w = weight.to(dtype)
     bias_column = None if bias is None else bias.to(dtype).unsqueeze(1)
@@ -226,22 +244,29 @@ def _sweep(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tar
         lse[start:stop] = lse_c.T
         if grads is None:
             continue
-        scale = ((grad_ce + 2.0 * grad_z * lse_c) / (count * total)).unsqueeze(-1)         # (G, c, 1)
+        scale = (grad_ce + 2.0 * grad_z * lse_c) / (count * total)                          # (G, c)
         onehot = grad_ce / count
+        if entry_weights is not None:
+            a = entry_weights[start:stop].T                                                 # (G, c)
+            scale = scale * a
+            onehot = (onehot * a).unsqueeze(-1)                                             # (G, c, 1)
+        scale = scale.unsqueeze(-1)                                                         # (G, c, 1)
         p = unnorm.to(dtype)
         # gx = sum_g dlogits_g^T W_g
-        gx[start:stop] = ((torch.bmm(p.transpose(1, 2), per_group).to(acc) * scale).sum(0)
-                          - onehot * target_rows.sum(0))
+        target_term = onehot * target_rows.sum(0) if entry_weights is None else (onehot * target_rows).sum(0)
+        gx[start:stop] = (torch.bmm(p.transpose(1, 2), per_group).to(acc) * scale).sum(0) - target_term
         # gW_g += dlogits_g x_c, gb_g += dlogits_g 1
         scaled_x = (scale * xc_acc).to(dtype)                                               # (G, c, r)
         if dtype == acc:
             gw.baddbmm_(p, scaled_x)
         else:
             gw += torch.bmm(p, scaled_x).to(acc)
-        gw.view(-1, r).index_add_(0, rows_of_targets, (-onehot * xc_acc).repeat(groups, 1))
+        target_x = (-onehot * xc_acc).repeat(groups, 1) if entry_weights is None else (-onehot * xc_acc).reshape(-1, r)
+        gw.view(-1, r).index_add_(0, rows_of_targets, target_x)
         if gb is not None:
             gb.baddbmm_(unnorm, scale)
-            gb.view(-1).index_add_(0, rows_of_targets, (-onehot).expand(rows_of_targets.shape).to(acc))
+            target_b = (-onehot).expand(rows_of_targets.shape) if entry_weights is None else (-onehot).reshape(-1)
+            gb.view(-1).index_add_(0, rows_of_targets, target_b.to(acc))
     return lse, tgt, grads
 
 
@@ -249,21 +274,28 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """``(ce, z_sq)`` of ``logits = x W^T + b`` without materialising all logits; see :func:`_sweep`."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, targets, groups, rows, z_loss_weight):  # noqa: D102
+    def forward(ctx, x, weight, bias, targets, groups, rows, z_loss_weight, entry_weights):  # noqa: D102
         dtype = matmul_dtype(x)
+        acc = torch.promote_types(dtype, torch.float32)
+        if entry_weights is not None:
+            entry_weights = entry_weights.to(acc)
         with torch.autocast(x.device.type, enabled=False):
             if z_loss_weight is None:
-                lse, tgt, grads = _sweep(x, weight, bias, targets, groups, rows, dtype)
+                lse, tgt, grads = _sweep(x, weight, bias, targets, groups, rows, dtype, entry_weights=entry_weights)
             else:
-                one = torch.ones((), dtype=torch.promote_types(dtype, torch.float32), device=x.device)
-                lse, tgt, grads = _sweep(x, weight, bias, targets, groups, rows, dtype, one, one * z_loss_weight)
-        ctx.save_for_backward(x, weight, bias, targets)
+                one = torch.ones((), dtype=acc, device=x.device)
+                lse, tgt, grads = _sweep(x, weight, bias, targets, groups, rows, dtype, one, one * z_loss_weight,
+                                         entry_weights)
+        ctx.save_for_backward(x, weight, bias, targets, entry_weights)
         ctx.groups, ctx.rows, ctx.dtype, ctx.z_loss_weight, ctx.grads = groups, rows, dtype, z_loss_weight, grads
-        return (lse - tgt).mean(), lse.pow(2).mean()
+        if entry_weights is None:
+            return (lse - tgt).mean(), lse.pow(2).mean()
+        total = entry_weights.sum()
+        return ((lse - tgt) * entry_weights).sum() / total, (lse.pow(2) * entry_weights).sum() / total
 
     @staticmethod
     def backward(ctx, grad_ce, grad_z):  # noqa: D102
-        x, weight, bias, targets = ctx.saved_tensors
+        x, weight, bias, targets, entry_weights = ctx.saved_tensors
         grads, ctx.grads = ctx.grads, None
         ce_w, z_w = float(grad_ce), float(grad_z)
         if grads is not None and abs(z_w - ctx.z_loss_weight * ce_w) <= 1e-6 * abs(ctx.z_loss_weight * ce_w):
@@ -271,14 +303,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
         else:
             with torch.autocast(x.device.type, enabled=False):
                 _, _, (gx, gw, gb) = _sweep(x, weight, bias, targets, ctx.groups, ctx.rows, ctx.dtype,
-                                            grad_ce, grad_z)
+                                            grad_ce, grad_z, entry_weights)
         return (gx.to(x.dtype), gw.to(weight.dtype), None if gb is None else gb.to(bias.dtype),
-                None, None, None, None)
+                None, None, None, None, None)
 
 
 def linear_cross_entropy_and_zloss(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                                    targets: torch.Tensor, groups: int = 1, z_loss_weight: float | None = None,
-                                   chunk_bytes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                                   chunk_bytes: int | None = None, entry_weights: torch.Tensor | None = None
+                                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean cross-entropy (eq. 14) and mean squared log-partition (App. D) of ``G`` linear classifiers, chunked.
 
     Args:
@@ -290,12 +323,15 @@ def linear_cross_entropy_and_zloss(x: torch.Tensor, weight: torch.Tensor, bias: 
         z_loss_weight: the weight the caller gives ``z_sq`` in its loss; when given, gradients are computed in the
             forward sweep (no recomputation); any other use of the outputs is still differentiated correctly.
         chunk_bytes: memory budget for one chunk of logits; default by device (:data:`DEFAULT_CHUNK_BYTES`).
+        entry_weights: optional ``(M, G)`` non-negative weights (not differentiated), with a positive sum: the
+            means become weighted means, so a 0/1 mask averages over the selected entries only.
 
     Returns:
-        ``(ce, z_sq)``, float32 (float64 for float64 inputs) scalars averaged over all ``M G`` entries.
+        ``(ce, z_sq)``, float32 (float64 for float64 inputs) scalars averaged over all ``M G`` entries (weighted
+        by ``entry_weights`` when given).
     """
     rows = chunk_rows(x.shape[0], weight.shape[0], x.device, chunk_bytes, matmul_dtype(x))
-    return _LinearCrossEntropy.apply(x, weight, bias, targets.long(), groups, rows, z_loss_weight)
+    return _LinearCrossEntropy.apply(x, weight, bias, targets.long(), groups, rows, z_loss_weight, entry_weights)
 
 
 def cross_entropy_and_zloss(model: DiT, h: torch.Tensor, codes: torch.Tensor, z_loss_weight: float | None = None,
@@ -308,6 +344,28 @@ def cross_entropy_and_zloss(model: DiT, h: torch.Tensor, codes: torch.Tensor, z_
     head = model.head
     return linear_cross_entropy_and_zloss(head.rows(h), head.classifier_weight, head.classifier_bias,
                                           head.row_targets(codes), head.groups, z_loss_weight, chunk_bytes)
+
+
+def masked_cross_entropy_and_zloss(model: DiT, h: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor,
+                                   z_loss_weight: float | None = None, chunk_bytes: int | None = None
+                                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`cross_entropy_and_zloss` averaged over the positions where ``mask`` ``(B, H, W)`` is true only.
+
+    Equal to :func:`naive_masked_cross_entropy_and_zloss` (values and gradients); ``mask`` must select at least one
+    position. Only the head's rows that feed a selected position go through the classifier: with one row per
+    position (patch size 1, or the factorised head) those are exactly the selected positions; with the full head
+    and patch size ``p > 1`` a row (a token) feeds ``p*p`` positions, so the rows with any selected sub-position
+    are kept and each of their entries is weighted 1 (selected) or 0 (not).
+    """
+    head = model.head
+    chosen = head.row_targets(mask)                                              # (M, G) bool
+    keep = chosen.any(dim=1).nonzero().squeeze(1)                               # rows feeding a selected position
+    x = head.rows(h).index_select(0, keep)
+    targets = head.row_targets(codes).index_select(0, keep)
+    entries = chosen.index_select(0, keep)
+    weights = None if bool(entries.all()) else entries
+    return linear_cross_entropy_and_zloss(x, head.classifier_weight, head.classifier_bias, targets, head.groups,
+                                          z_loss_weight, chunk_bytes, weights)
 
 
 def _fold_bias_into_values(values: torch.Tensor, bias: torch.Tensor | None, tau: float, groups: int,

@@ -23,6 +23,19 @@ at the first step whose ``kappa(t + h) >= u``, and takes the code at quantile ``
 Since ``P(kappa(t) < u <= kappa(t+h) | u > kappa(t)) = (kappa(t+h) - kappa(t)) / (1 - kappa(t))``, this is the
 step rule above in law, and image ``k`` depends only on ``(seed, k)`` like every other method
 (:func:`purrception.generation.generate.generate_codes`).
+
+The K-way head (DESIGN.md §3): at ``K = 16384`` all ``B x H x W x K`` float32 logits of a batch are gigabytes, so
+neither training nor sampling materialises them; both go through the head's row view (``models.heads``) and keep
+only the rows that matter:
+
+- Training: :func:`purrception.flows.categorical.masked_cross_entropy_and_zloss`, the chunked linear +
+  cross-entropy of Purrception restricted to the rows that feed a masked position (with the full head and patch
+  size ``p > 1`` a row is a token covering ``p*p`` positions; its unmasked sub-positions get weight 0). Values and
+  gradients equal the materialised loss (:func:`purrception.flows.categorical.naive_masked_cross_entropy_and_zloss`).
+- Sampling: :func:`quantile_draws` computes logits only for the rows with a position revealed at this step, over
+  chunks of rows within a memory budget (:func:`purrception.flows.categorical.chunk_rows`), each row's ``K`` logits
+  in one chunk, so each draw is the same inverse-CDF draw of ``softmax(logits / tau)`` as on materialised logits
+  (:func:`draws_from_logits`, the reference).
 """
 
 from __future__ import annotations
@@ -35,15 +48,23 @@ import torch.nn.functional as F
 
 from purrception.errors import PurrError
 from purrception.flows.base import FlowMethod, LossOutput, Snap, drop_labels, register_method, sample_time
-from purrception.flows.categorical import logits_from_features
+from purrception.flows.categorical import chunk_rows, logits_from_features, masked_cross_entropy_and_zloss, matmul_dtype
 from purrception.models.dit import DiT
 from purrception.sampling.guidance import guided_features
 from purrception.sampling.settings import SamplerSettings
 from purrception.sampling.solvers import StepCallback
 
-__all__ = ["KAPPA_SCHEDULERS", "get_scheduler", "mask_path_sample", "sample_from_quantile", "discrete_euler", "DFM"]
+__all__ = ["KAPPA_SCHEDULERS", "SAMPLE_COPIES_PER_LOGIT", "get_scheduler", "mask_path_sample", "sample_from_quantile",
+           "draws_from_logits", "quantile_draws", "discrete_euler", "DFM"]
 
 Scheduler = Callable[[torch.Tensor], torch.Tensor]
+#: ``(x_t (B, h, w) ids, t, reveal (B, h, w) bool, w (B, h, w) quantiles, tau) -> codes (B, h, w)``; only the
+#: entries where ``reveal`` is true are read.
+DrawFn = Callable[[torch.Tensor, float, torch.Tensor, torch.Tensor, float], torch.Tensor]
+
+#: Logit-sized tensors a sampling chunk holds at its peak (softmax in and out, then probabilities and their CDF):
+#: :func:`quantile_draws` sizes its chunks so that this many copies of a chunk's logits fit the budget.
+SAMPLE_COPIES_PER_LOGIT = 2
 
 #: ``kappa(t)``: probability that a position is revealed (holds its data token) at time ``t``.
 KAPPA_SCHEDULERS: dict[str, Scheduler] = {
@@ -76,13 +97,60 @@ def sample_from_quantile(probs: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return idx.clamp_(max=probs.shape[-1] - 1)
 
 
-def discrete_euler(logits_fn: Callable[[torch.Tensor, float], torch.Tensor], noise: torch.Tensor, steps: int,
-                   kappa: Scheduler, mask_id: int, tau_at: Callable[[float], float],
-                   callback: StepCallback | None = None) -> torch.Tensor:
+def draws_from_logits(logits_fn: Callable[[torch.Tensor, float], torch.Tensor]) -> DrawFn:
+    """The draw of :func:`discrete_euler` from materialised logits: ``logits_fn(x_t, t) -> (B, h, w, K)``, then the
+    quantile-``w`` draw of ``softmax(logits / tau)`` at every position (the reference for :func:`quantile_draws`)."""
+    def draw(x: torch.Tensor, t: float, reveal: torch.Tensor, w: torch.Tensor, tau: float) -> torch.Tensor:
+        return sample_from_quantile(torch.softmax(logits_fn(x, t).float() / tau, dim=-1), w)
+    return draw
+
+
+def quantile_draws(model: DiT, h: torch.Tensor, reveal: torch.Tensor, w: torch.Tensor, tau: float,
+                   chunk_bytes: int | None = None) -> torch.Tensor:
+    """Codes ``(B, H, W)``: at each position where ``reveal`` is true, the code at quantile ``w`` of
+    ``softmax(logits / tau)`` for the head's logits at final features ``h`` ``(B, N, hidden)``; 0 elsewhere.
+
+    The same draws as :func:`draws_from_logits` on ``logits_from_features(model, h)``, without materialising those
+    logits: only the head's rows that feed a revealed position are evaluated (a row is a token of ``p*p``
+    positions for the full head, a position for the factorised head), in chunks of rows sized by
+    :func:`purrception.flows.categorical.chunk_rows` so that :data:`SAMPLE_COPIES_PER_LOGIT` copies of a chunk's
+    logits fit ``chunk_bytes`` (default by device). Each chunk's logits are the head's own affine map on those rows
+    (the product and dtype of the materialised path, under autocast too), then softmax and inverse CDF in float32
+    exactly as :func:`sample_from_quantile`; where a row (token) is only partly revealed, only its revealed
+    sub-positions are kept for the softmax.
+    """
+    head = model.head
+    groups, k = head.groups, head.out_channels
+    chosen = head.row_targets(reveal)                                            # (M, G) bool
+    keep = chosen.any(dim=1).nonzero().squeeze(1)                               # rows feeding a revealed position
+    x = head.rows(h).index_select(0, keep)                                      # (R, r)
+    entries = chosen.index_select(0, keep)                                      # (R, G)
+    quantiles = head.row_targets(w).index_select(0, keep)                       # (R, G)
+    partial = groups > 1 and not bool(entries.all())                            # some kept rows not fully revealed
+    drawn = torch.zeros(entries.shape, dtype=torch.long, device=h.device)
+    rows = chunk_rows(x.shape[0], SAMPLE_COPIES_PER_LOGIT * groups * k, x.device, chunk_bytes, matmul_dtype(x))
+    for start in range(0, x.shape[0], rows):
+        sel = entries[start:start + rows]                                       # (c, G)
+        logits = F.linear(x[start:start + rows], head.classifier_weight, head.classifier_bias)     # (c, G*K)
+        logits = logits.view(-1, k)                                             # (c*G, K)
+        if partial:
+            logits = logits[sel.reshape(-1)]                                    # (e, K), revealed entries only
+        logits = logits.float().div_(tau)                                       # a fresh tensor: divide in place
+        probs = torch.softmax(logits, dim=-1)
+        del logits
+        drawn[start:start + rows][sel] = sample_from_quantile(probs, quantiles[start:start + rows][sel])
+    codes = torch.zeros(chosen.shape, dtype=torch.long, device=h.device).index_copy_(0, keep, drawn)  # (M, G)
+    return head.from_rows(codes.unsqueeze(-1), h.shape[0])[..., 0]
+
+
+def discrete_euler(draw: DrawFn, noise: torch.Tensor, steps: int, kappa: Scheduler, mask_id: int,
+                   tau_at: Callable[[float], float], callback: StepCallback | None = None) -> torch.Tensor:
     """Masked-DFM Euler sampler (module docstring): tokens ``(B, h, w)`` from the all-mask source.
 
     Args:
-        logits_fn: ``(x_t (B, h, w) ids, t) -> logits (B, h, w, K)`` of the probability denoiser.
+        draw: ``(x_t, t, reveal, w, tau) -> codes (B, h, w)``: the code at quantile ``w`` of ``softmax(logits / tau)``
+            of the probability denoiser at ``(x_t, t)``, read only where ``reveal``; :func:`draws_from_logits` makes
+            one from materialised logits, :func:`quantile_draws` is the chunked one.
         noise: ``(B, >=2, h, w)`` standard normal; channels 0 and 1 give the reveal and the draw quantiles.
         steps: number of steps ``T`` on the grid ``t_s = s / T``.
         kappa: the scheduler the model was trained with.
@@ -110,8 +178,7 @@ def discrete_euler(logits_fn: Callable[[torch.Tensor, float], torch.Tensor], noi
         tau = tau_at(t)
         if tau <= 0:
             raise PurrError(f"temperature tau must be > 0, got {tau}")
-        probs = torch.softmax(logits_fn(x, t).float() / tau, dim=-1)      # (B, h, w, K)
-        x = torch.where(reveal, sample_from_quantile(probs, w_draw), x)
+        x = torch.where(reveal, draw(x, t, reveal, w_draw, tau), x)
     return x
 
 
@@ -158,19 +225,20 @@ class DFM(FlowMethod):
         t = sample_time(codes.shape[0], codes.device, generator)
         x_t = mask_path_sample(codes, t, self.kappa, self.mask_id, generator)
         y = drop_labels(y, self.label_dropout, model.null_class, generator)
-        logits = logits_from_features(model, model.features(x_t, t, y))    # (B, h, w, K)
+        h = model.features(x_t, t, y)                                       # (B, N, hidden)
         masked = x_t == self.mask_id
         if not bool(masked.any()):  # every position revealed: nothing to predict in this batch
-            zero = logits.sum() * 0.0
+            zero = (h.sum() + sum(p.sum() for p in model.head.parameters())) * 0.0  # keeps every parameter in the graph
             return LossOutput(zero, {"ce": 0.0, "z_loss": 0.0, "masked_frac": 0.0})
-        chosen = logits[masked]                                             # (M, K)
-        ce = F.cross_entropy(chosen, codes.long()[masked])
-        z_sq = torch.logsumexp(chosen, dim=-1).pow(2).mean()
+        ce, z_sq = masked_cross_entropy_and_zloss(model, h, codes, masked, self.z_loss_weight)
         loss = ce + self.z_loss_weight * z_sq
         return LossOutput(loss, {"ce": ce.item(), "z_loss": z_sq.item(), "masked_frac": masked.float().mean().item()})
 
     def logits(self, model: DiT, x: torch.Tensor, t: float, y: torch.Tensor, cfg_scale: float) -> torch.Tensor:
-        """Guided denoiser logits ``(B, h, w, K)`` at ids ``x``: CFG mixes the features, the K-way head runs once."""
+        """Guided denoiser logits ``(B, h, w, K)`` at ids ``x``: CFG mixes the features, the K-way head runs once.
+
+        Materialised: for tests and inspection; :meth:`generate` draws through :func:`quantile_draws` instead.
+        """
         return logits_from_features(model, guided_features(model, x, t, y, cfg_scale))
 
     @torch.no_grad()
@@ -185,5 +253,6 @@ class DFM(FlowMethod):
         if sampler.solver != "euler":
             raise PurrError(f"solver {sampler.solver!r} does not apply to dfm (it has its own discrete Euler sampler); "
                             "use --solver euler")
-        logits_fn = lambda x, t: self.logits(model, x, t, y, sampler.cfg_at(t))  # noqa: E731
-        return discrete_euler(logits_fn, noise, sampler.steps, self.kappa, self.mask_id, sampler.tau_at, callback)
+        def draw(x: torch.Tensor, t: float, reveal: torch.Tensor, w: torch.Tensor, tau: float) -> torch.Tensor:
+            return quantile_draws(model, guided_features(model, x, t, y, sampler.cfg_at(t)), reveal, w, tau)
+        return discrete_euler(draw, noise, sampler.steps, self.kappa, self.mask_id, sampler.tau_at, callback)
