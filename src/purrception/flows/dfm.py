@@ -252,7 +252,7 @@ class DFM(FlowMethod):
         """
         if sampler.solver != "euler":
             raise PurrError(f"solver {sampler.solver!r} does not apply to dfm (it has its own discrete Euler sampler); "
-                            "use --solver euler")
+                            "use solver euler")
         def draw(x: torch.Tensor, t: float, reveal: torch.Tensor, w: torch.Tensor, tau: float) -> torch.Tensor:
             return quantile_draws(model, guided_features(model, x, t, y, sampler.cfg_at(t)), reveal, w, tau)
         return discrete_euler(draw, noise, sampler.steps, self.kappa, self.mask_id, sampler.tau_at, callback)
