@@ -354,14 +354,15 @@ def collect_demo(s: Suite, record: dict) -> None:
                           f"{summary['training']['steps']} training steps.\n\n"
                           f"| tau | class accuracy |\n|---|---:|\n{rows}")
     if s.demo_cache != s.cache and record["status"] == "ok":
-        seed_cache(s.demo_cache, s.cache)
+        classifiers = list(s.demo_cache.glob("classifier-*"))
+        seed_cache([Path(record["figures"]["tokenizer"]), Path(record["figures"]["shards"]), *classifiers], s.cache)
 
 
-def seed_cache(source: Path, dest: Path) -> None:
-    """Copy what ``source`` has and ``dest`` lacks (tokenizer, shards, classifier): the study's cache then needs no
-    second training of any of them."""
+def seed_cache(entries: list[Path], dest: Path) -> None:
+    """Copy the demo's tokenizer, shards and digit classifier into the study's cache where it lacks them, so that
+    the study trains none of them again."""
     dest.mkdir(parents=True, exist_ok=True)
-    for entry in source.iterdir():
+    for entry in entries:
         if entry.is_dir() and not (dest / entry.name).exists():
             shutil.copytree(entry, dest / entry.name)
 
@@ -546,7 +547,11 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(header_lines(machine)), flush=True)
     suite = Suite(args, machine)
     suite.started = started  # the probe counts against the budget too
-    return suite.run(STAGES)
+    try:
+        return suite.run(STAGES)
+    except KeyboardInterrupt:
+        print(f"gpu_suite: interrupted; what was measured is in {suite.out / 'results.md'}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -121,3 +121,37 @@ def test_tables_and_tail_are_read_from_a_log(tmp_path):
                     b"train:  50%\rtrain: 100%\nSampling\n| c |\n")
     assert suite.markdown_tables(log) == "Training step\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\nSampling\n\n| c |"
     assert suite.log_tail(log, chars=20) == "100%\nSampling\n| c |\n"  # a progress bar's last state only
+
+
+def test_on_a_gpu_the_study_gets_the_fresh_demo_cache_copied_into_a_kept_one(tmp_path):
+    """The GPU run's demo uses a fresh cache (removed at each run); the study's data must outlive it."""
+    suite_mod = _suite_module()
+    args = suite_mod.argparse.Namespace(dry_run=False, device="cuda", out=str(tmp_path / "out"), cache_dir=None,
+                                        demo_cache=None, budget_s=540.0)
+    suite = suite_mod.Suite(args, {"liger": False})
+    assert suite.demo_cache == tmp_path / "out" / "demo" / "cache" and suite.cache == tmp_path / "out" / "cache"
+    plan = suite_mod.plan_demo(suite)
+    assert plan.argv[plan.argv.index("--cache-dir") + 1] == str(suite.demo_cache)
+    assert "--tokenizer-steps" not in plan.argv  # the GPU run is the real demo, not the tiny one
+    for name in ("tokenizer-a", "shards-b-train", "classifier-c", "something-else"):
+        (suite.demo_cache / name).mkdir(parents=True)
+        (suite.demo_cache / name / "f").write_text(name)
+    summary = {"results": {"1.0": {"class_accuracy": 0.9}}, "timings_s": {"train_s": 1.0, "tokenizer_s": 2.0},
+               "training": {"steps": 1500, "final_loss": 1.0},
+               "tokenizer": {"path": str(suite.demo_cache / "tokenizer-a")},
+               "shards": {"path": str(suite.demo_cache / "shards-b-train")}}
+    (suite.out / "demo" / "out").mkdir(parents=True)
+    (suite.out / "demo" / "out" / "demo.json").write_text(json.dumps(summary))
+    record = {"status": "ok", "seconds": 50.0}
+    suite_mod.collect_demo(suite, record)
+    assert sorted(p.name for p in suite.cache.iterdir()) == ["classifier-c", "shards-b-train", "tokenizer-a"]
+    assert "tokenizer 2.0 s, train 1.0 s" in record["markdown"] and "| 1.0 | 0.900 |" in record["markdown"]
+
+    plan = suite_mod.plan_convergence(suite)
+    argv = plan.argv
+    assert argv[argv.index("--tokenizer") + 1] == str(suite.cache / "tokenizer-a")
+    assert argv[argv.index("--shards") + 1] == str(suite.cache / "shards-b-train")
+    assert plan.env == {"PURR_CACHE": str(suite.cache)} and "steps=20000" in argv and argv[-1] == "0"  # --seeds 0
+    suite_mod.shutil.rmtree(suite.demo_cache)  # the next run's demo starts afresh; the study keeps its data
+    (suite.out / "demo" / "out" / "demo.json").unlink()
+    assert suite_mod.plan_convergence(suite).argv == argv
