@@ -225,10 +225,10 @@ class Suite:
     def run_stage(self, stage: Stage, record: dict[str, Any]) -> None:
         min_s = stage.min_s[self.dry]
         cap = stage.max_s[self.dry]
-        left = self.left() - self.margin
-        if left < min_s:
+        available = self.left() - self.margin - self.grace  # the stage may take the grace period on top when stopped
+        if available < min_s:
             record.update(status="skipped", seconds=0.0,
-                          note=f"needs about {min_s:.0f} s; {max(left, 0):.0f} s of the budget were left")
+                          note=f"needs about {min_s:.0f} s; {max(available, 0):.0f} s of the budget were left")
             return
         try:
             plan = stage.plan(self)
@@ -237,7 +237,7 @@ class Suite:
             return
         if plan.json_out is not None and plan.json_out.exists():
             plan.json_out.unlink()  # never report an earlier run's figures as this run's
-        timeout = (min(left, cap) if cap else left) - self.grace
+        timeout = min(available, cap) if cap else available
         log = self.out / "logs" / f"{stage.name}.log"
         record.update(status="running", command=shlex.join(plan.argv),
                       env=dict(plan.env), log=str(log), json=str(plan.json_out) if plan.json_out else None,
