@@ -433,10 +433,11 @@ def _child(c: Case, memory: bool) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure_all(cases: list[Case], rounds: int = 1) -> dict[Case, dict]:
+def measure_all(cases: list[Case], rounds: int = 1, memory: bool = True) -> dict[Case, dict]:
     """Time every case ``rounds`` times, round-robin (each round runs every case once, each in a fresh process),
-    and measure its ``step_bytes`` once; ``seconds`` is the median over the rounds. Interleaving the rounds spreads
-    the machine's slow spells over all variants instead of whichever case ran during one. Progress on stderr."""
+    and, with ``memory``, measure its ``step_bytes`` once (one more process per case); ``seconds`` is the median over
+    the rounds. Interleaving the rounds spreads the machine's slow spells over all variants instead of whichever case
+    ran during one. Progress on stderr."""
     timings: dict[Case, list[dict]] = {c: [] for c in cases}
     for r in range(rounds):
         for c in cases:
@@ -447,7 +448,8 @@ def measure_all(cases: list[Case], rounds: int = 1) -> dict[Case, dict]:
     for c in cases:
         runs = timings[c]
         results[c] = {**runs[0], "seconds": statistics.median(run["seconds"] for run in runs),
-                      "peak_bytes": max(run["peak_bytes"] for run in runs), **_child(c, memory=True)}
+                      "peak_bytes": max(run["peak_bytes"] for run in runs),
+                      **(_child(c, memory=True) if memory else {})}
     return results
 
 

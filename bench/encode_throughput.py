@@ -5,10 +5,12 @@ Usage::
     python bench/encode_throughput.py --device cpu --batch-size 2 --batches 2
     python bench/encode_throughput.py --device cuda --batch-size 64 --batches 20
     python bench/encode_throughput.py --sd-ckpt vq-f8.ckpt --llamagen-ckpt vq_ds8_c2i.pt   # real weights
+    python bench/encode_throughput.py --image-size 32 --batch-size 1 --batches 1 --json enc.json  # smoke run
 
 Without checkpoint paths the architectures get random weights: the cost of ``encode`` (encoder, quant_conv and
-the nearest-code search over K=16384 rows) does not depend on the weights' values. Prints one JSON line per
-tokenizer plus a Markdown table.
+the nearest-code search over K=16384 rows) does not depend on the weights' values. ``--image-size`` times another
+square size than the tokenizers' own 256 (the networks are convolutional; smaller sizes only make smoke runs quick).
+Prints one JSON line per tokenizer plus a Markdown table; ``--json PATH`` also writes the rows to a file.
 """
 
 from __future__ import annotations
@@ -41,9 +43,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(tok: VQGANTokenizer, device: torch.device, batch: int, batches: int) -> dict:
+def measure(tok: VQGANTokenizer, device: torch.device, batch: int, batches: int, size: int = 0) -> dict:
     tok = tok.to(device)
-    x = torch.rand(batch, 3, tok.image_size, tok.image_size, device=device) * 2 - 1
+    size = size or tok.image_size
+    x = torch.rand(batch, 3, size, size, device=device) * 2 - 1
     with torch.inference_mode():
         tok.encode(x)  # warm-up (cuDNN autotune, allocator, oneDNN primitives)
         sync(device)
@@ -66,6 +69,7 @@ def measure(tok: VQGANTokenizer, device: torch.device, batch: int, batches: int)
     return {
         "kind": tok.kind,
         "device": str(device),
+        "image_size": size,
         "batch_size": batch,
         "images": n,
         "seconds": round(seconds, 3),
@@ -88,6 +92,8 @@ def main() -> None:
     p.add_argument("--sd-ckpt", default=None)
     p.add_argument("--llamagen-ckpt", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--image-size", type=int, default=0, help="square input size (default: the tokenizer's, 256)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the rows to PATH as JSON")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -98,17 +104,20 @@ def main() -> None:
                     f"{os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f}")
     rows = []
     for kind in args.kinds:
-        row = measure(build(kind, ckpts.get(kind)), device, args.batch_size, args.batches)
+        row = measure(build(kind, ckpts.get(kind)), device, args.batch_size, args.batches, args.image_size)
         row["machine"] = machine
         row["weights"] = "checkpoint" if ckpts.get(kind) else "random"
         print(json.dumps(row), flush=True)
         rows.append(row)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"torch": torch.__version__, "machine": machine, "rows": rows},
+                                              indent=2) + "\n")
     print(f"\ntorch {torch.__version__}; {machine}")
-    print("| tokenizer | device | batch | images/s | codes per image | float32 latent per image | ratio |")
-    print("|---|---|---|---|---|---|---|")
+    print("| tokenizer | device | size | batch | images/s | codes per image | float32 latent per image | ratio |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = r["float32_latent_bytes_per_image"] / r["code_bytes_per_image"]
-        print(f"| {r['kind']} | {r['device']} | {r['batch_size']} | {r['images_per_s']} | "
+        print(f"| {r['kind']} | {r['device']} | {r['image_size']} | {r['batch_size']} | {r['images_per_s']} | "
               f"{r['code_bytes_per_image']} B ({r['codes_shape'][0]}x{r['codes_shape'][1]} {r['codes_dtype']}) | "
               f"{r['float32_latent_bytes_per_image']} B | {ratio:.0f}x |")
 

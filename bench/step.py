@@ -19,11 +19,14 @@ Examples:
     python bench/step.py                                   # CPU, 256x6/2 and 384x6/2, 16x16x4 latents, batch 8
     python bench/step.py --device cuda --dtype bf16 --backbones DiT-B/2 --latent 32 --batch 32 --quick
     python bench/step.py --quick --variants cfm,chunked,dfm-naive,dfm      # DFM next to Purrception, K=16384
+    python bench/step.py --json step.json                  # the same figures, also as JSON (one record per case)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -33,32 +36,54 @@ from _harness import (VARIANTS, Case, add_common_args, case_flops, cases_from_ar
                       measure_all, mib, ratio, table, with_variant)
 
 
-def report(cases: list[Case], rounds: int, title: str, per_image: bool, memory: bool) -> None:
-    results = measure_all(cases, rounds)
-    rows = []
+def report(cases: list[Case], rounds: int, title: str, per_image: bool, memory: bool) -> list[dict]:
+    """Measure ``cases``, print their table and return one record per case (the table's figures, unrounded)."""
+    results = measure_all(cases, rounds, memory)
+    rows, records = [], []
     for c in cases:
         r = results[c]
         ms = r["seconds"] * 1e3 / (c.batch if per_image else 1)
         ref = results.get(with_variant(c, "cfm"))
         naive = results.get(with_variant(c, VARIANTS[c.variant].reference))
-        t_ratio = f"{r['seconds'] / ref['seconds']:.2f}" if ref else "-"
-        f_ratio = f"{case_flops(c) / case_flops(with_variant(c, 'cfm')):.2f}"
-        eff = f"{(r['seconds'] / ref['seconds']) / (case_flops(c) / case_flops(with_variant(c, 'cfm'))):.2f}" if ref else "-"
-        row = [c.backbone.spec, c.K, c.variant, f"{ms:.1f}", t_ratio, f_ratio, eff,
-               f"{r['seconds'] / naive['seconds']:.2f}" if naive and VARIANTS[c.variant].categorical else "-"]
+        categorical = VARIANTS[c.variant].categorical
+        flops = case_flops(c) / case_flops(with_variant(c, "cfm"))
+        time_cfm = r["seconds"] / ref["seconds"] if ref else None
+        time_naive = r["seconds"] / naive["seconds"] if naive and categorical else None
+        record = {"backbone": c.backbone.spec, "K": c.K, "variant": c.variant, "batch": c.batch,
+                  "seconds": r["seconds"], "time_over_cfm": time_cfm, "flops_over_cfm": flops,
+                  "efficiency": time_cfm / flops if ref else None, "time_over_naive": time_naive}
+        if per_image:
+            record["ms_per_image"] = ms
+        else:
+            record.update(ms_per_step=ms, images_per_s=c.batch / r["seconds"])  # training images/s, this step alone
+        row = [c.backbone.spec, c.K, c.variant, f"{ms:.1f}", _fmt(time_cfm), f"{flops:.2f}",
+               _fmt(record["efficiency"]), _fmt(time_naive)]
         if memory:
-            categorical = VARIANTS[c.variant].categorical
             row += [mib(r["peak_bytes"]), ratio(r["peak_bytes"], ref, "peak_bytes"),
                     ratio(r["peak_bytes"], naive if categorical else None, "peak_bytes"),
                     mib(r["step_bytes"]), ratio(r["step_bytes"], ref, "step_bytes"),
                     ratio(r["step_bytes"], naive if categorical else None, "step_bytes")]
+            record.update(peak_bytes=r["peak_bytes"], step_bytes=r["step_bytes"])
         rows.append(row)
+        records.append(record)
     unit = "ms/image" if per_image else "ms/step"
     header = ["backbone", "K", "variant", unit, "time/CFM", "FLOPs/CFM", "efficiency", "time/naive"]
     if memory:
         header += ["peak MiB", "mem/CFM", "mem/naive", "step MiB", "step/CFM", "step/naive"]
     print(f"\n{title}\n")
-    print(table(rows, header))
+    print(table(rows, header), flush=True)
+    return records
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _write_json(path: str, figures: dict) -> None:
+    """Write ``figures`` to ``path`` through a temporary file, so a reader never sees half a file."""
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(figures, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def main() -> None:
@@ -67,18 +92,28 @@ def main() -> None:
     parser.add_argument("--cfg-scale", type=float, default=1.5, help="guidance scale while sampling")
     parser.add_argument("--tau", type=float, default=1.0)
     parser.add_argument("--tasks", default="step,sample", help="comma list: step (training), sample (default: %(default)s)")
+    parser.add_argument("--json", default=None, metavar="PATH",
+                        help="also write the figures to PATH as JSON, rewritten after each task")
     args = parser.parse_args()
-    print(machine_line(args.device, args.threads))
-    print(f"latents {args.latent}x{args.latent}x{args.latent_dim}, batch {args.batch}, dtype {args.dtype}, "
-          f"factorised rank {args.rank}, chunk budget {args.chunk_mib or 'default'} MiB, "
-          f"rounds {args.rounds}")
+    machine = machine_line(args.device, args.threads)
+    settings = (f"latents {args.latent}x{args.latent}x{args.latent_dim}, batch {args.batch}, dtype {args.dtype}, "
+                f"factorised rank {args.rank}, chunk budget {args.chunk_mib or 'default'} MiB, "
+                f"rounds {args.rounds}")
+    print(machine)
+    print(settings)
+    figures = {"machine": machine, "settings": settings, "args": vars(args)}
     tasks = args.tasks.split(",")
     if "step" in tasks:
-        report(cases_from_args(args, "step"), args.rounds, "Training step (forward + backward + AdamW)", False, True)
+        figures["step"] = report(cases_from_args(args, "step"), args.rounds,
+                                 "Training step (forward + backward + AdamW)", False, True)
+        if args.json:
+            _write_json(args.json, figures)
     if "sample" in tasks:
-        report(cases_from_args(args, "sample", args.cfg_scale, args.tau), args.rounds,
-               f"Sampling: one velocity evaluation, CFG {args.cfg_scale} (cond+uncond batched), per image",
-               True, True)
+        figures["sample"] = report(cases_from_args(args, "sample", args.cfg_scale, args.tau), args.rounds,
+                                   f"Sampling: one velocity evaluation, CFG {args.cfg_scale} (cond+uncond batched), "
+                                   "per image", True, True)
+        if args.json:
+            _write_json(args.json, figures)
 
 
 if __name__ == "__main__":

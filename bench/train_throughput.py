@@ -5,11 +5,13 @@ Synthetic random token shards of the right shape stand in for real data (no toke
 is one full run of ``--warmup + --steps`` steps in this process; the first ``--warmup`` steps (CUDA / compile warm-up)
 are excluded, the rest are timed from the engine's own ``metrics.jsonl``. Peak memory: ``max_memory_allocated`` on
 CUDA; the process's ``ru_maxrss`` on CPU (cumulative over runs, so CPU rows after the first are upper bounds).
-Ratios are to the first row.
+``--methods`` repeats every precision for each training objective (default: the preset's). Ratios are to the first
+row.
 
 Examples:
     python bench/train_throughput.py --device cuda --preset paper-dit-b2 --precision bf16
     python bench/train_throughput.py --device cuda --preset paper-dit-b2 --precision bf16 fp32 --micro-batch 128
+    python bench/train_throughput.py --device cuda --preset paper-dit-b2 --methods purrception cfm --json tp.json
     python bench/train_throughput.py --preset mnist-demo --latent 7 --K 128 --classes 10 --precision fp32
 """
 
@@ -52,14 +54,16 @@ def machine(device: str) -> str:
            f"{torch.get_num_threads()} threads"
 
 
-def measure(args: argparse.Namespace, shards: Path, precision: str, work: Path) -> dict:
+def measure(args: argparse.Namespace, shards: Path, precision: str, work: Path, method: str | None = None) -> dict:
     overrides = [f"steps={args.warmup + args.steps}", f"log_every={args.warmup}", f"precision={precision}",
                  f"compile={json.dumps(args.compile)}", "ckpt_every=1000000000", "keep_last=1", "sample_every=0",
                  "tensorboard=false", *args.set]
     if args.micro_batch:
         overrides.append(f"micro_batch_size={args.micro_batch}")
+    if method:
+        overrides.append(f"method={method}")
     config = resolve_config(args.preset, overrides=overrides)
-    run = work / f"run-{precision}"
+    run = work / f"run-{config.method}-{precision}"
     t0 = time.perf_counter()
     train(config, shards, run, progress=False, device=args.device)
     wall = time.perf_counter() - t0
@@ -80,6 +84,8 @@ def main() -> None:
     parser.add_argument("--preset", default="paper-dit-b2", choices=sorted(TRAIN_PRESETS))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", nargs="+", default=["bf16"], choices=PRECISIONS)
+    parser.add_argument("--methods", nargs="+", default=[None], metavar="METHOD",
+                        help="training objectives to measure, each at every precision (default: the preset's)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks")
     parser.add_argument("--micro-batch", type=int, default=0, help="micro-batch (0: the whole global batch at once)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps (also the timing window)")
@@ -90,6 +96,7 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--items", type=int, default=8192, help="synthetic shard size")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more TrainConfig overrides")
+    parser.add_argument("--json", default=None, metavar="PATH", help="also write the rows to PATH as JSON")
     args = parser.parse_args()
     if args.steps % args.warmup:
         raise SystemExit("--steps must be a multiple of --warmup (the engine logs every --warmup steps)")
@@ -98,25 +105,33 @@ def main() -> None:
         work = Path(tmp)
         shards = synthetic_shards(work / "shards", args.items, args.latent, args.K, args.d, args.classes)
         rows = []
-        for precision in args.precision:
-            rows.append((precision, measure(args, shards, precision, work)))
-            print(f"  measured {precision}: {rows[-1][1]['images_per_s']:.1f} images/s", file=sys.stderr, flush=True)
-            gc.collect()
-            if args.device.startswith("cuda"):
-                torch.cuda.empty_cache()
+        for method in args.methods:
+            for precision in args.precision:
+                rows.append((precision, measure(args, shards, precision, work, method)))
+                print(f"  measured {rows[-1][1]['config'].method} {precision}: "
+                      f"{rows[-1][1]['images_per_s']:.1f} images/s", file=sys.stderr, flush=True)
+                gc.collect()
+                if args.device.startswith("cuda"):
+                    torch.cuda.empty_cache()
 
     config = rows[0][1]["config"]
     micro = args.micro_batch or config.batch_size
+    settings = (f"preset {args.preset}: {config.model}, {args.latent}x{args.latent} codes, K={args.K}, d={args.d}, "
+                f"global batch {config.batch_size} (micro-batch {micro}), compile={args.compile}, "
+                f"{args.steps} timed steps after {args.warmup} warm-up steps, 1 process")
     print(f"machine: {machine(args.device)}")
-    print(f"preset {args.preset}: {config.model}, method {config.method}, {args.latent}x{args.latent} codes, "
-          f"K={args.K}, d={args.d}, global batch {config.batch_size} (micro-batch {micro}), compile={args.compile}, "
-          f"{args.steps} timed steps after {args.warmup} warm-up steps, 1 process")
-    print("| precision | images/s | s/step | peak memory (GiB) | images/s ratio | run wall (s) |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print(settings)
+    print("| method | precision | images/s | s/step | peak memory (GiB) | images/s ratio | run wall (s) |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     base = rows[0][1]["images_per_s"]
     for precision, r in rows:
-        print(f"| {precision} | {r['images_per_s']:,.1f} | {r['step_s']:.3f} | {r['peak_gb']:.2f} | "
-              f"{r['images_per_s'] / base:.2f} | {r['wall_s']:.1f} |")
+        print(f"| {r['config'].method} | {precision} | {r['images_per_s']:,.1f} | {r['step_s']:.3f} | "
+              f"{r['peak_gb']:.2f} | {r['images_per_s'] / base:.2f} | {r['wall_s']:.1f} |")
+    if args.json:
+        records = [{"method": r["config"].method, "precision": precision,
+                    **{k: v for k, v in r.items() if k != "config"}} for precision, r in rows]
+        Path(args.json).write_text(json.dumps({"machine": machine(args.device), "settings": settings,
+                                               "rows": records}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
