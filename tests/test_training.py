@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from purrception.errors import PurrError
-from purrception.training.checkpoint import load_checkpoint
+from purrception.training.checkpoint import load_checkpoint, save_checkpoint
 from purrception.training.loop import train
 
 from conftest import TIMINGS, tiny_config
@@ -37,13 +37,13 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_shards_dir, tmp_path):
     # a run "killed" after step 3 resumes with the full config's step count
     resumed_cfg = tiny_config(steps=6, ckpt_every=3)
     ckpt3 = load_checkpoint(tmp_path / "split" / "checkpoints" / "step_00000003.pt")
-    ckpt3.raw["config"]["steps"] = 6
-    torch.save(ckpt3.raw, tmp_path / "split" / "checkpoints" / "step_00000003.pt")
+    ckpt3.state.config["steps"] = 6
+    save_checkpoint(tmp_path / "split" / "checkpoints" / "step_00000003.pt", ckpt3.state)
     train(resumed_cfg, tiny_shards_dir, tmp_path / "split", resume=True, progress=False)
-    a = load_checkpoint(full.checkpoint).raw
-    b = load_checkpoint(tmp_path / "split" / "checkpoints" / "step_00000006.pt").raw
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
+    a = load_checkpoint(full.checkpoint).state
+    b = load_checkpoint(tmp_path / "split" / "checkpoints" / "step_00000006.pt").state
+    for key in a.model:
+        assert torch.equal(a.model[key], b.model[key]), key
     curve_a = (tmp_path / "full" / "metrics.jsonl").read_text()
     curve_b = (tmp_path / "split" / "metrics.jsonl").read_text()
     strip = lambda text: [{k: v for k, v in json.loads(l).items() if k not in TIMINGS} for l in text.splitlines()]  # noqa: E731
@@ -103,3 +103,53 @@ def test_adamw_is_fused_where_possible_and_matches_the_default_update(monkeypatc
     assert not fallback.defaults["fused"]
     for pc, pb in zip(c, b):
         torch.testing.assert_close(pc, pb)
+
+
+#: the top-level keys every checkpoint written so far holds (format version 1)
+ORIGINAL_KEYS = {"format", "version", "config", "model_config", "method", "tokenizer", "codebook", "num_classes",
+                 "latent_shape", "step", "data_position", "model", "ema", "ema_updates", "optimizer", "rng",
+                 "world_size", "train_seconds"}
+
+
+def test_checkpoint_state_writes_the_original_keys(tiny_checkpoint):
+    on_disk = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    assert set(on_disk) == ORIGINAL_KEYS
+    assert set(load_checkpoint(tiny_checkpoint).state.to_dict()) == ORIGINAL_KEYS
+
+
+def test_checkpoint_in_the_original_layout_loads_and_resumes_exactly(tiny_shards_dir, tiny_tokenizer_dir, tmp_path):
+    config = tiny_config(steps=4, ckpt_every=2, keep_last=0)
+    full = train(config, tiny_shards_dir, tmp_path / "full", progress=False)
+    s = load_checkpoint(tmp_path / "full" / "checkpoints" / "step_00000002.pt").state  # values only
+    original = {  # materialised key by key, as the writer laid them out before the state dataclass
+        "format": "purrception-checkpoint", "version": 1, "config": config.to_dict(),
+        "model_config": s.model_config, "method": {"name": "purrception", "options": s.method["options"]},
+        "tokenizer": {"identity": s.tokenizer["identity"], "path": str(tiny_tokenizer_dir)},
+        "codebook": s.codebook, "num_classes": 10, "latent_shape": [7, 7], "step": 2,
+        "data_position": {"step": 2, "samples_seen": 16, "seed": 0}, "model": s.model, "ema": s.ema,
+        "ema_updates": 2, "optimizer": s.optimizer, "rng": s.rng, "world_size": 1, "train_seconds": 0.5,
+    }
+    (tmp_path / "old" / "checkpoints").mkdir(parents=True)
+    torch.save(original, tmp_path / "old" / "checkpoints" / "step_00000002.pt")
+    ckpt = load_checkpoint(tmp_path / "old" / "checkpoints" / "step_00000002.pt")
+    assert (ckpt.step, ckpt.method_name, ckpt.num_classes, ckpt.train_seconds) == (2, "purrception", 10, 0.5)
+    assert ckpt.tokenizer_path == str(tiny_tokenizer_dir) and ckpt.train_config == config
+    assert ckpt.build_model(ema=False).state_dict().keys() == s.model.keys()
+    assert ckpt.build_method().name == "purrception"
+    train(config, tiny_shards_dir, tmp_path / "old", resume=True, progress=False)
+    a = load_checkpoint(full.checkpoint).state
+    b = load_checkpoint(tmp_path / "old" / "checkpoints" / "step_00000004.pt").state
+    for key in a.model:
+        assert torch.equal(a.model[key], b.model[key]), key
+
+
+def test_incomplete_or_foreign_checkpoint_dicts_are_refused_by_name(tiny_checkpoint, tmp_path):
+    from purrception.training.checkpoint import CheckpointState
+
+    entries = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
+    del entries["ema"]
+    torch.save(entries, tmp_path / "no-ema.pt")
+    with pytest.raises(PurrError, match=r"no-ema.pt is not a complete checkpoint of this library \(missing ema\)"):
+        load_checkpoint(tmp_path / "no-ema.pt")
+    with pytest.raises(PurrError, match="is not a checkpoint of this library"):
+        CheckpointState.from_dict({"model": {}}, "weights.pt")

@@ -106,7 +106,7 @@ def run_demo(settings: DemoSettings, progress: bool = True) -> dict[str, Any]:
         "tokenizer": {"path": str(tok_dir), "identity": tokenizer.identity().to_dict(), **tok_meta["metrics"]},
         "shards": {"path": str(shard_dir), "num_items": len(shards)},
         "training": {"checkpoint": str(result.checkpoint), "steps": result.step, "final_loss": result.last_loss,
-                     "config": ckpt.raw["config"]},
+                     "config": ckpt.state.config},
         "sampling": {"solver": "euler", "steps": settings.steps, "cfg_scale": settings.cfg_scale,
                      "temperatures": list(settings.temperatures), "per_class": settings.per_class,
                      "seed": settings.seed, "weights": "EMA"},

@@ -48,8 +48,8 @@ from purrception.errors import PurrError
 from purrception.flows.base import FlowMethod, LossOutput, get_method
 from purrception.io import atomic_save_json
 from purrception.models.dit import DiT, dit_config_from_preset
-from purrception.training.checkpoint import (Checkpoint, capture_rng_state, load_checkpoint, restore_rng_state,
-                                             save_checkpoint)
+from purrception.training.checkpoint import (Checkpoint, CheckpointState, capture_rng_state, load_checkpoint,
+                                             restore_rng_state, save_checkpoint)
 from purrception.training.config import TrainConfig
 from purrception.training.data import ShardBatches, slot_generator
 from purrception.training.ema import EMA
@@ -230,7 +230,7 @@ def train(config: TrainConfig, shards_path: str | Path, run_dir: str | Path, tok
         raise PurrError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose another --out")
     if existing is not None:
         resumed = load_checkpoint(existing)
-        config = TrainConfig.from_dict(resumed.raw["config"])  # the checkpoint wins on resume
+        config = resumed.train_config  # the checkpoint wins on resume
         if info.is_main:
             log.info("resuming %s from step %d", run_dir, resumed.step)
 
@@ -251,12 +251,16 @@ def train(config: TrainConfig, shards_path: str | Path, run_dir: str | Path, tok
     ema = EMA(model, config.ema_decay, config.ema_warmup)
     start_step, train_seconds = 0, 0.0
     if resumed is not None:
-        model.load_state_dict(resumed.raw["model"])
-        ema.load_state_dict({"model": resumed.raw["ema"], "num_updates": resumed.raw["ema_updates"]})
-        opt.load_state_dict(resumed.raw["optimizer"])
+        state = resumed.state
+        if state.optimizer is None or state.ema_updates is None:
+            raise PurrError(f"checkpoint {resumed.path} holds no optimizer or EMA state, so it cannot be resumed; "
+                            f"train into a new --out")
+        model.load_state_dict(state.model)
+        ema.load_state_dict({"model": state.ema, "num_updates": state.ema_updates})
+        opt.load_state_dict(state.optimizer)
         start_step = resumed.step
         train_seconds = resumed.train_seconds or 0.0
-        rng = resumed.raw.get("rng")
+        rng = state.rng
         if rng is not None and len(rng) == info.world_size:
             restore_rng_state(rng[info.rank], dev)
     if config.compile:
@@ -285,17 +289,17 @@ def train(config: TrainConfig, shards_path: str | Path, run_dir: str | Path, tok
         _truncate_metrics(run_dir / "metrics.jsonl", start_step)
     writer = _RunWriter(config, run_dir, info, tokenizer_entry["path"], shards)
 
-    def checkpoint_entries(step: int, rng: list[Any]) -> dict[str, Any]:
-        return {
-            "config": config.to_dict(), "model_config": model.config.to_dict(),
-            "method": {"name": method.name, "options": method.options()},
-            "tokenizer": tokenizer_entry, "codebook": codebook.clone(), "num_classes": shards.num_classes,
-            "latent_shape": list(shards.latent_shape), "step": step,
-            "data_position": {"step": step, "samples_seen": step * config.batch_size, "seed": config.seed},
-            "model": model.state_dict(), "ema": ema.model.state_dict(), "ema_updates": ema.num_updates,
-            "optimizer": opt.state_dict(), "rng": rng, "world_size": info.world_size,
-            "train_seconds": train_seconds,
-        }
+    def checkpoint_state(step: int, rng: list[Any]) -> CheckpointState:
+        return CheckpointState(
+            config=config.to_dict(), model_config=model.config.to_dict(),
+            method={"name": method.name, "options": method.options()},
+            tokenizer=tokenizer_entry, codebook=codebook.clone(), num_classes=shards.num_classes, step=step,
+            model=model.state_dict(), ema=ema.model.state_dict(), ema_updates=ema.num_updates,
+            optimizer=opt.state_dict(), rng=rng, world_size=info.world_size,
+            latent_shape=list(shards.latent_shape),
+            data_position={"step": step, "samples_seen": step * config.batch_size, "seed": config.seed},
+            train_seconds=train_seconds,
+        )
 
     last_saved = existing
     loss_value = float("nan")
@@ -345,7 +349,7 @@ def train(config: TrainConfig, shards_path: str | Path, run_dir: str | Path, tok
                                         f"lower the learning rate or enable grad_clip")
                     log.warning("parameters are non-finite after step %d; checkpoint not written", done)
                 elif info.is_main:
-                    last_saved = save_checkpoint(ckpt_dir / f"step_{done:08d}.pt", checkpoint_entries(done, rng))
+                    last_saved = save_checkpoint(ckpt_dir / f"step_{done:08d}.pt", checkpoint_state(done, rng))
                     _prune_checkpoints(ckpt_dir, config.keep_last, config.keep_every)
             if config.sample_every > 0 and done % config.sample_every == 0:
                 writer.samples(done, method, ema.model, shards.num_classes, dev)
