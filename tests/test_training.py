@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 
 import pytest
 import torch
 
 from purrception.errors import PurrError
-from purrception.training.checkpoint import load_checkpoint, save_checkpoint
-from purrception.training.loop import train
+from purrception.training.checkpoint import load_checkpoint
+from purrception.training.loop import latest_checkpoint, train
 
-from conftest import TIMINGS, tiny_config
+from conftest import TIMINGS, TINY_MODEL, tiny_config
 
 
 def test_short_training_lowers_the_loss(tiny_shards_dir, tmp_path):
@@ -34,12 +36,8 @@ def test_checkpoint_carries_everything_needed_to_sample(tiny_checkpoint, tiny_to
 def test_resume_reproduces_the_uninterrupted_run(tiny_shards_dir, tmp_path):
     full = train(tiny_config(steps=6, ckpt_every=3), tiny_shards_dir, tmp_path / "full", progress=False)
     train(tiny_config(steps=3, ckpt_every=3), tiny_shards_dir, tmp_path / "split", progress=False)
-    # a run "killed" after step 3 resumes with the full config's step count
-    resumed_cfg = tiny_config(steps=6, ckpt_every=3)
-    ckpt3 = load_checkpoint(tmp_path / "split" / "checkpoints" / "step_00000003.pt")
-    ckpt3.state.config["steps"] = 6
-    save_checkpoint(tmp_path / "split" / "checkpoints" / "step_00000003.pt", ckpt3.state)
-    train(resumed_cfg, tiny_shards_dir, tmp_path / "split", resume=True, progress=False)
+    # a run stopped after step 3 resumes to the full config's step count
+    train(tiny_config(steps=6, ckpt_every=3), tiny_shards_dir, tmp_path / "split", resume=True, progress=False)
     a = load_checkpoint(full.checkpoint).state
     b = load_checkpoint(tmp_path / "split" / "checkpoints" / "step_00000006.pt").state
     for key in a.model:
@@ -111,10 +109,10 @@ ORIGINAL_KEYS = {"format", "version", "config", "model_config", "method", "token
                  "world_size", "train_seconds"}
 
 
-def test_checkpoint_state_writes_the_original_keys(tiny_checkpoint):
+def test_checkpoint_state_writes_the_original_keys_and_the_loss(tiny_checkpoint):
     on_disk = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
-    assert set(on_disk) == ORIGINAL_KEYS
-    assert set(load_checkpoint(tiny_checkpoint).state.to_dict()) == ORIGINAL_KEYS
+    assert set(on_disk) == ORIGINAL_KEYS | {"loss"} and math.isfinite(on_disk["loss"])
+    assert set(load_checkpoint(tiny_checkpoint).state.to_dict()) == ORIGINAL_KEYS | {"loss"}
 
 
 def test_checkpoint_in_the_original_layout_loads_and_resumes_exactly(tiny_shards_dir, tiny_tokenizer_dir, tmp_path):
@@ -153,3 +151,69 @@ def test_incomplete_or_foreign_checkpoint_dicts_are_refused_by_name(tiny_checkpo
         load_checkpoint(tmp_path / "no-ema.pt")
     with pytest.raises(PurrError, match="is not a checkpoint of this library"):
         CheckpointState.from_dict({"model": {}}, "weights.pt")
+
+
+def test_resume_takes_steps_and_cadence_from_the_caller(tiny_shards_dir, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(steps=2, ckpt_every=2), tiny_shards_dir, run, progress=False)
+    more = train(tiny_config(steps=6, ckpt_every=3, log_every=2), tiny_shards_dir, run, resume=True, progress=False)
+    assert (more.step, more.start_step) == (6, 2) and math.isfinite(more.last_loss)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000003.pt", "step_00000006.pt"]
+    assert load_checkpoint(more.checkpoint).train_config == tiny_config(steps=6, ckpt_every=3, log_every=2)
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 4, 6]
+
+
+def test_resume_refuses_an_asked_for_change_of_what_defines_the_run(tiny_shards_dir, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(steps=2, ckpt_every=2), tiny_shards_dir, run, progress=False)
+    with pytest.raises(PurrError, match=r"^cannot resume: lr is 0.001 in the checkpoint but 0.01 was asked; "
+                                        r"drop the override or train into a new --out$"):
+        train(tiny_config(steps=4, lr=1e-2), tiny_shards_dir, run, resume=True, progress=False)
+    # the same config, with only steps asked for by name: the run's own lr stays, nothing is refused
+    result = train(tiny_config(steps=3, lr=1e-2), tiny_shards_dir, run, resume=True, progress=False,
+                   explicit={"steps"})
+    assert result.step == 3 and load_checkpoint(result.checkpoint).train_config.lr == 1e-3
+
+
+def test_resume_at_or_past_the_asked_steps_reports_the_run_as_it_is(tiny_shards_dir, tmp_path, caplog):
+    run = tmp_path / "run"
+    first = train(tiny_config(steps=2, ckpt_every=2), tiny_shards_dir, run, progress=False)
+    with caplog.at_level(logging.INFO, logger="purrception.training.loop"):
+        again = train(tiny_config(steps=1), tiny_shards_dir, run, resume=True, progress=False)
+    assert (again.checkpoint, again.step, again.start_step) == (first.checkpoint, 2, 2)
+    assert again.last_loss == first.last_loss and math.isfinite(again.last_loss)
+    assert "already at step 2 (1 steps asked); nothing to train" in caplog.text
+    entries = torch.load(first.checkpoint, map_location="cpu", weights_only=True)
+    del entries["loss"]  # written before checkpoints stored the loss: the step's metrics line has it
+    torch.save(entries, first.checkpoint)
+    assert train(tiny_config(steps=2), tiny_shards_dir, run, resume=True, progress=False).last_loss == first.last_loss
+
+
+def test_cli_resume_compares_only_what_the_command_line_asks_for(tiny_shards_dir, tmp_path, capsys):
+    from purrception.cli import main
+
+    run = tmp_path / "run"
+    base = ["train", "--shards", str(tiny_shards_dir), "--out", str(run), "--no-progress", "--device", "cpu"]
+    tiny = ["--set", "batch_size=8", "--set", "lr=0.001", "--set", f"model_overrides={json.dumps(TINY_MODEL)}"]
+    assert main([*base, *tiny, "--set", "steps=2"]) == 0
+    # the preset's batch_size, lr and model size differ from the run's but were not asked for: the run's stay
+    assert main([*base, "--resume", "--set", "steps=3"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["step"] == 3
+    kept = load_checkpoint(run / "checkpoints" / "step_00000003.pt").train_config
+    assert (kept.batch_size, kept.lr, kept.model_overrides, kept.steps) == (8, 1e-3, TINY_MODEL, 3)
+    (tmp_path / "c.json").write_text(json.dumps({"steps": 4, "seed": 5}))
+    assert main([*base, "--resume", "--config", str(tmp_path / "c.json")]) == 2
+    assert "cannot resume: seed is 0 in the checkpoint but 5 was asked" in capsys.readouterr().err
+    assert main([*base, "--resume", "--set", "steps=4", "--set", "lr=0.002"]) == 2
+    assert "cannot resume: lr is 0.001 in the checkpoint but 0.002 was asked" in capsys.readouterr().err
+    assert load_checkpoint(latest_checkpoint(run)).step == 3
+
+
+def test_resume_field_sets_cover_the_config_once():
+    from dataclasses import fields
+
+    from purrception.training.config import TrainConfig, explicit_fields
+
+    pinned, adjustable = set(TrainConfig.PINNED), set(TrainConfig.ADJUSTABLE)
+    assert not pinned & adjustable and pinned | adjustable == {f.name for f in fields(TrainConfig)}
+    assert explicit_fields(None, ["steps=3", "lr=1e-3"]) == {"steps", "lr"}

@@ -61,6 +61,7 @@ class CheckpointState:
     latent_shape: list[int] | None = None
     data_position: dict[str, Any] | None = None  # {"step", "samples_seen", "seed"}
     train_seconds: float | None = None   # seconds in training steps, summed over resumes
+    loss: float | None = None            # global mean loss of the step that led to this checkpoint
 
     @classmethod
     def required_keys(cls) -> tuple[str, ...]:

@@ -20,7 +20,10 @@ Rank 0 alone writes files and shows progress; every rank reads the checkpoint on
 a filesystem all nodes see.
 
 ``train(..., resume=True)`` continues from the newest checkpoint and reproduces the uninterrupted run exactly
-(CPU, deterministic), whatever the number of processes before and after.
+(CPU, deterministic), whatever the number of processes before and after. The checkpoint's config defines the run;
+the caller may change only what :attr:`TrainConfig.ADJUSTABLE` lists (``steps``, logging / checkpoint / sample
+cadence, precision), and asking for another value of a :attr:`TrainConfig.PINNED` field is refused
+(:func:`~purrception.training.config.resumed_config`). A run already at or past ``steps`` is returned as it is.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Collection, Iterator
 
 import numpy as np
 import torch
@@ -50,7 +53,7 @@ from purrception.io import atomic_save_json
 from purrception.models.dit import DiT, dit_config_from_preset
 from purrception.training.checkpoint import (Checkpoint, CheckpointState, capture_rng_state, load_checkpoint,
                                              restore_rng_state, save_checkpoint)
-from purrception.training.config import TrainConfig
+from purrception.training.config import TrainConfig, config_differences, resumed_config
 from purrception.training.data import ShardBatches, slot_generator
 from purrception.training.ema import EMA
 from purrception.training.optimizer import adamw
@@ -65,9 +68,16 @@ PRECISION_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.b
 
 @dataclass
 class TrainResult:
+    """What a :func:`train` call left: the newest checkpoint, its step, and the loss of the step before it.
+
+    ``start_step`` is the step the call started from (0 for a new run). ``last_loss`` is None only for a run that
+    trained no step in this call and whose checkpoint and metrics record no loss.
+    """
+
     checkpoint: Path
     step: int
-    last_loss: float
+    last_loss: float | None
+    start_step: int = 0
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
@@ -212,24 +222,32 @@ def _load_sampling_tokenizer(path: str, shards: TokenShards, device: torch.devic
 
 
 def train(config: TrainConfig, shards_path: str | Path, run_dir: str | Path, tokenizer_path: str | None = None,
-          resume: bool = False, progress: bool = True, device: str = "cpu") -> TrainResult:
+          resume: bool = False, progress: bool = True, device: str = "cpu",
+          explicit: Collection[str] | None = None) -> TrainResult:
     """Train (or resume) a run of ``config`` on the token shards at ``shards_path`` into ``run_dir``.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls this with the same arguments; each joins the process
     group (NCCL on CUDA, gloo on CPU), drives ``cuda:LOCAL_RANK`` when ``device`` is CUDA, and computes its share of
     every global batch (see the module docstring). The effective batch is ``config.batch_size`` whatever the number
     of processes.
+
+    Args:
+        explicit: on resume, the fields of ``config`` the caller asked for by name
+            (:func:`~purrception.training.config.explicit_fields`); None means every field. The others keep the
+            checkpoint's values; see :func:`~purrception.training.config.resumed_config`.
     """
     info = init_distributed(device)
     run_dir = Path(run_dir)
     resumed = _resume_point(run_dir, resume, info)
     if resumed is not None:
-        config = resumed.train_config  # the checkpoint wins on resume
+        config = _config_to_resume(resumed, config, explicit, info)
+        if resumed.step >= config.steps:
+            return _already_done(resumed, config, run_dir, info)
     run = _Run(config, shards_path, run_dir, tokenizer_path, info, resumed)
     loss = run.fit(progress)
     final = latest_checkpoint(run_dir)
     assert final is not None
-    return TrainResult(final, config.steps, loss)
+    return TrainResult(final, config.steps, loss, run.start_step)
 
 
 def _resume_point(run_dir: Path, resume: bool, info: DistInfo) -> Checkpoint | None:
@@ -243,6 +261,34 @@ def _resume_point(run_dir: Path, resume: bool, info: DistInfo) -> Checkpoint | N
     if info.is_main:
         log.info("resuming %s from step %d", run_dir, resumed.step)
     return resumed
+
+
+def _config_to_resume(resumed: Checkpoint, asked: TrainConfig, explicit: Collection[str] | None,
+                      info: DistInfo) -> TrainConfig:
+    """The checkpoint's config with the caller's asked-for adjustable fields; say which of the run's values stay."""
+    config = resumed_config(resumed.train_config, asked, explicit)
+    kept = config_differences(config, asked)
+    if kept and info.is_main:
+        log.info("resuming with the run's own %s (not asked for in this call)",
+                 ", ".join(f"{name}={json.dumps(v['run'])}" for name, v in kept.items()))
+    return config
+
+
+def _already_done(resumed: Checkpoint, config: TrainConfig, run_dir: Path, info: DistInfo) -> TrainResult:
+    """A resumed run at or past ``config.steps``: nothing to train, so report its newest checkpoint as it is."""
+    if info.is_main:
+        log.info("%s is already at step %d (%d steps asked); nothing to train. Ask for more steps to continue it",
+                 run_dir, resumed.step, config.steps)
+    return TrainResult(resumed.path, resumed.step, _recorded_loss(resumed, run_dir), resumed.step)
+
+
+def _recorded_loss(ckpt: Checkpoint, run_dir: Path) -> float | None:
+    """The loss of the step before ``ckpt``: stored in it, else (older checkpoints) its step's metrics line."""
+    if ckpt.state.loss is not None:
+        return float(ckpt.state.loss)
+    path = run_dir / "metrics.jsonl"
+    losses = [r["loss"] for _, r in _metric_lines(path) if r.get("step") == ckpt.step] if path.exists() else []
+    return float(losses[-1]) if losses else None
 
 
 class _Run:
@@ -349,7 +395,7 @@ class _Run:
                     self.log_metrics(done, loss, parts, grad_norm)
                     bar.set_postfix(loss=f"{loss:.4f}")
                 if done % config.ckpt_every == 0 or done == config.steps:
-                    self.checkpoint(done)
+                    self.checkpoint(done, loss)
                 if config.sample_every > 0 and done % config.sample_every == 0:
                     self.writer.samples(done, self.method, self.ema.model, self.shards.num_classes, self.dev)
         finally:
@@ -392,7 +438,7 @@ class _Run:
         self.writer.metrics(record)
         self._t_last, self._n_since = now, 0
 
-    def checkpoint(self, done: int) -> None:
+    def checkpoint(self, done: int, loss: float) -> None:
         """Every rank's RNG states to rank 0, which writes ``step_<done>.pt`` atomically and prunes old ones."""
         rng = gather_to_rank0(capture_rng_state(self.dev))  # collective: every rank takes part
         if not _all_finite(self.model):
@@ -402,10 +448,11 @@ class _Run:
                                 f"lower the learning rate or enable grad_clip")
             log.warning("parameters are non-finite after step %d; checkpoint not written", done)
         elif self.info.is_main:
-            self.last_saved = save_checkpoint(self.ckpt_dir / f"step_{done:08d}.pt", self.checkpoint_state(done, rng))
+            self.last_saved = save_checkpoint(self.ckpt_dir / f"step_{done:08d}.pt",
+                                              self.checkpoint_state(done, rng, loss))
             _prune_checkpoints(self.ckpt_dir, self.config.keep_last, self.config.keep_every)
 
-    def checkpoint_state(self, step: int, rng: list[Any]) -> CheckpointState:
+    def checkpoint_state(self, step: int, rng: list[Any], loss: float) -> CheckpointState:
         """What a checkpoint after ``step`` steps holds (:class:`CheckpointState`)."""
         config, model, shards = self.config, self.model, self.shards
         return CheckpointState(
@@ -416,7 +463,7 @@ class _Run:
             optimizer=self.opt.state_dict(), rng=rng, world_size=self.info.world_size,
             latent_shape=list(shards.latent_shape),
             data_position={"step": step, "samples_seen": step * config.batch_size, "seed": config.seed},
-            train_seconds=self.train_seconds,
+            train_seconds=self.train_seconds, loss=loss,
         )
 
 
