@@ -217,3 +217,15 @@ def test_resume_field_sets_cover_the_config_once():
     pinned, adjustable = set(TrainConfig.PINNED), set(TrainConfig.ADJUSTABLE)
     assert not pinned & adjustable and pinned | adjustable == {f.name for f in fields(TrainConfig)}
     assert explicit_fields(None, ["steps=3", "lr=1e-3"]) == {"steps", "lr"}
+
+
+def test_resume_ignores_and_removes_a_checkpoint_write_cut_short(tiny_shards_dir, tmp_path, caplog):
+    run = tmp_path / "run"
+    first = train(tiny_config(steps=2, ckpt_every=2), tiny_shards_dir, run, progress=False)
+    partial = run / "checkpoints" / ".step_00000004.pt.k9x2_a.tmp"  # atomic_write's temporary, cut by a kill -9
+    partial.write_bytes(first.checkpoint.read_bytes()[:1000])
+    with caplog.at_level(logging.INFO, logger="purrception.training.loop"):
+        result = train(tiny_config(steps=4, ckpt_every=2), tiny_shards_dir, run, resume=True, progress=False)
+    assert (result.start_step, result.step) == (2, 4) and not partial.exists()
+    assert f"removed {partial}" in caplog.text
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000002.pt", "step_00000004.pt"]

@@ -13,17 +13,22 @@ import torch
 
 from purrception.errors import PurrError
 
-__all__ = ["default_cache_dir", "atomic_write", "atomic_save_json", "atomic_torch_save", "load_json", "safe_torch_load", "sha256_of_tensor"]
+__all__ = ["default_cache_dir", "atomic_write", "partial_writes", "atomic_save_json", "atomic_torch_save", "load_json",
+           "safe_torch_load", "sha256_of_tensor"]
+
+#: suffix of atomic_write's temporary files (their names are ``.<target name>.<random>.tmp``)
+_TMP_SUFFIX = ".tmp"
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` then rename the temporary file onto ``path``.
 
-    A crash in the middle leaves the previous file (if any) untouched.
+    A crash in the middle leaves the previous file (if any) untouched. A process killed outright (SIGKILL) also
+    leaves its hidden temporary file beside it; :func:`partial_writes` finds those.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
@@ -32,6 +37,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def partial_writes(folder: str | os.PathLike, name_glob: str) -> list[Path]:
+    """The temporary files that :func:`atomic_write` calls for targets matching ``name_glob`` in ``folder`` left
+    when they were killed mid-write (never complete files: a finished write renames its temporary file)."""
+    return sorted(Path(folder).glob(f".{name_glob}.*{_TMP_SUFFIX}"))
 
 
 def atomic_save_json(path: str | os.PathLike, obj: Any) -> None:

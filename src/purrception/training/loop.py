@@ -49,7 +49,7 @@ from purrception.distributed import (DistInfo, all_reduce_sum, barrier, contiguo
                                      init_distributed)
 from purrception.errors import PurrError
 from purrception.flows.base import FlowMethod, LossOutput, get_method
-from purrception.io import atomic_save_json
+from purrception.io import atomic_save_json, partial_writes
 from purrception.models.dit import DiT, dit_config_from_preset
 from purrception.training.checkpoint import (Checkpoint, CheckpointState, capture_rng_state, load_checkpoint,
                                              restore_rng_state, save_checkpoint)
@@ -81,9 +81,16 @@ class TrainResult:
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest ``checkpoints/step_*.pt`` of a run folder, or None."""
+    """The newest ``checkpoints/step_*.pt`` of a run folder, or None (half-written hidden temporaries never count)."""
     found = sorted((Path(run_dir) / "checkpoints").glob("step_*.pt"))
     return found[-1] if found else None
+
+
+def _remove_partial_checkpoints(run_dir: Path) -> None:
+    """Delete the temporary files of checkpoint writes cut short by a killed process (rank 0 only)."""
+    for path in partial_writes(run_dir / "checkpoints", "step_*.pt"):
+        path.unlink(missing_ok=True)
+        log.info("removed %s, a checkpoint write cut short when an earlier process was killed", path)
 
 
 def build_model_for(config: TrainConfig, method: FlowMethod, shards: TokenShards) -> DiT:
@@ -238,6 +245,8 @@ def train(config: TrainConfig, shards_path: str | Path, run_dir: str | Path, tok
     """
     info = init_distributed(device)
     run_dir = Path(run_dir)
+    if info.is_main:
+        _remove_partial_checkpoints(run_dir)
     resumed = _resume_point(run_dir, resume, info)
     if resumed is not None:
         config = _config_to_resume(resumed, config, explicit, info)
