@@ -6,6 +6,7 @@ import json
 import logging
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -229,3 +230,33 @@ def test_resume_ignores_and_removes_a_checkpoint_write_cut_short(tiny_shards_dir
     assert (result.start_step, result.step) == (2, 4) and not partial.exists()
     assert f"removed {partial}" in caplog.text
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000002.pt", "step_00000004.pt"]
+
+
+class _Foreign:
+    """A class this library never pickles: a torch.save of one is a foreign file."""
+
+    def __init__(self):
+        self.payload = [1, 2, 3]
+
+
+@pytest.mark.parametrize("kind", ["random bytes", "foreign objects"])
+def test_unreadable_checkpoints_are_refused_in_our_words(tmp_path, capsys, recwarn, kind):
+    from purrception.cli import main
+
+    path = tmp_path / "step_00000001.pt"
+    if kind == "random bytes":  # a pickle-protocol prefix: torch warns about it before failing
+        path.write_bytes(b"\x80\x04" + np.random.default_rng(0).bytes(4096))
+    else:
+        torch.save({"model": _Foreign()}, path)
+    with pytest.raises(PurrError) as refused:
+        load_checkpoint(path)
+    message = str(refused.value)
+    assert message.startswith(f"cannot read checkpoint {path}: it is not a checkpoint of this library (")
+    assert ("foreign objects: pickled classes this library never writes, test_training._Foreign" in message) == \
+        (kind == "foreign objects")
+    for leaked in ("weights_only", "Traceback", "\n", "trust", "still be loaded"):
+        assert leaked not in message
+    assert main(["sample", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"purr: error: {message}"
+    assert [str(w.message) for w in recwarn] == []

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "purrception-checkpoint"
 CHECKPOINT_VERSION = 1
+_OURS, _FROM = "a checkpoint of this library", "pass one made by `purr train` or `purr demo`"
 
 
 @dataclass
@@ -76,8 +77,7 @@ class CheckpointState:
     def from_dict(cls, d: Any, source: str | Path = "checkpoint") -> CheckpointState:
         """Check a loaded dict is a complete checkpoint of this library and wrap it; ``source`` names it in errors."""
         if not isinstance(d, dict) or d.get("format") != CHECKPOINT_FORMAT:
-            raise PurrError(f"{source} is not a checkpoint of this library (made by `purr train` / `purr demo`); "
-                            f"pass one of those")
+            raise PurrError(f"{source} is not {_OURS}; {_FROM}")
         missing = [k for k in cls.required_keys() if k not in d]
         if missing:
             raise PurrError(f"{source} is not a complete checkpoint of this library (missing {', '.join(missing)}); "
@@ -157,7 +157,7 @@ def save_checkpoint(path: str | Path, state: CheckpointState) -> Path:
 def load_checkpoint(path: str | Path, expect_method: str | None = None) -> Checkpoint:
     """Read a checkpoint safely and check it is ours (and of ``expect_method`` when given)."""
     path = Path(path)
-    ckpt = Checkpoint(path, CheckpointState.from_dict(safe_torch_load(path, "checkpoint"), path))
+    ckpt = Checkpoint(path, CheckpointState.from_dict(safe_torch_load(path, "checkpoint", _OURS, _FROM), path))
     if expect_method is not None and ckpt.method_name != expect_method:
         raise PurrError(f"checkpoint {path} was trained with method {ckpt.method_name!r}, not {expect_method!r}; "
                         f"drop --method or pass a {expect_method} checkpoint")
