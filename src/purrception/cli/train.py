@@ -11,7 +11,7 @@ import json
 
 from purrception.data.embedded_shards import ensure_embedded_shards, ensure_embedded_tokenizer
 from purrception.io import default_cache_dir
-from purrception.distributed import barrier, cleanup_distributed, init_distributed
+from purrception.distributed import cleanup_distributed, init_distributed, main_process_first
 from purrception.flows.base import METHODS
 from purrception.training.config import TRAIN_PRESETS, explicit_fields, resolve_config
 from purrception.training.loop import train
@@ -52,12 +52,9 @@ def run(args: argparse.Namespace) -> int:
         shards, tokenizer = args.shards, args.tokenizer
         if shards is None:
             cache = default_cache_dir()
-            if not info.is_main:
-                barrier()  # rank 0 builds the embedded cache first; the others then find it
-            tok_dir = ensure_embedded_tokenizer(cache, progress=info.is_main)
-            shards, tokenizer = str(ensure_embedded_shards(cache, tok_dir).folder), tokenizer or str(tok_dir)
-            if info.is_main:
-                barrier()
+            with main_process_first():  # rank 0 builds the embedded cache; the others then find it
+                tok_dir = ensure_embedded_tokenizer(cache, progress=info.is_main)
+                shards, tokenizer = str(ensure_embedded_shards(cache, tok_dir).folder), tokenizer or str(tok_dir)
         result = train(config, shards, args.out, tokenizer_path=tokenizer, resume=args.resume,
                        progress=args.progress, device=str(info.device),
                        explicit=explicit_fields(args.config, overrides))
