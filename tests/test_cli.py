@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 import subprocess
 import sys
 
@@ -68,6 +70,23 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
     assert main(["demo", "--out", str(out), "--tokenizer-steps", "3", "--set", "steps=2", "--set", "ckpt_every=2",
                  "--per-class", "1", "--steps", "2", "--tau", "1.0"]) == 0
     assert sorted(p.name for p in (out / "model" / "checkpoints").iterdir()) == before
+
+
+def test_demo_continues_a_cached_run_and_says_when_it_reuses_another_config(tmp_path, caplog):
+    out = tmp_path / "demo"
+    common = ["demo", "--out", str(out), "--tokenizer-steps", "3", "--per-class", "1", "--steps", "2", "--tau", "1.0",
+              "--set", "ckpt_every=2"]
+    assert main([*common, "--set", "steps=2"]) == 0
+    assert main([*common, "--set", "steps=4"]) == 0  # more steps asked: the cached run trains on to 4
+    training = json.loads((out / "demo.json").read_text())["training"]
+    assert (training["steps"], training["resumed_from_step"], training["differs_from_asked"]) == (4, 2, {})
+    assert math.isfinite(training["final_loss"])
+    with caplog.at_level(logging.WARNING, logger="purrception.demo"):
+        assert main(common) == 0  # steps not given: the 4-step run is reused, and the demo says so
+    training = json.loads((out / "demo.json").read_text())["training"]
+    assert training["steps"] == 4 and math.isfinite(training["final_loss"])
+    assert training["differs_from_asked"] == {"steps": {"run": 4, "asked": 1500}}
+    assert "differs from the one asked for: steps is 4 in the run, 1500 asked" in caplog.text
 
 
 def _error_line(capsys) -> str:

@@ -63,17 +63,17 @@ def test_two_gloo_processes_match_one_process(tiny_shards_dir, tmp_path):
     config = tiny_config(steps=3, batch_size=8, micro_batch_size=2, ckpt_every=3, log_every=1)
     single = train(config, tiny_shards_dir, tmp_path / "one", progress=False)
     mp.spawn(_ddp_worker, args=(2, _free_port(), config, str(tiny_shards_dir), str(tmp_path / "two")), nprocs=2)
-    a = load_checkpoint(single.checkpoint).raw
-    b = load_checkpoint(tmp_path / "two" / "checkpoints" / "step_00000003.pt").raw
-    assert b["world_size"] == 2 and len(b["rng"]) == 2
+    a = load_checkpoint(single.checkpoint).state
+    b = load_checkpoint(tmp_path / "two" / "checkpoints" / "step_00000003.pt").state
+    assert b.world_size == 2 and len(b.rng) == 2
     moved = 0.0
-    for key in a["model"]:
-        torch.testing.assert_close(b["model"][key], a["model"][key], rtol=1e-5, atol=1e-6, msg=key)
-        torch.testing.assert_close(b["ema"][key], a["ema"][key], rtol=1e-5, atol=1e-6, msg=key)
+    for key in a.model:
+        torch.testing.assert_close(b.model[key], a.model[key], rtol=1e-5, atol=1e-6, msg=key)
+        torch.testing.assert_close(b.ema[key], a.ema[key], rtol=1e-5, atol=1e-6, msg=key)
     torch.manual_seed(config.seed)  # the engine's initial weights
     init = build_model_for(config, load_checkpoint(single.checkpoint).build_method(), TokenShards.open(tiny_shards_dir))
     for key, value in init.state_dict().items():
-        moved = max(moved, float((a["model"][key] - value).abs().max()))
+        moved = max(moved, float((a.model[key] - value).abs().max()))
     assert moved > 1e-4  # the runs really trained (the comparison is not between two untouched inits)
     for ra, rb in zip(_curve(tmp_path / "one"), _curve(tmp_path / "two"), strict=True):
         assert ra.keys() == rb.keys() and ra["step"] == rb["step"]
@@ -116,12 +116,12 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_run(tiny_shards_dir, tmp
     assert main([*argv, "--out", str(run), "--resume"]) == 0
     reference = train(resolve_config("mnist-demo", overrides=[f"{k}={json.dumps(v)}" for k, v in sets.items()]),
                       tiny_shards_dir, tmp_path / "reference", progress=False)
-    a = load_checkpoint(reference.checkpoint).raw
-    b = load_checkpoint(latest_checkpoint(run)).raw
-    assert b["step"] == steps and b["data_position"] == {"step": steps, "samples_seen": 32 * steps, "seed": 3}
+    a = load_checkpoint(reference.checkpoint).state
+    b = load_checkpoint(latest_checkpoint(run)).state
+    assert b.step == steps and b.data_position == {"step": steps, "samples_seen": 32 * steps, "seed": 3}
     for part in ("model", "ema"):
-        for key in a[part]:
-            assert torch.equal(a[part][key], b[part][key]), (part, key)
+        for key in getattr(a, part):
+            assert torch.equal(getattr(a, part)[key], getattr(b, part)[key]), (part, key)
     assert _curve(run) == _curve(tmp_path / "reference")
     assert [c["step"] for c in _curve(run)] == list(range(1, steps + 1))
 
@@ -136,11 +136,11 @@ def test_keep_last_and_keep_every(tiny_shards_dir, tmp_path):
 def test_checkpoint_and_run_folder_carry_the_resolved_config(tiny_shards_dir, tmp_path):
     config = tiny_config(steps=2, batch_size=4, ckpt_every=2)
     train(config, tiny_shards_dir, tmp_path / "run", progress=False)
-    ckpt = load_checkpoint(latest_checkpoint(tmp_path / "run")).raw
+    ckpt = load_checkpoint(latest_checkpoint(tmp_path / "run")).state
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert ckpt["config"] == config.to_dict() == saved["train"]
-    assert set(ckpt["rng"][0]) == {"python", "numpy", "torch"}
-    assert ckpt["data_position"] == {"step": 2, "samples_seen": 8, "seed": 0}
+    assert ckpt.config == config.to_dict() == saved["train"]
+    assert set(ckpt.rng[0]) == {"python", "numpy", "torch"}
+    assert ckpt.data_position == {"step": 2, "samples_seen": 8, "seed": 0}
 
 
 def test_non_finite_gradient_norm_stops_and_keeps_the_last_good_checkpoint(tiny_shards_dir, tmp_path, monkeypatch):
@@ -167,7 +167,7 @@ def test_bf16_autocast_trains_on_cpu(tiny_shards_dir, tmp_path):
     result = train(tiny_config(steps=2, batch_size=4, precision="bf16"), tiny_shards_dir, tmp_path / "run",
                    progress=False)
     assert torch.isfinite(torch.tensor(result.last_loss))
-    assert all(v.dtype == torch.float32 for v in load_checkpoint(result.checkpoint).raw["model"].values())
+    assert all(v.dtype == torch.float32 for v in load_checkpoint(result.checkpoint).state.model.values())
 
 
 def test_periodic_sample_grids(tiny_shards_dir, tiny_tokenizer_dir, tmp_path):

@@ -3,6 +3,11 @@
 Stages (each cached, so a second run reuses the work): train the small VQ tokenizer, encode the train split to
 token shards, train a Purrception DiT, sample every class at several temperatures, and judge the samples with
 a digit classifier trained on the held-out split. Writes ``grid.png``, ``samples.npz`` and ``demo.json``.
+
+The model stage resumes the run in ``OUT/model`` (``train(..., resume=True)``): a larger ``--set steps=N`` continues
+it to N steps, and other ``--set`` values follow the resume rules of ``training.config.resumed_config``. When the
+reused run's config differs from the one asked for (fields not given with ``--set`` keep the run's values), a warning
+says so and ``demo.json`` records the differences under ``training.differs_from_asked``.
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ from purrception.io import atomic_save_json, default_cache_dir
 from purrception.generation.generate import generate_images
 from purrception.sampling.grid import image_grid, save_png, save_samples_npz
 from purrception.tokenizers.store import CONFIG_NAME, load_tokenizer
-from purrception.training.checkpoint import load_checkpoint
-from purrception.training.config import resolve_config
+from purrception.training.checkpoint import Checkpoint, load_checkpoint
+from purrception.training.config import TrainConfig, config_differences, explicit_fields, resolve_config
 from purrception.training.loop import train
 
 __all__ = ["DemoSettings", "run_demo"]
@@ -73,11 +78,12 @@ def run_demo(settings: DemoSettings, progress: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter()
     config = resolve_config(settings.preset, overrides=settings.train_overrides)
     result = train(config, shard_dir, out / "model", tokenizer_path=str(tok_dir), resume=True, progress=progress,
-                   device=settings.device)
+                   device=settings.device, explicit=explicit_fields(overrides=settings.train_overrides))
     timings["train_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     ckpt = load_checkpoint(result.checkpoint)
+    differs = _reused_run_differences(ckpt, config, out / "model")
     method, model = ckpt.build_method().to(settings.device), ckpt.build_model(ema=True).to(settings.device)
     tokenizer.to(settings.device)
     labels = np.repeat(np.arange(NUM_CLASSES), settings.per_class)
@@ -106,7 +112,8 @@ def run_demo(settings: DemoSettings, progress: bool = True) -> dict[str, Any]:
         "tokenizer": {"path": str(tok_dir), "identity": tokenizer.identity().to_dict(), **tok_meta["metrics"]},
         "shards": {"path": str(shard_dir), "num_items": len(shards)},
         "training": {"checkpoint": str(result.checkpoint), "steps": result.step, "final_loss": result.last_loss,
-                     "config": ckpt.raw["config"]},
+                     "resumed_from_step": result.start_step, "config": ckpt.state.config,
+                     "differs_from_asked": differs},
         "sampling": {"solver": "euler", "steps": settings.steps, "cfg_scale": settings.cfg_scale,
                      "temperatures": list(settings.temperatures), "per_class": settings.per_class,
                      "seed": settings.seed, "weights": "EMA"},
@@ -118,3 +125,13 @@ def run_demo(settings: DemoSettings, progress: bool = True) -> dict[str, Any]:
     }
     atomic_save_json(out / "demo.json", summary)
     return summary
+
+
+def _reused_run_differences(ckpt: Checkpoint, asked: TrainConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
+    """Where the config of the run in ``run_dir`` differs from the one asked for; a warning names them."""
+    differs = config_differences(ckpt.train_config, asked)
+    if differs:
+        shown = ", ".join(f"{k} is {v['run']!r} in the run, {v['asked']!r} asked" for k, v in differs.items())
+        log.warning("reusing the model in %s, whose training config differs from the one asked for: %s; "
+                    "use a new --out to train the asked config afresh", run_dir, shown)
+    return differs

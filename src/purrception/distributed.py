@@ -4,11 +4,16 @@ Launch with ``torchrun --nproc-per-node N purr ...``: torchrun sets ``RANK``, ``
 rendezvous variables. Without them everything here degrades to a single process (rank 0 of 1), so library code can
 call :func:`barrier`, :func:`rank` and friends unconditionally. The backend is ``nccl`` when the process drives a CUDA
 device and ``gloo`` otherwise.
+
+Work that every rank needs but only one should do (building a cache: tokenizer, shards, classifier) goes inside
+:func:`main_process_first`: rank 0 does it, then the others run the same code and find it done.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +23,7 @@ import torch.distributed as dist
 from purrception.errors import PurrError
 
 __all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "is_distributed", "rank", "world_size",
-           "barrier", "all_reduce_sum", "gather_to_rank0", "contiguous_slice"]
+           "launch_rank", "barrier", "main_process_first", "all_reduce_sum", "gather_to_rank0", "contiguous_slice"]
 
 
 @dataclass(frozen=True)
@@ -88,10 +93,34 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def launch_rank() -> int:
+    """This process's global rank as the launcher set it (``RANK``; 0 without torchrun), also before the process
+    group is joined or after it is left."""
+    return _env_int("RANK", 0)
+
+
 def barrier() -> None:
     """Wait for every process (a no-op in a single process)."""
     if is_distributed():
         dist.barrier()
+
+
+@contextmanager
+def main_process_first() -> Iterator[None]:
+    """Run the body on rank 0 first and on the other ranks after it: they wait at a barrier until rank 0 is done.
+
+    For idempotent work every rank needs, such as building a cache on a filesystem all ranks see: rank 0 builds it,
+    the others then find it built. Rank 0 releases the others even when its body raises (they then meet the same
+    problem themselves and report it). In a single process it just runs the body.
+    """
+    first = rank() == 0
+    if not first:
+        barrier()
+    try:
+        yield
+    finally:
+        if first:
+            barrier()
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

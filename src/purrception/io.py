@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,17 +15,22 @@ import torch
 from purrception.errors import PurrError
 from purrception.hashing import sha256_tensor as sha256_of_tensor  # the name older code imports from here
 
-__all__ = ["default_cache_dir", "atomic_write", "atomic_save_json", "atomic_torch_save", "load_json", "safe_torch_load", "sha256_of_tensor"]
+__all__ = ["default_cache_dir", "atomic_write", "partial_writes", "atomic_save_json", "atomic_torch_save", "load_json",
+           "safe_torch_load", "sha256_of_tensor"]
+
+#: suffix of atomic_write's temporary files (their names are ``.<target name>.<random>.tmp``)
+_TMP_SUFFIX = ".tmp"
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` then rename the temporary file onto ``path``.
 
-    A crash in the middle leaves the previous file (if any) untouched.
+    A crash in the middle leaves the previous file (if any) untouched. A process killed outright (SIGKILL) also
+    leaves its hidden temporary file beside it; :func:`partial_writes` finds those.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
@@ -32,6 +39,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def partial_writes(folder: str | os.PathLike, name_glob: str) -> list[Path]:
+    """The temporary files that :func:`atomic_write` calls for targets matching ``name_glob`` in ``folder`` left
+    when they were killed mid-write (never complete files: a finished write renames its temporary file)."""
+    return sorted(Path(folder).glob(f".{name_glob}.*{_TMP_SUFFIX}"))
 
 
 def atomic_save_json(path: str | os.PathLike, obj: Any) -> None:
@@ -61,19 +74,36 @@ def load_json(path: str | os.PathLike, what: str = "file") -> Any:
         raise PurrError(f"{what} {path} is not readable JSON ({err}); regenerate it") from None
 
 
-def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint", expected: str = "a torch file of tensors",
+                    fix: str = "pass another file") -> Any:
     """Load a torch file with ``weights_only=True``: tensors and plain containers only.
 
-    No code from the file is executed. Missing, truncated or foreign files raise :class:`PurrError`.
+    No code from the file is executed. A missing, truncated or foreign file raises :class:`PurrError` in this
+    library's words: "cannot read ``what`` PATH: it is not ``expected`` (why); ``fix``". Torch's own advice (which
+    includes turning the safe loader off) is never passed on, and its warnings about the file (pickle protocol, ...)
+    are silenced, since the error says what matters.
     """
     path = Path(path)
     if not path.is_file():
         raise PurrError(f"{what} not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt / unsafe files
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PurrError(f"cannot read {what} {path}: {first_line[:200]}") from None
+        raise PurrError(f"cannot read {what} {path}: it is not {expected} ({_why_unreadable(err)}); {fix}") from None
+
+
+#: how torch's weights-only unpickler names a pickled class it refuses
+_FOREIGN_GLOBAL = re.compile(r"GLOBAL ([\w.]+) was not an allowed global")
+
+
+def _why_unreadable(err: Exception) -> str:
+    """Why the safe loader refused a file: foreign objects (named), or not a readable torch file at all."""
+    found = sorted(set(_FOREIGN_GLOBAL.findall(str(err))))
+    if found:
+        return f"it holds foreign objects: pickled classes this library never writes, {', '.join(found)}"
+    return "another kind of file, or one cut short while it was written"
 
 
 def default_cache_dir() -> Path:

@@ -2,7 +2,8 @@
 
 Every module in :data:`COMMAND_MODULES` exposes ``register(subparsers)``, which adds its subcommands and sets
 ``func=handler`` on them; a handler takes the parsed ``argparse.Namespace`` and returns an exit code.
-User errors (:class:`~purrception.errors.PurrError`) print one line and exit with status 2.
+User errors (:class:`~purrception.errors.PurrError`) print one line and exit with status 2. Under torchrun only
+rank 0 logs below WARNING.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import logging
 import shlex
 import sys
 
+from purrception.distributed import launch_rank
 from purrception.errors import PurrError
 
-__all__ = ["main", "build_parser", "COMMAND_MODULES"]
+__all__ = ["main", "build_parser", "log_level", "COMMAND_MODULES"]
 
 #: subcommand modules, in the order their commands appear in ``purr --help``
 COMMAND_MODULES = [
@@ -40,13 +42,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def log_level(verbose: bool, rank: int) -> int:
+    """INFO (DEBUG with ``-v``) on rank 0; WARNING on the other ranks of a torchrun job, so each line appears once."""
+    if rank != 0:
+        return logging.WARNING
+    return logging.DEBUG if verbose else logging.INFO
+
+
+def _configure_logging(verbose: bool, rank: int) -> None:
+    where = f" [rank {rank}]" if rank != 0 else ""
+    logging.basicConfig(level=log_level(verbose, rank), datefmt="%H:%M:%S",
+                        format=f"%(asctime)s %(levelname)s{where} %(name)s: %(message)s")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.command_line = "purr " + shlex.join(argv)  # for files that say how they were made
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    _configure_logging(args.verbose, launch_rank())
     try:
         return int(args.func(args) or 0)
     except PurrError as err:

@@ -14,9 +14,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Train (or reuse cached) tokenizer and Purrception model on the embedded "
                                           "MNIST digits; write grid.png, samples.npz and demo.json.")
     p.add_argument("--out", default="purr-demo", help="output folder (default ./purr-demo); re-running reuses it")
-    p.add_argument("--cache-dir", default="", help="cache for tokenizer/shards/classifier (default ~/.cache/purrception)")
+    p.add_argument("--cache-dir", default="",
+                   help="cache for tokenizer/shards/classifier (default ~/.cache/purrception)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a training field of the mnist-demo preset, e.g. --set steps=3000")
+                   help="override a training field of the mnist-demo preset, e.g. --set steps=3000 (on a reused "
+                        "--out, more steps train the cached model on)")
     p.add_argument("--tau", dest="temperatures", type=positive_float, nargs="+", default=[0.5, 0.8, 1.0, 1.3],
                    help="temperatures to sample at (default 0.5 0.8 1.0 1.3)")
     p.add_argument("--per-class", type=positive_int, default=10, help="samples per class and temperature")

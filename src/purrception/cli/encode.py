@@ -8,12 +8,12 @@ merges them).
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from purrception.cli.common import add_tokenizer_kind_arg, positive_int
 from purrception.data.encode import EncodeOptions, encode_images
 from purrception.data.shards import TokenShards
+from purrception.distributed import launch_rank
 
 __all__ = ["register", "run_encode"]
 
@@ -45,7 +45,7 @@ def run_encode(args: argparse.Namespace) -> int:
                             tokenizer_path=str(Path(args.tokenizer).resolve()))
     out = encode_images(args.tokenizer, args.out, tokenizer_kind=args.tokenizer_kind, images=args.images,
                         labels_file=args.labels, embedded=args.embedded, options=options)
-    if int(os.environ.get("RANK", "0")) == 0:  # the process group is gone by now; torchrun's env remains
+    if launch_rank() == 0:  # the process group is gone by now; torchrun's env remains
         shards = TokenShards.open(out)
         print(f"{out}: {len(shards)} items, codes {shards.codes.dtype} {shards.latent_shape}, "
               f"{shards.num_classes} classes, tokenizer {shards.identity.describe()}")

@@ -10,7 +10,7 @@ from purrception.cli.common import positive_float, positive_int
 from purrception.cli.sample import resolve_checkpoint, tokenizer_for
 from purrception.data.embedded_shards import ensure_embedded_shards, ensure_embedded_tokenizer
 from purrception.io import default_cache_dir
-from purrception.distributed import init_distributed
+from purrception.distributed import init_distributed, main_process_first
 from purrception.errors import PurrError
 from purrception.evaluation.evaluate import EvalSettings
 from purrception.flows.base import METHODS, get_method
@@ -76,13 +76,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _data(args: argparse.Namespace) -> tuple[str, str]:
+    """The shards and tokenizer to train on: the given ones, or the embedded cache (rank 0 builds it first)."""
     if args.shards:
         if not args.tokenizer:
             raise PurrError("--shards needs --tokenizer (to decode samples for evaluation)")
         return args.shards, args.tokenizer
     cache = default_cache_dir()
-    tok_dir = ensure_embedded_tokenizer(cache, device=args.device)
-    return str(ensure_embedded_shards(cache, tok_dir).folder), str(tok_dir)
+    with main_process_first():
+        tok_dir = ensure_embedded_tokenizer(cache, device=args.device)
+        return str(ensure_embedded_shards(cache, tok_dir).folder), str(tok_dir)
 
 
 def _eval_settings(args: argparse.Namespace, tau: float = 1.0) -> EvalSettings:

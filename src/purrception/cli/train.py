@@ -11,9 +11,9 @@ import json
 
 from purrception.data.embedded_shards import ensure_embedded_shards, ensure_embedded_tokenizer
 from purrception.io import default_cache_dir
-from purrception.distributed import barrier, cleanup_distributed, init_distributed
+from purrception.distributed import cleanup_distributed, init_distributed, main_process_first
 from purrception.flows.base import METHODS
-from purrception.training.config import TRAIN_PRESETS, resolve_config
+from purrception.training.config import TRAIN_PRESETS, explicit_fields, resolve_config
 from purrception.training.loop import train
 
 _PRESET_HELP = ("named run (default mnist-demo). mnist-*: the embedded digits on CPU; paper-dit-b2 / -l2 / -xl2: "
@@ -34,7 +34,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="override any TrainConfig field, e.g. --set steps=500 --set lr=3e-4 --set precision=bf16")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer path recorded in checkpoints and used for sample grids (default: from shards)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its newest checkpoint, with its own config; --set may change "
+                        "steps and the logging / checkpoint / sample cadence, not what defines the model or the "
+                        "optimisation")
     p.add_argument("--device", default=None,
                    help="cpu or cuda (default: cuda when available); under torchrun each process takes cuda:LOCAL_RANK")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
@@ -49,14 +52,12 @@ def run(args: argparse.Namespace) -> int:
         shards, tokenizer = args.shards, args.tokenizer
         if shards is None:
             cache = default_cache_dir()
-            if not info.is_main:
-                barrier()  # rank 0 builds the embedded cache first; the others then find it
-            tok_dir = ensure_embedded_tokenizer(cache, progress=info.is_main)
-            shards, tokenizer = str(ensure_embedded_shards(cache, tok_dir).folder), tokenizer or str(tok_dir)
-            if info.is_main:
-                barrier()
+            with main_process_first():  # rank 0 builds the embedded cache; the others then find it
+                tok_dir = ensure_embedded_tokenizer(cache, progress=info.is_main)
+                shards, tokenizer = str(ensure_embedded_shards(cache, tok_dir).folder), tokenizer or str(tok_dir)
         result = train(config, shards, args.out, tokenizer_path=tokenizer, resume=args.resume,
-                       progress=args.progress, device=str(info.device))
+                       progress=args.progress, device=str(info.device),
+                       explicit=explicit_fields(args.config, overrides))
     finally:
         cleanup_distributed()
     if info.is_main:

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from purrception.distributed import DistInfo, barrier, contiguous_slice, gather_to_rank0
+from purrception.distributed import DistInfo, barrier, contiguous_slice, gather_to_rank0, main_process_first
 from purrception.errors import PurrError
 from purrception.evaluation.extractors import DigitFeatures, Extracted, FeatureExtractor, InceptionFeatures
 from purrception.evaluation.fid import ReferenceFeatures, feature_stats, frechet_distance, load_or_compute_reference
@@ -223,10 +223,8 @@ def evaluate_checkpoint(ckpt: Checkpoint, tokenizer: VQTokenizer, settings: Eval
                         f"e.g. the 50k ImageNet validation images at 256x256, or an ADM .npz batch)")
     tokenizer.to(info.device)
 
-    # Rank 0 builds the extractor first: on first use it trains / caches the digit classifier.
-    extractor = protocol.build_extractor(settings, info.device) if info.is_main else None
-    barrier()
-    extractor = extractor or protocol.build_extractor(settings, info.device)
+    with main_process_first():  # on first use the extractor trains / caches the digit classifier
+        extractor = protocol.build_extractor(settings, info.device)
 
     t0 = time.perf_counter()
     indices, labels, images = generate_slice(ckpt, tokenizer, settings, info, progress and info.is_main)

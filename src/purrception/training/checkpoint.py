@@ -1,14 +1,16 @@
 """Checkpoints that carry everything needed to sample: configs, method, tokenizer identity and codebook.
 
 A checkpoint is a dict of tensors and plain values saved with ``torch.save`` and read back with
-``weights_only=True`` (no code from the file runs). ``sample`` and ``eval`` need only its path.
+``weights_only=True`` (no code from the file runs). ``sample`` and ``eval`` need only its path. Its layout is
+:class:`CheckpointState`: one dataclass field per top-level key, written by :meth:`CheckpointState.to_dict` and
+checked by :meth:`CheckpointState.from_dict`, the only two places that know the keys.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,86 +22,142 @@ from purrception.flows.base import FlowMethod, get_method
 from purrception.io import atomic_torch_save, safe_torch_load
 from purrception.models.dit import DiT, DiTConfig
 from purrception.tokenizers.base import TokenizerIdentity
+from purrception.training.config import TrainConfig
 
-__all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "save_checkpoint", "load_checkpoint", "capture_rng_state",
-           "restore_rng_state"]
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CheckpointState", "Checkpoint", "save_checkpoint",
+           "load_checkpoint", "capture_rng_state", "restore_rng_state"]
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "purrception-checkpoint"
-_REQUIRED = ("config", "model_config", "method", "tokenizer", "codebook", "num_classes", "step", "model", "ema")
+CHECKPOINT_VERSION = 1
+_OURS, _FROM = "a checkpoint of this library", "pass one made by `purr train` or `purr demo`"
+
+
+@dataclass
+class CheckpointState:
+    """The contents of one checkpoint file (format version 1), one field per top-level key on disk.
+
+    Fields without a default are required: a file lacking one is not a complete checkpoint. The optional ones are
+    needed only to resume a run exactly (optimizer, EMA count, RNG states) or are facts for reports; they are None
+    where a file does not hold them.
+    """
+
+    # -- what sampling and evaluation need ---------------------------------------------------------------------
+    config: dict[str, Any]               # TrainConfig.to_dict() of the run
+    model_config: dict[str, Any]         # DiTConfig.to_dict()
+    method: dict[str, Any]               # {"name": registry name, "options": constructor options}
+    tokenizer: dict[str, Any]            # {"identity": TokenizerIdentity.to_dict(), "path": str | None}
+    codebook: torch.Tensor               # (K, d) float32, the shards' codebook
+    num_classes: int
+    step: int                            # optimizer steps taken
+    model: dict[str, torch.Tensor]       # training weights
+    ema: dict[str, torch.Tensor]         # EMA weights (what sampling uses)
+    # -- what an exact resume needs ----------------------------------------------------------------------------
+    ema_updates: int | None = None
+    optimizer: dict[str, Any] | None = None
+    rng: list[dict[str, Any]] | None = None  # capture_rng_state() of every rank, in rank order
+    world_size: int | None = None
+    # -- facts -------------------------------------------------------------------------------------------------
+    latent_shape: list[int] | None = None
+    data_position: dict[str, Any] | None = None  # {"step", "samples_seen", "seed"}
+    train_seconds: float | None = None   # seconds in training steps, summed over resumes
+    loss: float | None = None            # global mean loss of the step that led to this checkpoint
+
+    @classmethod
+    def required_keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dict written to disk: the format tag and version, then every field under its own name."""
+        return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                **{f.name: getattr(self, f.name) for f in fields(self)}}
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str | Path = "checkpoint") -> CheckpointState:
+        """Check a loaded dict is a complete checkpoint of this library and wrap it; ``source`` names it in errors."""
+        if not isinstance(d, dict) or d.get("format") != CHECKPOINT_FORMAT:
+            raise PurrError(f"{source} is not {_OURS}; {_FROM}")
+        missing = [k for k in cls.required_keys() if k not in d]
+        if missing:
+            raise PurrError(f"{source} is not a complete checkpoint of this library (missing {', '.join(missing)}); "
+                            f"use another checkpoint")
+        names = {f.name for f in fields(cls)}
+        ignored = sorted(set(d) - names - {"format", "version"})
+        if ignored:
+            log.debug("%s: ignoring unknown checkpoint entries %s", source, ", ".join(ignored))
+        state = cls(**{k: v for k, v in d.items() if k in names})
+        state.step, state.num_classes = int(state.step), int(state.num_classes)
+        if state.train_seconds is not None:
+            state.train_seconds = float(state.train_seconds)
+        return state
 
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint. ``raw`` holds every entry (optimizer state, RNG, ...) for resuming."""
+    """A loaded checkpoint: where it came from and its :class:`CheckpointState`."""
 
     path: Path
-    raw: dict[str, Any]
+    state: CheckpointState
 
     @property
     def step(self) -> int:
-        return int(self.raw["step"])
+        return self.state.step
 
     @property
     def method_name(self) -> str:
-        return str(self.raw["method"]["name"])
+        return str(self.state.method["name"])
 
     @property
     def model_config(self) -> DiTConfig:
-        return DiTConfig.from_dict(self.raw["model_config"])
+        return DiTConfig.from_dict(self.state.model_config)
+
+    @property
+    def train_config(self) -> TrainConfig:
+        """The run's :class:`TrainConfig` (raises :class:`PurrError` for fields this version does not know)."""
+        return TrainConfig.from_dict(self.state.config)
 
     @property
     def tokenizer_identity(self) -> TokenizerIdentity:
-        return TokenizerIdentity.from_dict(self.raw["tokenizer"]["identity"])
+        return TokenizerIdentity.from_dict(self.state.tokenizer["identity"])
 
     @property
     def tokenizer_path(self) -> str | None:
-        return self.raw["tokenizer"].get("path")
+        return self.state.tokenizer.get("path")
 
     @property
     def train_seconds(self) -> float | None:
         """Seconds spent in training steps up to this checkpoint, summed over resumes (None in older checkpoints)."""
-        value = self.raw.get("train_seconds")
-        return None if value is None else float(value)
+        return self.state.train_seconds
 
     @property
     def num_classes(self) -> int:
-        return int(self.raw["num_classes"])
+        return self.state.num_classes
 
     @property
     def codebook(self) -> torch.Tensor:
-        return self.raw["codebook"]
+        return self.state.codebook
 
     def build_method(self) -> FlowMethod:
-        return get_method(self.method_name)(self.codebook, **self.raw["method"]["options"])
+        return get_method(self.method_name)(self.codebook, **self.state.method["options"])
 
     def build_model(self, ema: bool = True) -> DiT:
         """The backbone with EMA weights (``ema=True``, used for sampling) or the raw training weights."""
         model = DiT(self.model_config)
-        model.load_state_dict(self.raw["ema" if ema else "model"])
+        model.load_state_dict(self.state.ema if ema else self.state.model)
         return model.eval()
 
 
-def save_checkpoint(path: str | Path, entries: dict[str, Any]) -> Path:
+def save_checkpoint(path: str | Path, state: CheckpointState) -> Path:
     """Write a checkpoint atomically (temp file + rename)."""
-    missing = [k for k in _REQUIRED if k not in entries]
-    if missing:
-        raise ValueError(f"checkpoint entries missing: {missing}")
-    atomic_torch_save(path, {"format": CHECKPOINT_FORMAT, "version": 1, **entries})
+    atomic_torch_save(path, state.to_dict())
     return Path(path)
 
 
 def load_checkpoint(path: str | Path, expect_method: str | None = None) -> Checkpoint:
     """Read a checkpoint safely and check it is ours (and of ``expect_method`` when given)."""
     path = Path(path)
-    raw = safe_torch_load(path, "checkpoint")
-    if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
-        raise PurrError(f"{path} is not a purrception checkpoint (made by `purr train` / `purr demo`)")
-    missing = [k for k in _REQUIRED if k not in raw]
-    if missing:
-        raise PurrError(f"checkpoint {path} is incomplete (missing {', '.join(missing)}); use another checkpoint")
-    ckpt = Checkpoint(path, raw)
+    ckpt = Checkpoint(path, CheckpointState.from_dict(safe_torch_load(path, "checkpoint", _OURS, _FROM), path))
     if expect_method is not None and ckpt.method_name != expect_method:
         raise PurrError(f"checkpoint {path} was trained with method {ckpt.method_name!r}, not {expect_method!r}; "
                         f"drop --method or pass a {expect_method} checkpoint")

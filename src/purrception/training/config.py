@@ -1,19 +1,25 @@
 """Training configuration: one dataclass, named presets, and overrides from the command line or a file.
 
-The resolved config is saved next to the run (``config.json``) and inside every checkpoint; on resume the
-checkpoint's config wins (nanoGPT style).
+The resolved config is saved next to the run (``config.json``) and inside every checkpoint. On resume the
+checkpoint's config wins (nanoGPT style) except where the caller explicitly asks otherwise: a field that defines
+the model or the optimisation trajectory (:attr:`TrainConfig.PINNED`) must then equal the checkpoint's, and one that
+only says how long to train or how the run is observed or computed (:attr:`TrainConfig.ADJUSTABLE`) takes the
+caller's value (:func:`resumed_config`). A preset supplies defaults, not explicit requests: only the fields of a
+``--config`` file and of ``key=value`` overrides count as asked for (:func:`explicit_fields`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from purrception.errors import PurrError
 
-__all__ = ["TrainConfig", "TRAIN_PRESETS", "PRECISIONS", "resolve_config", "parse_override"]
+__all__ = ["TrainConfig", "TRAIN_PRESETS", "PRECISIONS", "resolve_config", "parse_override", "explicit_fields",
+           "resumed_config", "config_differences"]
 
 #: accepted ``precision`` values (the loop maps them to autocast dtypes)
 PRECISIONS = ("fp32", "bf16")
@@ -49,6 +55,22 @@ class TrainConfig:
     sample_every: int = 0                         # save an EMA sample grid every N steps; 0 = off (needs tokenizer)
     sample_images: int = 16                       # images in each periodic grid (class-balanced)
     sample_steps: int = 50                        # Euler steps for the periodic grids
+
+    #: What defines the model and the optimisation trajectory, so what a resumed run keeps from its checkpoint:
+    #: the method and backbone, the global batch and its split into micro-batch slots (each slot draws its own noise,
+    #: ``training.data.slot_generator``), the seed, and AdamW, its warm-up, clipping and the EMA. Asking for another
+    #: value on resume is refused.
+    PINNED: ClassVar[tuple[str, ...]] = (
+        "method", "method_options", "model", "model_overrides", "batch_size", "micro_batch_size", "seed",
+        "lr", "warmup_steps", "weight_decay", "betas", "eps", "grad_clip", "ema_decay", "ema_warmup",
+    )
+    #: What a resumed run takes from the caller when asked: how many steps in all (the lr schedule does not depend on
+    #: it), the logging, checkpoint and sample-grid cadence, and how the arithmetic runs (``precision`` changes
+    #: rounding only, like another device; ``compile`` nothing). Exact resume needs the same precision.
+    ADJUSTABLE: ClassVar[tuple[str, ...]] = (
+        "steps", "log_every", "ckpt_every", "keep_last", "keep_every", "precision", "compile", "tensorboard",
+        "sample_every", "sample_images", "sample_steps",
+    )
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -148,6 +170,50 @@ def resolve_config(preset: str | None = None, file: str | Path | None = None,
         key, value = parse_override(item)
         values[key] = value
     return TrainConfig.from_dict(values)
+
+
+def explicit_fields(file: str | Path | None = None, overrides: list[str] | None = None) -> frozenset[str]:
+    """The fields a caller asked for by name: those of a config file and of ``key=value`` overrides.
+
+    A preset's values (and the dataclass defaults) are not among them: on resume they give way to the checkpoint's.
+    """
+    names = set(_read_config_file(Path(file))) if file is not None else set()
+    names.update(parse_override(item)[0] for item in overrides or [])
+    return frozenset(names)
+
+
+def resumed_config(saved: TrainConfig, asked: TrainConfig, explicit: Collection[str] | None = None) -> TrainConfig:
+    """The config a resumed run continues with: the checkpoint's (``saved``) except where the caller asked.
+
+    Args:
+        saved: the config stored in the checkpoint.
+        asked: the caller's config.
+        explicit: the fields of ``asked`` the caller asked for by name (:func:`explicit_fields`); None means all.
+            An asked-for :attr:`TrainConfig.ADJUSTABLE` field takes the caller's value; an asked-for
+            :attr:`TrainConfig.PINNED` field must equal the checkpoint's; every other field keeps the checkpoint's.
+
+    Raises:
+        PurrError: naming every asked-for pinned field that differs from the checkpoint, with both values.
+    """
+    names = set(TrainConfig.PINNED + TrainConfig.ADJUSTABLE) if explicit is None else set(explicit)
+    clashing = [n for n in TrainConfig.PINNED if n in names and getattr(saved, n) != getattr(asked, n)]
+    if clashing:
+        conflicts = ", ".join(f"{n} is {_shown(getattr(saved, n))} in the checkpoint but {_shown(getattr(asked, n))} "
+                              f"was asked" for n in clashing)
+        raise PurrError(f"cannot resume: {conflicts}; drop the override or train into a new --out")
+    taken = {name: getattr(asked, name) for name in TrainConfig.ADJUSTABLE if name in names}
+    return TrainConfig.from_dict({**saved.to_dict(), **taken})
+
+
+def config_differences(run: TrainConfig, asked: TrainConfig) -> dict[str, dict[str, Any]]:
+    """``{field: {"run": value, "asked": value}}`` for every field where two configs differ (JSON-ready values)."""
+    a, b = run.to_dict(), asked.to_dict()
+    return {name: {"run": a[name], "asked": b[name]} for name in a if a[name] != b[name]}
+
+
+def _shown(value: Any) -> str:
+    """A config value as it would be typed after ``--set key=`` (JSON)."""
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:

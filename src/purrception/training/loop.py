@@ -20,7 +20,10 @@ Rank 0 alone writes files and shows progress; every rank reads the checkpoint on
 a filesystem all nodes see.
 
 ``train(..., resume=True)`` continues from the newest checkpoint and reproduces the uninterrupted run exactly
-(CPU, deterministic), whatever the number of processes before and after.
+(CPU, deterministic), whatever the number of processes before and after. The checkpoint's config defines the run;
+the caller may change only what :attr:`TrainConfig.ADJUSTABLE` lists (``steps``, logging / checkpoint / sample
+cadence, precision), and asking for another value of a :attr:`TrainConfig.PINNED` field is refused
+(:func:`~purrception.training.config.resumed_config`). A run already at or past ``steps`` is returned as it is.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Collection, Iterator
 
 import numpy as np
 import torch
@@ -46,11 +49,11 @@ from purrception.distributed import (DistInfo, all_reduce_sum, barrier, contiguo
                                      init_distributed)
 from purrception.errors import PurrError
 from purrception.flows.base import FlowMethod, LossOutput, get_method
-from purrception.io import atomic_save_json
+from purrception.io import atomic_save_json, partial_writes
 from purrception.models.dit import DiT, dit_config_from_preset
-from purrception.training.checkpoint import (Checkpoint, capture_rng_state, load_checkpoint, restore_rng_state,
-                                             save_checkpoint)
-from purrception.training.config import TrainConfig
+from purrception.training.checkpoint import (Checkpoint, CheckpointState, capture_rng_state, load_checkpoint,
+                                             restore_rng_state, save_checkpoint)
+from purrception.training.config import TrainConfig, config_differences, resumed_config
 from purrception.training.data import ShardBatches, slot_generator
 from purrception.training.ema import EMA
 from purrception.training.optimizer import adamw
@@ -65,15 +68,29 @@ PRECISION_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.b
 
 @dataclass
 class TrainResult:
+    """What a :func:`train` call left: the newest checkpoint, its step, and the loss of the step before it.
+
+    ``start_step`` is the step the call started from (0 for a new run). ``last_loss`` is None only for a run that
+    trained no step in this call and whose checkpoint and metrics record no loss.
+    """
+
     checkpoint: Path
     step: int
-    last_loss: float
+    last_loss: float | None
+    start_step: int = 0
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest ``checkpoints/step_*.pt`` of a run folder, or None."""
+    """The newest ``checkpoints/step_*.pt`` of a run folder, or None (half-written hidden temporaries never count)."""
     found = sorted((Path(run_dir) / "checkpoints").glob("step_*.pt"))
     return found[-1] if found else None
+
+
+def _remove_partial_checkpoints(run_dir: Path) -> None:
+    """Delete the temporary files of checkpoint writes cut short by a killed process (rank 0 only)."""
+    for path in partial_writes(run_dir / "checkpoints", "step_*.pt"):
+        path.unlink(missing_ok=True)
+        log.info("removed %s, a checkpoint write cut short when an earlier process was killed", path)
 
 
 def build_model_for(config: TrainConfig, method: FlowMethod, shards: TokenShards) -> DiT:
@@ -212,151 +229,251 @@ def _load_sampling_tokenizer(path: str, shards: TokenShards, device: torch.devic
 
 
 def train(config: TrainConfig, shards_path: str | Path, run_dir: str | Path, tokenizer_path: str | None = None,
-          resume: bool = False, progress: bool = True, device: str = "cpu") -> TrainResult:
+          resume: bool = False, progress: bool = True, device: str = "cpu",
+          explicit: Collection[str] | None = None) -> TrainResult:
     """Train (or resume) a run of ``config`` on the token shards at ``shards_path`` into ``run_dir``.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1) every process calls this with the same arguments; each joins the process
     group (NCCL on CUDA, gloo on CPU), drives ``cuda:LOCAL_RANK`` when ``device`` is CUDA, and computes its share of
     every global batch (see the module docstring). The effective batch is ``config.batch_size`` whatever the number
     of processes.
+
+    Args:
+        explicit: on resume, the fields of ``config`` the caller asked for by name
+            (:func:`~purrception.training.config.explicit_fields`); None means every field. The others keep the
+            checkpoint's values; see :func:`~purrception.training.config.resumed_config`.
     """
     info = init_distributed(device)
-    dev = info.device
     run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    existing = latest_checkpoint(run_dir)
-    resumed: Checkpoint | None = None
-    if existing is not None and not resume:
-        raise PurrError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose another --out")
-    if existing is not None:
-        resumed = load_checkpoint(existing)
-        config = TrainConfig.from_dict(resumed.raw["config"])  # the checkpoint wins on resume
-        if info.is_main:
-            log.info("resuming %s from step %d", run_dir, resumed.step)
-
-    shards = TokenShards.open(shards_path)
-    codebook = torch.from_numpy(shards.codebook).float()
-    if resumed is not None and resumed.tokenizer_identity != shards.identity:
-        raise PurrError(f"shards {shards_path} were made by {shards.identity.describe()}, but the run was trained on "
-                        f"{resumed.tokenizer_identity.describe()}; resume with the original shards")
-    micro, slots_per_step, my_slots = slots_of_rank(config, info.world_size, info.rank)
-    batches = ShardBatches(shards, config.batch_size, micro, config.seed)
-
-    method = get_method(config.method)(codebook, **config.method_options).to(dev)
-    torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-    model = build_model_for(config, method, shards).to(dev)
-    _seed_process(config.seed, info.rank)
-    # lr is set from the schedule (_lr_at) before every step; 0.0 here only satisfies the constructor
-    opt = adamw(model.parameters(), lr=0.0, betas=config.betas, eps=config.eps, weight_decay=config.weight_decay)
-    ema = EMA(model, config.ema_decay, config.ema_warmup)
-    start_step, train_seconds = 0, 0.0
-    if resumed is not None:
-        model.load_state_dict(resumed.raw["model"])
-        ema.load_state_dict({"model": resumed.raw["ema"], "num_updates": resumed.raw["ema_updates"]})
-        opt.load_state_dict(resumed.raw["optimizer"])
-        start_step = resumed.step
-        train_seconds = resumed.train_seconds or 0.0
-        rng = resumed.raw.get("rng")
-        if rng is not None and len(rng) == info.world_size:
-            restore_rng_state(rng[info.rank], dev)
-    if config.compile:
-        for block in model.blocks:  # in place: parameter names (and checkpoints) stay those of the plain model
-            block.compile()
-
-    loss_module = _LossModule(model, method)
-    ddp = None
-    if info.world_size > 1:
-        ddp = DistributedDataParallel(loss_module, device_ids=[dev.index] if dev.type == "cuda" else None,
-                                      gradient_as_bucket_view=True)
-    forward = ddp if ddp is not None else loss_module
-    # DDP averages over ranks; scaling by W / S leaves sum_s grad(loss_s) / S on every rank.
-    loss_scale = info.world_size / slots_per_step
-
-    tokenizer_entry = {"identity": shards.identity.to_dict(),
-                       "path": tokenizer_path or shards.manifest.get("source", {}).get("tokenizer_path")}
     if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_save_json(run_dir / "config.json", {
-            "train": config.to_dict(), "model": model.config.to_dict(),
-            "method": {"name": method.name, "options": method.options()},
-            "shards": str(shards_path), "tokenizer": tokenizer_entry,
-            "distributed": {"world_size": info.world_size, "micro_batch_size": micro, "slots_per_step": slots_per_step},
-        })
-        _truncate_metrics(run_dir / "metrics.jsonl", start_step)
-    writer = _RunWriter(config, run_dir, info, tokenizer_entry["path"], shards)
-
-    def checkpoint_entries(step: int, rng: list[Any]) -> dict[str, Any]:
-        return {
-            "config": config.to_dict(), "model_config": model.config.to_dict(),
-            "method": {"name": method.name, "options": method.options()},
-            "tokenizer": tokenizer_entry, "codebook": codebook.clone(), "num_classes": shards.num_classes,
-            "latent_shape": list(shards.latent_shape), "step": step,
-            "data_position": {"step": step, "samples_seen": step * config.batch_size, "seed": config.seed},
-            "model": model.state_dict(), "ema": ema.model.state_dict(), "ema_updates": ema.num_updates,
-            "optimizer": opt.state_dict(), "rng": rng, "world_size": info.world_size,
-            "train_seconds": train_seconds,
-        }
-
-    last_saved = existing
-    loss_value = float("nan")
-    bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc=f"train {method.name}",
-               disable=not (progress and info.is_main), dynamic_ncols=True)
-    t_last, n_since = time.perf_counter(), 0
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    model.train()
-    try:
-        for step in bar:
-            t_step = time.perf_counter()
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(config, step)
-            loss_value, parts = _accumulate(forward, ddp, batches, config, step, my_slots, slots_per_step,
-                                            loss_scale, dev)
-            if not math.isfinite(loss_value):
-                raise PurrError(f"loss became {loss_value} at step {step}{_last_good(last_saved)}; "
-                                f"lower the learning rate or enable grad_clip")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(
-                model.parameters(), config.grad_clip if config.grad_clip > 0 else float("inf")))
-            if not math.isfinite(grad_norm):
-                raise PurrError(f"gradient norm became {grad_norm} at step {step}{_last_good(last_saved)}; "
-                                f"lower the learning rate, enable grad_clip or use precision=fp32")
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            ema.update(model)
-            train_seconds += time.perf_counter() - t_step  # steps only: no checkpoint writes or sample grids
-            n_since += config.batch_size
-            done = step + 1
-            if done % config.log_every == 0 or done == config.steps:
-                now = time.perf_counter()
-                record = {"step": done, "loss": loss_value, **parts, "grad_norm": grad_norm,
-                          "lr": opt.param_groups[0]["lr"], "images_per_s": n_since / max(now - t_last, 1e-9),
-                          "train_seconds": train_seconds}
-                if dev.type == "cuda":
-                    record["max_memory_gb"] = torch.cuda.max_memory_allocated(dev) / 2**30
-                writer.metrics(record)
-                t_last, n_since = now, 0
-                bar.set_postfix(loss=f"{loss_value:.4f}")
-            if done % config.ckpt_every == 0 or done == config.steps:
-                rng = gather_to_rank0(capture_rng_state(dev))  # collective: every rank takes part
-                if not _all_finite(model):
-                    # never overwrite good checkpoints with a diverged model; the next step's loss guard stops
-                    if done == config.steps:
-                        raise PurrError(f"parameters became non-finite at step {done}{_last_good(last_saved)}; "
-                                        f"lower the learning rate or enable grad_clip")
-                    log.warning("parameters are non-finite after step %d; checkpoint not written", done)
-                elif info.is_main:
-                    last_saved = save_checkpoint(ckpt_dir / f"step_{done:08d}.pt", checkpoint_entries(done, rng))
-                    _prune_checkpoints(ckpt_dir, config.keep_last, config.keep_every)
-            if config.sample_every > 0 and done % config.sample_every == 0:
-                writer.samples(done, method, ema.model, shards.num_classes, dev)
-    finally:
-        writer.close()
-        bar.close()
-    barrier()  # the final checkpoint exists for every rank before anyone returns
-    model.eval()
+        _remove_partial_checkpoints(run_dir)
+    resumed = _resume_point(run_dir, resume, info)
+    if resumed is not None:
+        config = _config_to_resume(resumed, config, explicit, info)
+        if resumed.step >= config.steps:
+            return _already_done(resumed, config, run_dir, info)
+    run = _Run(config, shards_path, run_dir, tokenizer_path, info, resumed)
+    loss = run.fit(progress)
     final = latest_checkpoint(run_dir)
     assert final is not None
-    return TrainResult(final, config.steps, loss_value)
+    return TrainResult(final, config.steps, loss, run.start_step)
+
+
+def _resume_point(run_dir: Path, resume: bool, info: DistInfo) -> Checkpoint | None:
+    """The newest checkpoint of ``run_dir`` when resuming; refuse to train over one otherwise."""
+    existing = latest_checkpoint(run_dir)
+    if existing is None:
+        return None
+    if not resume:
+        raise PurrError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose another --out")
+    resumed = load_checkpoint(existing)
+    if info.is_main:
+        log.info("resuming %s from step %d", run_dir, resumed.step)
+    return resumed
+
+
+def _config_to_resume(resumed: Checkpoint, asked: TrainConfig, explicit: Collection[str] | None,
+                      info: DistInfo) -> TrainConfig:
+    """The checkpoint's config with the caller's asked-for adjustable fields; say which of the run's values stay."""
+    config = resumed_config(resumed.train_config, asked, explicit)
+    kept = config_differences(config, asked)
+    if kept and info.is_main:
+        log.info("resuming with the run's own %s (not asked for in this call)",
+                 ", ".join(f"{name}={json.dumps(v['run'])}" for name, v in kept.items()))
+    return config
+
+
+def _already_done(resumed: Checkpoint, config: TrainConfig, run_dir: Path, info: DistInfo) -> TrainResult:
+    """A resumed run at or past ``config.steps``: nothing to train, so report its newest checkpoint as it is."""
+    if info.is_main:
+        log.info("%s is already at step %d (%d steps asked); nothing to train. Ask for more steps to continue it",
+                 run_dir, resumed.step, config.steps)
+    return TrainResult(resumed.path, resumed.step, _recorded_loss(resumed, run_dir), resumed.step)
+
+
+def _recorded_loss(ckpt: Checkpoint, run_dir: Path) -> float | None:
+    """The loss of the step before ``ckpt``: stored in it, else (older checkpoints) its step's metrics line."""
+    if ckpt.state.loss is not None:
+        return float(ckpt.state.loss)
+    path = run_dir / "metrics.jsonl"
+    losses = [r["loss"] for _, r in _metric_lines(path) if r.get("step") == ckpt.step] if path.exists() else []
+    return float(losses[-1]) if losses else None
+
+
+class _Run:
+    """One call of :func:`train`, one job per method: set-up (``__init__``), :meth:`restore`, :meth:`step`,
+    :meth:`log_metrics`, :meth:`checkpoint` and :meth:`fit`, the loop that calls them."""
+
+    def __init__(self, config: TrainConfig, shards_path: str | Path, run_dir: Path, tokenizer_path: str | None,
+                 info: DistInfo, resumed: Checkpoint | None):
+        self.config, self.info, self.dev = config, info, info.device
+        self.run_dir, self.ckpt_dir = run_dir, run_dir / "checkpoints"
+        self.last_saved = resumed.path if resumed is not None else None
+        self.start_step, self.train_seconds = 0, 0.0
+        self._open_data(shards_path, tokenizer_path, resumed)
+        self._build()
+        if resumed is not None:
+            self.restore(resumed)
+        self._wrap()
+        self._write_run_files(shards_path)
+        self.writer = _RunWriter(config, run_dir, info, self.tokenizer_entry["path"], self.shards)
+
+    def _open_data(self, shards_path: str | Path, tokenizer_path: str | None, resumed: Checkpoint | None) -> None:
+        """The shards (of the resumed run's tokenizer), this rank's micro-batch slots and their batches."""
+        self.shards = shards = TokenShards.open(shards_path)
+        if resumed is not None and resumed.tokenizer_identity != shards.identity:
+            raise PurrError(f"shards {shards_path} were made by {shards.identity.describe()}, but the run was trained "
+                            f"on {resumed.tokenizer_identity.describe()}; resume with the original shards")
+        self.codebook = torch.from_numpy(shards.codebook).float()
+        self.tokenizer_entry = {"identity": shards.identity.to_dict(),
+                                "path": tokenizer_path or shards.manifest.get("source", {}).get("tokenizer_path")}
+        self.micro, self.slots_per_step, self.my_slots = slots_of_rank(self.config, self.info.world_size,
+                                                                       self.info.rank)
+        self.batches = ShardBatches(shards, self.config.batch_size, self.micro, self.config.seed)
+
+    def _build(self) -> None:
+        """Method, model (the same initial weights on every rank), AdamW (paper App. C) and EMA."""
+        config = self.config
+        self.method = get_method(config.method)(self.codebook, **config.method_options).to(self.dev)
+        torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+        self.model = build_model_for(config, self.method, self.shards).to(self.dev)
+        _seed_process(config.seed, self.info.rank)
+        # lr is set from the schedule (_lr_at) before every step; 0.0 here only satisfies the constructor
+        self.opt = adamw(self.model.parameters(), lr=0.0, betas=config.betas, eps=config.eps,
+                         weight_decay=config.weight_decay)
+        self.ema = EMA(self.model, config.ema_decay, config.ema_warmup)
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        """Weights, EMA, optimizer, step, train time and (same world size) this rank's RNG states of ``ckpt``."""
+        state = ckpt.state
+        if state.optimizer is None or state.ema_updates is None:
+            raise PurrError(f"checkpoint {ckpt.path} holds no optimizer or EMA state, so it cannot be resumed; "
+                            f"train into a new --out")
+        self.model.load_state_dict(state.model)
+        self.ema.load_state_dict({"model": state.ema, "num_updates": state.ema_updates})
+        self.opt.load_state_dict(state.optimizer)
+        self.start_step = ckpt.step
+        self.train_seconds = ckpt.train_seconds or 0.0
+        if state.rng is not None and len(state.rng) == self.info.world_size:
+            restore_rng_state(state.rng[self.info.rank], self.dev)
+
+    def _wrap(self) -> None:
+        """Optional per-block ``torch.compile`` and, over several processes, DistributedDataParallel."""
+        if self.config.compile:
+            for block in self.model.blocks:  # in place: parameter names (and checkpoints) stay those of the plain model
+                block.compile()
+        self.loss_module = _LossModule(self.model, self.method)
+        self.ddp = None
+        if self.info.world_size > 1:
+            self.ddp = DistributedDataParallel(self.loss_module,
+                                               device_ids=[self.dev.index] if self.dev.type == "cuda" else None,
+                                               gradient_as_bucket_view=True)
+        self.forward = self.ddp if self.ddp is not None else self.loss_module
+        # DDP averages over ranks; scaling by W / S leaves sum_s grad(loss_s) / S on every rank.
+        self.loss_scale = self.info.world_size / self.slots_per_step
+
+    def _write_run_files(self, shards_path: str | Path) -> None:
+        """Rank 0: ``config.json`` (resolved config, model, method, data, process layout); metrics cut to the step."""
+        if not self.info.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_save_json(self.run_dir / "config.json", {
+            "train": self.config.to_dict(), "model": self.model.config.to_dict(),
+            "method": {"name": self.method.name, "options": self.method.options()},
+            "shards": str(shards_path), "tokenizer": self.tokenizer_entry,
+            "distributed": {"world_size": self.info.world_size, "micro_batch_size": self.micro,
+                            "slots_per_step": self.slots_per_step},
+        })
+        _truncate_metrics(self.run_dir / "metrics.jsonl", self.start_step)
+
+    def fit(self, progress: bool) -> float:
+        """Train from the start step to ``config.steps``; return the last step's loss (NaN when none ran)."""
+        config = self.config
+        loss = float("nan")
+        bar = tqdm(range(self.start_step, config.steps), initial=self.start_step, total=config.steps,
+                   desc=f"train {self.method.name}", disable=not (progress and self.info.is_main), dynamic_ncols=True)
+        self._t_last, self._n_since = time.perf_counter(), 0
+        if self.dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.dev)
+        self.model.train()
+        try:
+            for step in bar:
+                loss, parts, grad_norm = self.step(step)
+                done = step + 1
+                if done % config.log_every == 0 or done == config.steps:
+                    self.log_metrics(done, loss, parts, grad_norm)
+                    bar.set_postfix(loss=f"{loss:.4f}")
+                if done % config.ckpt_every == 0 or done == config.steps:
+                    self.checkpoint(done, loss)
+                if config.sample_every > 0 and done % config.sample_every == 0:
+                    self.writer.samples(done, self.method, self.ema.model, self.shards.num_classes, self.dev)
+        finally:
+            self.writer.close()
+            bar.close()
+        barrier()  # the final checkpoint exists for every rank before anyone returns
+        self.model.eval()
+        return loss
+
+    def step(self, step: int) -> tuple[float, dict[str, float], float]:
+        """One optimizer step on the global batch of ``step``: ``(loss, loss parts, gradient norm)``, all finite."""
+        config = self.config
+        t_step = time.perf_counter()
+        for group in self.opt.param_groups:
+            group["lr"] = _lr_at(config, step)
+        loss, parts = _accumulate(self.forward, self.ddp, self.batches, config, step, self.my_slots,
+                                  self.slots_per_step, self.loss_scale, self.dev)
+        if not math.isfinite(loss):
+            raise PurrError(f"loss became {loss} at step {step}{_last_good(self.last_saved)}; "
+                            f"lower the learning rate or enable grad_clip")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), config.grad_clip if config.grad_clip > 0 else float("inf")))
+        if not math.isfinite(grad_norm):
+            raise PurrError(f"gradient norm became {grad_norm} at step {step}{_last_good(self.last_saved)}; "
+                            f"lower the learning rate, enable grad_clip or use precision=fp32")
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.ema.update(self.model)
+        self.train_seconds += time.perf_counter() - t_step  # steps only: no checkpoint writes or sample grids
+        self._n_since += config.batch_size
+        return loss, parts, grad_norm
+
+    def log_metrics(self, done: int, loss: float, parts: dict[str, float], grad_norm: float) -> None:
+        """One ``metrics.jsonl`` record (and TensorBoard scalars) after ``done`` steps."""
+        now = time.perf_counter()
+        record = {"step": done, "loss": loss, **parts, "grad_norm": grad_norm, "lr": self.opt.param_groups[0]["lr"],
+                  "images_per_s": self._n_since / max(now - self._t_last, 1e-9), "train_seconds": self.train_seconds}
+        if self.dev.type == "cuda":
+            record["max_memory_gb"] = torch.cuda.max_memory_allocated(self.dev) / 2**30
+        self.writer.metrics(record)
+        self._t_last, self._n_since = now, 0
+
+    def checkpoint(self, done: int, loss: float) -> None:
+        """Every rank's RNG states to rank 0, which writes ``step_<done>.pt`` atomically and prunes old ones."""
+        rng = gather_to_rank0(capture_rng_state(self.dev))  # collective: every rank takes part
+        if not _all_finite(self.model):
+            # never overwrite good checkpoints with a diverged model; the next step's loss guard stops
+            if done == self.config.steps:
+                raise PurrError(f"parameters became non-finite at step {done}{_last_good(self.last_saved)}; "
+                                f"lower the learning rate or enable grad_clip")
+            log.warning("parameters are non-finite after step %d; checkpoint not written", done)
+        elif self.info.is_main:
+            self.last_saved = save_checkpoint(self.ckpt_dir / f"step_{done:08d}.pt",
+                                              self.checkpoint_state(done, rng, loss))
+            _prune_checkpoints(self.ckpt_dir, self.config.keep_last, self.config.keep_every)
+
+    def checkpoint_state(self, step: int, rng: list[Any], loss: float) -> CheckpointState:
+        """What a checkpoint after ``step`` steps holds (:class:`CheckpointState`)."""
+        config, model, shards = self.config, self.model, self.shards
+        return CheckpointState(
+            config=config.to_dict(), model_config=model.config.to_dict(),
+            method={"name": self.method.name, "options": self.method.options()},
+            tokenizer=self.tokenizer_entry, codebook=self.codebook.clone(), num_classes=shards.num_classes, step=step,
+            model=model.state_dict(), ema=self.ema.model.state_dict(), ema_updates=self.ema.num_updates,
+            optimizer=self.opt.state_dict(), rng=rng, world_size=self.info.world_size,
+            latent_shape=list(shards.latent_shape),
+            data_position={"step": step, "samples_seen": step * config.batch_size, "seed": config.seed},
+            train_seconds=self.train_seconds, loss=loss,
+        )
 
 
 def _accumulate(forward: nn.Module, ddp: DistributedDataParallel | None, batches: ShardBatches, config: TrainConfig,
