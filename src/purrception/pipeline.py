@@ -152,7 +152,7 @@ class PurrceptionPipeline:
             raise PurrError(f"checkpoint {ckpt.path} records no tokenizer path; pass tokenizer=PATH")
         tok = load_matching_tokenizer(tok_path, ckpt.tokenizer_identity, tokenizer_kind)
         run = _run_description(ckpt.path)
-        info = {"step": ckpt.step, "source": str(ckpt.path), "train": ckpt.raw.get("config", {}),
+        info = {"step": ckpt.step, "source": str(ckpt.path), "train": dict(ckpt.state.config),
                 "train_seconds": ckpt.train_seconds, "data": run.get("data"), "class_names": run.get("class_names"),
                 "tokenizer": {"identity": ckpt.tokenizer_identity.to_dict(), "kind": tokenizer_kind or tok.kind,
                               "path": str(Path(tok_path).resolve())}}
