@@ -16,7 +16,7 @@ from purrception.errors import PurrError
 from purrception.hashing import sha256_tensor as sha256_of_tensor  # the name older code imports from here
 
 __all__ = ["default_cache_dir", "atomic_write", "partial_writes", "atomic_save_json", "atomic_torch_save", "load_json",
-           "safe_torch_load", "sha256_of_tensor"]
+           "safe_torch_load", "why_unreadable", "sha256_of_tensor"]
 
 #: suffix of atomic_write's temporary files (their names are ``.<target name>.<random>.tmp``)
 _TMP_SUFFIX = ".tmp"
@@ -91,14 +91,14 @@ def safe_torch_load(path: str | os.PathLike, what: str = "checkpoint", expected:
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for corrupt / unsafe files
-        raise PurrError(f"cannot read {what} {path}: it is not {expected} ({_why_unreadable(err)}); {fix}") from None
+        raise PurrError(f"cannot read {what} {path}: it is not {expected} ({why_unreadable(err)}); {fix}") from None
 
 
 #: how torch's weights-only unpickler names a pickled class it refuses
 _FOREIGN_GLOBAL = re.compile(r"GLOBAL ([\w.]+) was not an allowed global")
 
 
-def _why_unreadable(err: Exception) -> str:
+def why_unreadable(err: Exception) -> str:
     """Why the safe loader refused a file: foreign objects (named), or not a readable torch file at all."""
     found = sorted(set(_FOREIGN_GLOBAL.findall(str(err))))
     if found:

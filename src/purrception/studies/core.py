@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -111,7 +111,7 @@ def train_and_track(store: StudyStore, variants: list[Variant], track: TrackSett
             log.info("study: training %s (seed %d) to step %d", variant.name, seed, config.steps)
             train(config, shards, run_dir, tokenizer_path=tokenizer_path, resume=True, progress=info.is_main,
                   device=str(info.device))
-            settings = EvalSettings(**{**asdict(track.eval), "tau": track.tau_for(config.method)})
+            settings = replace(track.eval, tau=track.tau_for(config.method))
             for path in sorted((run_dir / "checkpoints").glob("step_*.pt")):
                 ckpt = load_checkpoint(path)
                 key = f"{variant.name}|seed={seed}|step={ckpt.step}"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from typing import Any
 import torch
 
 from purrception.errors import PurrError
+from purrception.io import why_unreadable
 from purrception.tokenizers.ldm_vq import VQGANConfig, VQGANTokenizer
 
 __all__ = [
@@ -99,15 +101,6 @@ def _inert_class(full_name: str) -> type:
     return _INERT_CLASSES[full_name]
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("Weights only load failed"):
-            return line[:200]
-    return type(err).__name__
-
-
 def read_checkpoint(path: str | Path, what: str = "checkpoint") -> Any:
     """Read a ``torch.save`` file without executing any code from it.
 
@@ -127,27 +120,30 @@ def read_checkpoint(path: str | Path, what: str = "checkpoint") -> Any:
         raise PurrError(f"{what} not found: {path}")
     is_zip = zipfile.is_zipfile(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+        with warnings.catch_warnings():  # the error below says what matters; torch's advice is never passed on
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
     except pickle.UnpicklingError as err:
         refusal = err
     except Exception as err:  # truncated zip, not a pickle at all, ...
-        raise PurrError(f"cannot read {what} {path}: {_first_line(err)} "
+        raise PurrError(f"cannot read {what} {path}: {why_unreadable(err)} "
                         f"(truncated download or not a PyTorch checkpoint?)") from None
     if not is_zip:
-        raise PurrError(f"cannot read {what} {path} safely: {_first_line(refusal)} "
+        raise PurrError(f"cannot read {what} {path} safely: {why_unreadable(refusal)} "
                         f"(not a PyTorch zip checkpoint, or a legacy file with foreign objects)")
     try:
         foreign = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
     except Exception as err:
-        raise PurrError(f"cannot read {what} {path}: {_first_line(err)}") from None
+        raise PurrError(f"cannot read {what} {path}: {why_unreadable(err)}") from None
     log.info("%s: %d foreign object type(s) in the pickle are read as inert stand-ins: %s",
              path.name, len(foreign), ", ".join(foreign[:5]) + (" ..." if len(foreign) > 5 else ""))
     stand_ins = [(_inert_class(name), name) for name in foreign]
     try:
-        with torch.serialization.safe_globals(stand_ins):
+        with torch.serialization.safe_globals(stand_ins), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
-        raise PurrError(f"refusing to read {what} {path}: {_first_line(err)}") from None
+        raise PurrError(f"refusing to read {what} {path}: {why_unreadable(err)}") from None
 
 
 # ---- key layouts ---------------------------------------------------------------------------------------------
