@@ -285,3 +285,25 @@ def test_decode_shapes(kind, loaded):
         images = tok.decode(codes)  # fully convolutional: 8x upsampling of any grid (32x32 -> 256x256)
     assert images.shape == (1, 3, 16, 8)
     assert images.min() >= -1 and images.max() <= 1
+
+
+class _Foreign:
+    """A class this library never writes, pickled into a legacy (non-zip) torch file."""
+
+
+@pytest.mark.parametrize("content", ["random", "legacy-foreign"])
+def test_unreadable_pretrained_files_are_refused_in_the_library_s_words(tmp_path, recwarn, content):
+    from purrception.tokenizers.pretrained import read_checkpoint
+
+    path = tmp_path / "model.ckpt"
+    if content == "random":
+        path.write_bytes(bytes(range(256)) * 8)
+    else:
+        torch.save({"state_dict": {"w": torch.zeros(2)}, "extra": _Foreign()}, path,
+                   _use_new_zipfile_serialization=False)
+    with pytest.raises(PurrError) as info:
+        read_checkpoint(path, "tokenizer checkpoint")
+    message = str(info.value)
+    assert "weights_only" not in message and "can still be loaded" not in message and "\x1b" not in message
+    assert "\n" not in message and str(path) in message
+    assert not [w for w in recwarn if "torch" in str(w.filename) or "weights" in str(w.message)]
