@@ -143,7 +143,7 @@ def test_panel_images():
     assert [caption for _, caption in items] == ["0: 3", "1: 7"] and items[0][0].shape == (56, 56, 3)
     entropy = np.stack([np.full((7, 7), np.log(32.0)), np.zeros((7, 7))]).astype(np.float32)
     maps = entropy_items(entropy, [0.0, 0.75], float(np.log(32.0)), (224, 224), position=(3, 3))
-    assert [m.shape for m, _ in maps] == [(224, 224, 3)] * 2 and maps[0][1].startswith("t = 0.00, mean 3.47")
+    assert [m.shape for m, _ in maps] == [(224, 224, 3)] * 2 and maps[0][1] == "t=0.00: 3.47"
     assert maps[1][0][0, 0].sum() < 10 and maps[1][0][96, 96].tolist() == list(MARK_COLOR)  # certain: black
     strip = topk_items(np.stack([grey] * 3), [5, 9, 1], [0.5, 0.3, 0.2], 8, (0, 0), (7, 7))
     assert [caption for _, caption in strip] == ["code 5: p = 0.500", "code 9: p = 0.300", "code 1: p = 0.200"]

@@ -143,6 +143,8 @@ def test_page_in_a_browser(app_url):
             page.fill("#tau input", "0")
             page.click("#generate")
             page.get_by_text("τ must be > 0").first.wait_for()
+            for close in page.locator("[data-testid=toast-close]").all():     # dismiss it (gradio's own button)
+                close.click()
 
             page.fill("#num input[type=number]", "4")
             page.press("#num input[type=number]", "Enter")
@@ -157,7 +159,8 @@ def test_page_in_a_browser(app_url):
                                    " && document.querySelector('#downloads').innerText.includes('command')")
             if shots:
                 SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(SCREENSHOTS / "grid.png"), full_page=True)
+                page.evaluate("window.scrollTo(0, 0)")
+                page.screenshot(path=str(SCREENSHOTS / "grid.png"))
 
             # click an image: its entropy maps over t; click a position: the top-k codes there, decoded
             page.locator("#grid img").nth(1).click()
@@ -176,8 +179,7 @@ def test_page_in_a_browser(app_url):
             assert len(strip) >= 2 and len(maps) == len(UNCERTAINTY_TIMES)
             assert "--position 2,5" in page.inner_text("#inspect-info")
             if shots:
-                page.locator("#picked").scroll_into_view_if_needed()
-                page.screenshot(path=str(SCREENSHOTS / "uncertainty.png"), full_page=True)
+                page.locator("#uncertainty").screenshot(path=str(SCREENSHOTS / "uncertainty.png"))
         finally:
             browser.close()
 

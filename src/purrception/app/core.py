@@ -299,7 +299,7 @@ def entropy_items(entropy: np.ndarray, times: Sequence[float], max_entropy: floa
         heat = entropy_heatmap(ent, max_entropy, size)
         if position is not None:
             heat = mark_position(heat, position, ent.shape)
-        items.append((heat, f"t = {t:.2f}, mean {float(ent.mean()):.2f}"))
+        items.append((heat, f"t={t:.2f}: {float(ent.mean()):.2f}"))
     return items
 
 
@@ -390,7 +390,7 @@ class Inspection:
         head = (f"**Image {self.index}** (class {class_names[self.label]}), regenerated alone. Entropy of the "
                 f"posterior π = softmax(ℓ/τ) at each position, from 0 (black: one code) to log K = "
                 f"{self.max_entropy:.2f} nats (bright), at t = {', '.join(f'{t:.2f}' for t in self.times)} "
-                "(captions: the mean over positions).")
+                "(captions: t and the mean over positions).")
         if self.position is None:
             tail = " Click a position on the enlarged image for its most probable codes."
         else:

@@ -35,6 +35,8 @@ MIN_GRADIO = (6, 17)
 QUEUE_SIZE = 16
 SANS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif"]
 MONO = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "Liberation Mono", "monospace"]
+#: pixels of the entropy and top-k strips: one row of thumbnails
+GALLERY_HEIGHT = 230
 CSS = ".purr-pixels img { image-rendering: pixelated; }"
 
 INTRO = """\
@@ -120,19 +122,20 @@ def build_page(session: AppSession) -> gr.Blocks:
                                   interactive=False, lines=2, wrap_lines=True, elem_id="command")
                 files = gr.File(label="download: the images (zip) and the command", file_count="multiple",
                                 interactive=False, elem_id="downloads")
-        gr.Markdown("### Uncertainty of the clicked image")
-        with gr.Row():
-            picked = gr.Image(label="click a position", interactive=False, format="png", type="numpy",
-                              elem_id="picked", elem_classes="purr-pixels", scale=1)
-            with gr.Column(scale=3):
-                entropy = gr.Gallery(label="posterior entropy per position, over t", columns=len(session.times),
-                                     format="png", object_fit="contain", allow_preview=False, height="auto",
-                                     elem_id="entropy", elem_classes="purr-pixels")
-                topk = gr.Gallery(label="top codes at the clicked position, decoded", columns=session.topk,
-                                  format="png", object_fit="contain", allow_preview=False, height="auto",
-                                  elem_id="topk",
-                                  elem_classes="purr-pixels")
-        about = gr.Markdown(elem_id="inspect-info")
+        with gr.Column(elem_id="uncertainty"):
+            gr.Markdown("### Uncertainty of the clicked image")
+            with gr.Row():
+                picked = gr.Image(label="click a position", interactive=False, format="png", type="numpy",
+                                  elem_id="picked", elem_classes="purr-pixels", scale=1)
+                with gr.Column(scale=3):
+                    entropy = gr.Gallery(label="posterior entropy per position, over t",
+                                         columns=len(session.times), format="png", object_fit="contain",
+                                         allow_preview=False, height=GALLERY_HEIGHT, elem_id="entropy",
+                                         elem_classes="purr-pixels")
+                    topk = gr.Gallery(label="top codes at the clicked position, decoded", columns=session.topk,
+                                      format="png", object_fit="contain", allow_preview=False,
+                                      height=GALLERY_HEIGHT, elem_id="topk", elem_classes="purr-pixels")
+            about = gr.Markdown(elem_id="inspect-info")
         state = gr.State(None)
         index = gr.State(None)
 
