@@ -1,5 +1,6 @@
-"""``purr app`` in a real headless browser: start it on a free localhost port, change τ, generate, see the images
-change, click an image and a position, see the uncertainty panel, and check that every request stayed local.
+"""``purr app`` in a real headless browser: start it on a free localhost port, change τ (a number, then a schedule),
+generate, see the images change, click an image and a position, see the uncertainty panel, and check that every
+request stayed local.
 
 Needs gradio (the ``[app]`` extra), playwright (the ``[test]`` extra) and a Chromium binary from the system
 (Debian's ``chromium``; ``.ci/run`` installs it; ``PURR_CHROMIUM`` names another); skips, saying which is missing,
@@ -150,11 +151,15 @@ def test_page_in_a_browser(app_url):
             page.press("#num input[type=number]", "Enter")
             page.fill("#tau input", "0.05")
             cold = _generate(page, 4)
+            page.get_by_label("start → end").check()              # τ from 5 at t = 0 to 3 at t = 1
+            page.locator("#tau-end").wait_for(state="visible")
             page.fill("#tau input", "5")
+            page.fill("#tau-end input", "3")
             hot = _generate(page, 4)
             assert all(a.shape == cold[0].shape for a in cold + hot) and cold[0].shape[0] >= 112
-            assert any((a != b).any() for a, b in zip(cold, hot)), "τ = 0.05 and τ = 5 gave the same images"
-            assert "--tau 5.0" in page.inner_text("#command") and "4 images in" in page.inner_text("#status")
+            assert any((a != b).any() for a, b in zip(cold, hot)), "τ = 0.05 and τ = 5 → 3 gave the same images"
+            assert "--tau linear:5.0:3.0" in page.inner_text("#command")
+            assert "4 images in" in page.inner_text("#status")
             page.wait_for_function("() => document.querySelector('#downloads').innerText.includes('purr-app-samples')"
                                    " && document.querySelector('#downloads').innerText.includes('command')")
             if shots:

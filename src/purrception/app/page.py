@@ -161,6 +161,7 @@ def serve(session: AppSession, host: str = "127.0.0.1", port: int = 7860, concur
                     ssr_mode=False, theme=gr.themes.Base(font=SANS, font_mono=MONO), css=CSS,
                     allowed_paths=[str(Path(session.workdir))])
     except OSError as err:
-        raise PurrError(f"cannot serve on {host}:{port} ({err}); pass another --port or --host") from None
+        reason = str(err).split(". ")[0]
+        raise PurrError(f"cannot serve on {host}:{port} ({reason}); pass another --port or --host") from None
     finally:
         session.close()

@@ -82,6 +82,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not _is_loopback(args.host):
         log.warning("serving on %s: anyone who can reach this machine can use the page", args.host)
-    log.info("purr app: http://%s:%d (Ctrl-C to stop)", args.host, args.port)
+    log.info("purr app: starting on http://%s:%d (Ctrl-C to stop)", args.host, args.port)
     serve(session, args.host, args.port)
     return 0
