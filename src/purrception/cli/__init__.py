@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "purrception.cli.train",
     "purrception.cli.sample",
     "purrception.cli.export",
+    "purrception.cli.app",
     "purrception.cli.eval",
     "purrception.cli.study",
 ]

@@ -19,11 +19,11 @@ import numpy as np
 
 from purrception.cli.common import add_sampler_args, add_tokenizer_kind_arg, positive_int
 from purrception.errors import PurrError
-from purrception.generation.generate import balanced_labels, check_labels
+from purrception.generation.generate import balanced_labels, check_labels, repeat_labels
 from purrception.generation.uncertainty import entropy_heatmap
 from purrception.io import atomic_write
 from purrception.pipeline import PipelineOutput, PurrceptionPipeline, resolve_checkpoint
-from purrception.sampling.grid import image_grid, save_png, save_samples_npz
+from purrception.sampling.grid import image_grid, save_png, save_sample_folder
 from purrception.tokenizers.base import VQTokenizer
 from purrception.tokenizers.store import load_matching_tokenizer
 from purrception.training.checkpoint import Checkpoint
@@ -104,8 +104,7 @@ def _labels(args: argparse.Namespace, num_classes: int) -> np.ndarray:
     if classes.size == 0:
         raise PurrError("--classes is empty; give class ids like 0,3,7 or 'all'")
     check_labels(classes, num_classes)
-    num = args.num or 8 * len(classes)
-    return np.resize(np.repeat(classes, -(-num // len(classes))), num)
+    return repeat_labels(classes, args.num or 8 * len(classes))
 
 
 def _save_uncertainty(out: Path, result: PipelineOutput, codebook_size: int, position: tuple[int, int] | None) -> None:
@@ -153,11 +152,7 @@ def run(args: argparse.Namespace) -> int:
         raise PurrError(with_flags(str(err))) from None
     out.mkdir(parents=True, exist_ok=True)
     images = result.pixels
-    for i, (image, label) in enumerate(zip(images, labels)):
-        save_png(out / f"{i:05d}_class{label}.png", image)
-    order = np.argsort(labels, kind="stable")
-    save_png(out / "grid.png", image_grid(images[order], rows=len(np.unique(labels))), scale=2)
-    save_samples_npz(out / "samples.npz", images, labels)
+    save_sample_folder(out, images, labels)
     if result.uncertainty is not None:
         _save_uncertainty(out, result, pipe.method.codebook_size, args.position)
     log.info("wrote %d images, grid.png and samples.npz to %s (steps %d, solver %s, tau %s, cfg %s)",

@@ -7,7 +7,7 @@ batch size or the number of processes generating.
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +20,8 @@ from purrception.sampling.settings import SamplerSettings
 from purrception.tokenizers.base import VQTokenizer
 from purrception.pixels import tensor_to_images
 
-__all__ = ["noise_for", "seeded_batches", "generate_codes", "generate_images", "balanced_labels", "check_labels"]
+__all__ = ["noise_for", "seeded_batches", "generate_codes", "generate_images", "balanced_labels", "repeat_labels",
+           "check_labels"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,14 @@ def noise_for(indices: Iterable[int], seed: int, shape: tuple[int, ...]) -> torc
 def balanced_labels(num_images: int, num_classes: int) -> np.ndarray:
     """``0, 1, ..., C-1, 0, 1, ...``: class-balanced labels for ``num_images`` samples."""
     return np.arange(num_images, dtype=np.int64) % num_classes
+
+
+def repeat_labels(classes: Sequence[int], num_images: int) -> np.ndarray:
+    """Each of ``classes`` repeated in turn to fill ``num_images``: ``[3, 7]``, 5 -> ``3, 3, 3, 7, 7``."""
+    classes = np.asarray(list(classes), dtype=np.int64)
+    if classes.size == 0:
+        raise PurrError("no classes given; give class ids like 0,3,7")
+    return np.resize(np.repeat(classes, -(-num_images // classes.size)), num_images)
 
 
 def check_labels(labels: np.ndarray, num_classes: int) -> None:

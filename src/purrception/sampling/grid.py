@@ -9,7 +9,7 @@ from PIL import Image
 
 from purrception.io import atomic_write
 
-__all__ = ["image_grid", "save_png", "save_samples_npz"]
+__all__ = ["image_grid", "save_png", "save_samples_npz", "save_sample_folder"]
 
 
 def image_grid(images: np.ndarray, rows: int, pad: int = 2, pad_value: int = 0) -> np.ndarray:
@@ -40,3 +40,14 @@ def save_samples_npz(path: str | Path, images: np.ndarray, labels: np.ndarray, *
             np.savez(f, images=np.asarray(images, dtype=np.uint8), labels=np.asarray(labels, dtype=np.int64), **extra)
 
     atomic_write(path, write)
+
+
+def save_sample_folder(folder: str | Path, images: np.ndarray, labels: np.ndarray) -> None:
+    """What ``purr sample`` writes for ``images``: ``NNNNN_classY.png`` per image, ``grid.png`` (one row per
+    class, 2x) and ``samples.npz``, into an existing ``folder``."""
+    folder = Path(folder)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        save_png(folder / f"{i:05d}_class{label}.png", image)
+    order = np.argsort(labels, kind="stable")
+    save_png(folder / "grid.png", image_grid(images[order], rows=len(np.unique(labels))), scale=2)
+    save_samples_npz(folder / "samples.npz", images, labels)
