@@ -458,7 +458,8 @@ def machine_line(device: str, threads: int) -> str:
 
     import torch
 
-    what = torch.cuda.get_device_name(0) if device.startswith("cuda") else f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()})"
+    cpu = f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()})"
+    what = torch.cuda.get_device_name(0) if device.startswith("cuda") else cpu
     return f"machine: {what}; torch {torch.__version__}; torch threads per child: {threads or torch.get_num_threads()}"
 
 

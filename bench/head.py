@@ -19,8 +19,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import (VARIANTS, add_common_args, case_flops, cases_from_args, machine_line, measure_all,  # noqa: E402
-                      mib, ratio, table, with_variant)
+from _harness import (  # noqa: E402
+    VARIANTS,
+    add_common_args,
+    case_flops,
+    cases_from_args,
+    machine_line,
+    measure_all,
+    mib,
+    ratio,
+    table,
+    with_variant,
+)
 
 
 def main() -> None:

@@ -88,7 +88,8 @@ def main() -> None:
             del shards, codes
         print(f"machine: {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
               f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM; file {size_gb:.2f} GB "
-              f"({args.items} x {args.side} x {args.side} uint16) written in {write_s:.1f} s; {args.batches} batches each")
+              f"({args.items} x {args.side} x {args.side} uint16) written in {write_s:.1f} s; "
+              f"{args.batches} batches each")
         print("| micro-batch | cold batches/s | cold images/s | warm batches/s | warm images/s | warm / cold |")
         print("|---:|---:|---:|---:|---:|---:|")
         for micro, cb, ci, wb, wi, ratio in rows:

@@ -32,8 +32,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import (VARIANTS, Case, add_common_args, case_flops, cases_from_args, machine_line,  # noqa: E402
-                      measure_all, mib, ratio, table, with_variant)
+from _harness import (  # noqa: E402
+    VARIANTS,
+    Case,
+    add_common_args,
+    case_flops,
+    cases_from_args,
+    machine_line,
+    measure_all,
+    mib,
+    ratio,
+    table,
+    with_variant,
+)
 
 
 def report(cases: list[Case], rounds: int, title: str, per_image: bool, memory: bool) -> list[dict]:
@@ -91,7 +102,8 @@ def main() -> None:
     add_common_args(parser)
     parser.add_argument("--cfg-scale", type=float, default=1.5, help="guidance scale while sampling")
     parser.add_argument("--tau", type=float, default=1.0)
-    parser.add_argument("--tasks", default="step,sample", help="comma list: step (training), sample (default: %(default)s)")
+    parser.add_argument("--tasks", default="step,sample",
+                        help="comma list: step (training), sample (default: %(default)s)")
     parser.add_argument("--json", default=None, metavar="PATH",
                         help="also write the figures to PATH as JSON, rewritten after each task")
     args = parser.parse_args()

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from purrception.data.embedded_shards import write_embedded_shards
 from purrception.data.embedded import load_embedded_mnist
+from purrception.data.embedded_shards import write_embedded_shards
 from purrception.tokenizers.small_vq import SmallVQConfig
 from purrception.tokenizers.store import save_tokenizer
 from purrception.tokenizers.train import TokenizerTrainConfig, train_small_vq

@@ -12,9 +12,24 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from purrception.app.core import (ARCHIVE_FOLDER, MARK_COLOR, TAU_CONSTANT, TAU_SCHEDULE, AppSession, Limits,
-                                  SampleRequest, display_factor, entropy_items, gallery_items, mark_position,
-                                  parse_form, pixel_to_position, to_rgb, topk_items, upscale)
+from purrception.app.core import (
+    ARCHIVE_FOLDER,
+    MARK_COLOR,
+    TAU_CONSTANT,
+    TAU_SCHEDULE,
+    AppSession,
+    Limits,
+    SampleRequest,
+    display_factor,
+    entropy_items,
+    gallery_items,
+    mark_position,
+    parse_form,
+    pixel_to_position,
+    to_rgb,
+    topk_items,
+    upscale,
+)
 from purrception.cli import main
 from purrception.cli.app import MISSING_EXTRA
 from purrception.errors import PurrError

@@ -14,15 +14,22 @@ import torch.nn.functional as F
 from purrception.data.shards import write_token_shards
 from purrception.errors import PurrError
 from purrception.flows import CFM, DFM, CFMEndpoint, Purrception, get_method
-from purrception.sampling.settings import SamplerSettings
 from purrception.flows.base import make_path_sample
 from purrception.flows.categorical import chunk_rows, logits_from_features
-from purrception.flows.dfm import (KAPPA_SCHEDULERS, SAMPLE_COPIES_PER_LOGIT, discrete_euler, draws_from_logits,
-                                   mask_path_sample, quantile_draws, sample_from_quantile)
+from purrception.flows.dfm import (
+    KAPPA_SCHEDULERS,
+    SAMPLE_COPIES_PER_LOGIT,
+    discrete_euler,
+    draws_from_logits,
+    mask_path_sample,
+    quantile_draws,
+    sample_from_quantile,
+)
+from purrception.generation.generate import generate_codes
 from purrception.io import sha256_of_tensor
 from purrception.models.dit import DiT, DiTConfig
 from purrception.sampling.guidance import guided_features
-from purrception.generation.generate import generate_codes
+from purrception.sampling.settings import SamplerSettings
 from purrception.tokenizers.base import TokenizerIdentity, nearest_code
 from purrception.training.checkpoint import load_checkpoint
 from purrception.training.config import TrainConfig

@@ -19,9 +19,9 @@ from purrception.data.encode import EncodeOptions, encode_source
 from purrception.data.images import folder_source, image_to_tensor, resize_center_crop
 from purrception.data.shards import TokenShards, codes_dtype_for, parts_dir
 from purrception.errors import PurrError
+from purrception.pixels import images_to_tensor
 from purrception.tokenizers.small_vq import SmallVQ, SmallVQConfig
 from purrception.tokenizers.store import load_tokenizer, save_tokenizer
-from purrception.pixels import images_to_tensor
 
 CLASSES = ["cat", "dog", "owl"]
 

@@ -16,14 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import TIMINGS, TINY_MODEL, tiny_config
 
 from purrception.data.shards import TokenShards
 from purrception.errors import PurrError
 from purrception.training.checkpoint import load_checkpoint
 from purrception.training.config import TRAIN_PRESETS, TrainConfig, resolve_config
 from purrception.training.loop import build_model_for, latest_checkpoint, slots_of_rank, train
-
-from conftest import TIMINGS, TINY_MODEL, tiny_config
 
 
 def _curve(run: Path) -> list[dict]:
@@ -99,7 +98,8 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_run(tiny_shards_dir, tmp
     argv += [arg for k, v in sets.items() for arg in ("--set", f"{k}={json.dumps(v)}")]
     run = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "purrception", *argv, "--out", str(run)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 120
     while latest_checkpoint(run) is None:
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
@@ -158,7 +158,8 @@ def test_non_finite_gradient_norm_stops_and_keeps_the_last_good_checkpoint(tiny_
         return model
 
     monkeypatch.setattr(loop, "build_model_for", poisoned)
-    with pytest.raises(PurrError, match=r"gradient norm became inf at step 2; the last good checkpoint is .*step_00000002"):
+    last_good = r"gradient norm became inf at step 2; the last good checkpoint is .*step_00000002"
+    with pytest.raises(PurrError, match=last_good):
         train(tiny_config(steps=5, batch_size=4, ckpt_every=1), tiny_shards_dir, tmp_path / "run", progress=False)
     assert latest_checkpoint(tmp_path / "run").name == "step_00000002.pt"
 

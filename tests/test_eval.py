@@ -16,16 +16,21 @@ import torch
 
 from purrception.cli import main
 from purrception.data.embedded import load_embedded_mnist
+from purrception.distributed import contiguous_slice
 from purrception.errors import PurrError
 from purrception.evaluation.evaluate import save_adm_npz
 from purrception.evaluation.extractors import DigitFeatures
-from purrception.evaluation.fid import (FeatureStats, feature_stats, fid_from_features, frechet_distance,
-                                        load_or_compute_reference)
+from purrception.evaluation.fid import (
+    FeatureStats,
+    feature_stats,
+    fid_from_features,
+    frechet_distance,
+    load_or_compute_reference,
+)
 from purrception.evaluation.inception import FIDInceptionV3, load_fid_inception, resize_bilinear_tf1
 from purrception.evaluation.metrics import class_accuracy, inception_score, precision_recall
 from purrception.evaluation.references import ImageFolderReference, open_reference, to_channels
 from purrception.sampling.schedules import Schedule, parse_schedule
-from purrception.distributed import contiguous_slice
 
 
 # ---- FID math ---------------------------------------------------------------------------------------------------
@@ -163,7 +168,8 @@ def test_inception_state_dict_round_trips_strictly_and_wrong_files_are_refused(t
     state = model.state_dict()
     # torch-fidelity's converter maps 94 TF convolutions (conv weight + 4 batch-norm tensors each) and the fc layer
     assert len(state) == 94 * 5 + 2
-    assert state["fc.weight"].shape == (1008, 2048) and state["Mixed_7c.branch_pool.conv.weight"].shape == (192, 2048, 1, 1)
+    assert state["fc.weight"].shape == (1008, 2048)
+    assert state["Mixed_7c.branch_pool.conv.weight"].shape == (192, 2048, 1, 1)
     assert not any("num_batches_tracked" in k for k in state)
     for key, v in state.items():  # non-trivial batch-norm statistics (convs keep their random init)
         if ".bn." in key:

@@ -19,9 +19,15 @@ import torch.nn.functional as F
 from purrception.cli import build_parser, main
 from purrception.errors import PurrError
 from purrception.tokenizers.ldm_vq import VQGANTokenizer
-from purrception.tokenizers.pretrained import (PRETRAINED_KINDS, VQGAN_PRESETS, InertForeignObject,
-                                               get_pretrained_kind, ldm_to_llamagen_keys, llamagen_to_ldm_keys,
-                                               read_checkpoint)
+from purrception.tokenizers.pretrained import (
+    PRETRAINED_KINDS,
+    VQGAN_PRESETS,
+    InertForeignObject,
+    get_pretrained_kind,
+    ldm_to_llamagen_keys,
+    llamagen_to_ldm_keys,
+    read_checkpoint,
+)
 from purrception.tokenizers.store import TRAINABLE_KINDS, load_tokenizer
 
 REFERENCE = Path(__file__).parent / "data"
@@ -193,7 +199,8 @@ def test_malicious_pickle_is_refused_without_running(via, tmp_path):
 def _fake_state(kind: str, **replace: tuple[int, ...]) -> dict[str, torch.Tensor]:
     """Every key of ``kind`` as a zero-stride tensor (tiny on disk), some shapes replaced."""
     with torch.device("meta"):
-        shapes = {k: tuple(v.shape) for k, v in VQGANTokenizer(PRETRAINED_KINDS[kind].config, kind).state_dict().items()}
+        state = VQGANTokenizer(PRETRAINED_KINDS[kind].config, kind).state_dict()
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
     shapes.update(replace)
     return {k: torch.zeros(1).expand(s) if s else torch.zeros(()) for k, s in shapes.items()}
 

@@ -29,7 +29,7 @@ def test_velocity_matches_hand_computed_posterior_mean():
     logits = torch.tensor([0.5, -0.3, 1.2])
     tau, t = 0.7, 0.25
     z = torch.tensor([0.2, -0.4])
-    weights = [torch.exp(l / tau).item() for l in logits]
+    weights = [torch.exp(logit / tau).item() for logit in logits]
     total = sum(weights)
     mu = [sum(w / total * codebook[k, j].item() for k, w in enumerate(weights)) for j in range(2)]
     expected = torch.tensor([(mu[j] - z[j].item()) / (1 - t) for j in range(2)])

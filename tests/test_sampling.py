@@ -14,15 +14,21 @@ from purrception.cli import build_parser, main
 from purrception.cli.common import sampler_from_args
 from purrception.errors import PurrError
 from purrception.flows import CFM, Purrception
-from purrception.sampling.settings import SamplerSettings
 from purrception.flows.base import endpoint_velocity
+from purrception.generation.generate import generate_codes
+from purrception.generation.uncertainty import (
+    candidate_codes,
+    entropy_heatmap,
+    posterior_entropy,
+    snap_times,
+    trace_labels,
+    trace_uncertainty,
+)
 from purrception.models.dit import DiT, DiTConfig
 from purrception.sampling import solvers as solvers_module
-from purrception.generation.generate import generate_codes
 from purrception.sampling.schedules import Schedule, as_spec, parse_schedule
+from purrception.sampling.settings import SamplerSettings
 from purrception.sampling.solvers import integrate
-from purrception.generation.uncertainty import (candidate_codes, entropy_heatmap, posterior_entropy, snap_times,
-                                              trace_labels, trace_uncertainty)
 from purrception.tokenizers.base import nearest_code
 
 K, D, SIDE, CLASSES = 16, 4, 4, 3
@@ -323,7 +329,8 @@ def test_uncertainty_needs_a_posterior_and_valid_arguments():
     method = Purrception(_codebook())
     model = _model(method)
     with pytest.raises(PurrError, match="outside"):
-        trace_uncertainty(method, model, noise, torch.tensor([0]), SamplerSettings(steps=2), _snap(method), [], 2, (SIDE, 0))
+        trace_uncertainty(method, model, noise, torch.tensor([0]), SamplerSettings(steps=2), _snap(method), [], 2,
+                          (SIDE, 0))
     with pytest.raises(PurrError, match="needs a position"):
         trace_uncertainty(method, model, noise, torch.tensor([0]), SamplerSettings(steps=2), _snap(method), [], 2)
 

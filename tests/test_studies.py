@@ -21,7 +21,8 @@ def test_first_crossing_interpolates_linearly():
 def _study_args(tiny_shards_dir, tiny_tokenizer_dir, out):
     return ["study", "convergence", "--out", str(out), "--methods", "purrception,cfm",
             "--shards", str(tiny_shards_dir), "--tokenizer", str(tiny_tokenizer_dir),
-            "--set", "steps=4", "--set", "batch_size=8", "--set", 'model_overrides={"hidden_size":32,"depth":1,"num_heads":2}',
+            "--set", "steps=4", "--set", "batch_size=8",
+            "--set", 'model_overrides={"hidden_size":32,"depth":1,"num_heads":2}',
             "--eval-every", "2", "--num-samples", "20", "--sample-steps", "2"]
 
 

@@ -10,11 +10,11 @@ from purrception.data.embedded import load_embedded_mnist
 from purrception.data.embedded_shards import encode_array
 from purrception.data.shards import TokenShards, check_same_tokenizer, codes_dtype_for
 from purrception.errors import PurrError
+from purrception.pixels import images_to_tensor
 from purrception.tokenizers.base import TokenizerIdentity, nearest_code
 from purrception.tokenizers.small_vq import SmallVQ, SmallVQConfig
 from purrception.tokenizers.store import load_tokenizer, save_tokenizer
 from purrception.tokenizers.train import evaluate_tokenizer
-from purrception.pixels import images_to_tensor
 
 
 def test_embedded_split_is_deterministic_stratified_and_disjoint():

@@ -9,12 +9,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import TIMINGS, TINY_MODEL, tiny_config
 
 from purrception.errors import PurrError
 from purrception.training.checkpoint import load_checkpoint
 from purrception.training.loop import latest_checkpoint, train
-
-from conftest import TIMINGS, TINY_MODEL, tiny_config
 
 
 def test_short_training_lowers_the_loss(tiny_shards_dir, tmp_path):
@@ -45,7 +44,8 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_shards_dir, tmp_path):
         assert torch.equal(a.model[key], b.model[key]), key
     curve_a = (tmp_path / "full" / "metrics.jsonl").read_text()
     curve_b = (tmp_path / "split" / "metrics.jsonl").read_text()
-    strip = lambda text: [{k: v for k, v in json.loads(l).items() if k not in TIMINGS} for l in text.splitlines()]  # noqa: E731
+    strip = lambda text: [{k: v for k, v in json.loads(line).items() if k not in TIMINGS}  # noqa: E731
+                          for line in text.splitlines()]
     assert strip(curve_a) == strip(curve_b)
 
 

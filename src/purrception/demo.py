@@ -24,10 +24,10 @@ import numpy as np
 from purrception.data.embedded import NUM_CLASSES
 from purrception.data.embedded_shards import ensure_embedded_shards, ensure_embedded_tokenizer
 from purrception.evaluation.classifier import classifier_info, load_or_train_classifier
-from purrception.sampling.settings import SamplerSettings
-from purrception.io import atomic_save_json, default_cache_dir
 from purrception.generation.generate import generate_images
+from purrception.io import atomic_save_json, default_cache_dir
 from purrception.sampling.grid import image_grid, save_png, save_samples_npz
+from purrception.sampling.settings import SamplerSettings
 from purrception.tokenizers.store import CONFIG_NAME, load_tokenizer
 from purrception.training.checkpoint import Checkpoint, load_checkpoint
 from purrception.training.config import TrainConfig, config_differences, explicit_fields, resolve_config

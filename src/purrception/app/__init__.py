@@ -7,7 +7,14 @@ browser nor gradio. :mod:`purrception.app.page` is the thin Gradio layer over it
 the rest of the library never imports gradio (the optional ``[app]`` extra).
 """
 
-from purrception.app.core import (AppSession, Generation, Inspection, Limits, SampleRequest, parse_form,
-                                  pixel_to_position)
+from purrception.app.core import (
+                                  AppSession,
+                                  Generation,
+                                  Inspection,
+                                  Limits,
+                                  SampleRequest,
+                                  parse_form,
+                                  pixel_to_position,
+)
 
 __all__ = ["AppSession", "Generation", "Inspection", "Limits", "SampleRequest", "parse_form", "pixel_to_position"]

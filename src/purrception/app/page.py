@@ -20,8 +20,16 @@ os.environ.update(OFFLINE_ENV)
 
 import gradio as gr  # noqa: E402  (after the environment above)
 
-from purrception.app.core import (SOLVER_CHOICES, TAU_CONSTANT, TAU_MODES, TAU_SCHEDULE, AppSession,  # noqa: E402
-                                  display_factor, gallery_items, pixel_to_position)
+from purrception.app.core import (  # noqa: E402
+    SOLVER_CHOICES,
+    TAU_CONSTANT,
+    TAU_MODES,
+    TAU_SCHEDULE,
+    AppSession,
+    display_factor,
+    gallery_items,
+    pixel_to_position,
+)
 from purrception.errors import PurrError  # noqa: E402
 from purrception.sampling.schedules import SHAPES  # noqa: E402
 

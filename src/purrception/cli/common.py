@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from purrception.errors import PurrError
-from purrception.sampling.settings import SamplerSettings
 from purrception.sampling.schedules import SHAPES, Schedule, parse_schedule
+from purrception.sampling.settings import SamplerSettings
 from purrception.sampling.solvers import SOLVERS
 from purrception.tokenizers.pretrained import PRETRAINED_KINDS
 

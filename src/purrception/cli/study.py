@@ -9,11 +9,11 @@ import json
 from purrception.cli.common import positive_float, positive_int
 from purrception.cli.sample import resolve_checkpoint, tokenizer_for
 from purrception.data.embedded_shards import ensure_embedded_shards, ensure_embedded_tokenizer
-from purrception.io import default_cache_dir
 from purrception.distributed import init_distributed, main_process_first
 from purrception.errors import PurrError
 from purrception.evaluation.evaluate import EvalSettings
 from purrception.flows.base import METHODS, get_method
+from purrception.io import default_cache_dir
 from purrception.studies import studies
 from purrception.studies.core import StudyStore, TrackSettings
 from purrception.tokenizers.store import load_tokenizer

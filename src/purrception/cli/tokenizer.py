@@ -15,11 +15,11 @@ from purrception.cli.common import add_tokenizer_kind_arg, positive_int, refuse_
 from purrception.data.embedded import load_embedded_mnist
 from purrception.data.embedded_shards import encode_array
 from purrception.errors import PurrError
+from purrception.pixels import tensor_to_images
 from purrception.sampling.grid import image_grid, save_png, save_samples_npz
 from purrception.tokenizers.small_vq import SmallVQConfig
 from purrception.tokenizers.store import load_tokenizer, save_tokenizer
 from purrception.tokenizers.train import TokenizerTrainConfig, evaluate_tokenizer, train_small_vq
-from purrception.pixels import tensor_to_images
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,8 @@ def run_decode(args: argparse.Namespace) -> int:
     elif "latents" in data:
         latents = torch.from_numpy(data["latents"].astype(np.float32))
         if latents.ndim != 4 or tuple(latents.shape[1:]) != (tokenizer.latent_dim, h, w):
-            raise PurrError(f"latents must have shape (N, {tokenizer.latent_dim}, {h}, {w}), got {tuple(latents.shape)}")
+            raise PurrError(f"latents must have shape (N, {tokenizer.latent_dim}, {h}, {w}), "
+                            f"got {tuple(latents.shape)}")
     else:
         raise PurrError(f"{args.input} has neither 'codes' nor 'latents' (found: {', '.join(data) or 'nothing'})")
     images = np.concatenate([tensor_to_images(tokenizer.decode_latents(latents[i : i + 256]))

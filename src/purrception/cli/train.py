@@ -10,9 +10,9 @@ import argparse
 import json
 
 from purrception.data.embedded_shards import ensure_embedded_shards, ensure_embedded_tokenizer
-from purrception.io import default_cache_dir
 from purrception.distributed import cleanup_distributed, init_distributed, main_process_first
 from purrception.flows.base import METHODS
+from purrception.io import default_cache_dir
 from purrception.training.config import TRAIN_PRESETS, explicit_fields, resolve_config
 from purrception.training.loop import train
 

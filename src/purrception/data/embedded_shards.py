@@ -18,11 +18,11 @@ import torch
 from purrception.data.embedded import NUM_CLASSES, load_embedded_mnist
 from purrception.data.shards import TokenShards, write_token_shards
 from purrception.hashing import sha256_parts
+from purrception.pixels import images_to_tensor
 from purrception.tokenizers.base import VQTokenizer
 from purrception.tokenizers.small_vq import SmallVQConfig
 from purrception.tokenizers.store import CONFIG_NAME, load_tokenizer, save_tokenizer
 from purrception.tokenizers.train import TokenizerTrainConfig, evaluate_tokenizer, train_small_vq
-from purrception.pixels import images_to_tensor
 
 __all__ = ["encode_array", "write_embedded_shards", "ensure_embedded_tokenizer", "ensure_embedded_shards"]
 

@@ -24,8 +24,15 @@ from tqdm.auto import tqdm
 
 from purrception import distributed
 from purrception.data.images import ImageSource, embedded_source, folder_source, image_to_tensor
-from purrception.data.shards import (MANIFEST, PARTS_DIR, codes_dtype_for, merge_token_parts, part_path,
-                                     parts_dir, write_token_part)
+from purrception.data.shards import (
+    MANIFEST,
+    PARTS_DIR,
+    codes_dtype_for,
+    merge_token_parts,
+    part_path,
+    parts_dir,
+    write_token_part,
+)
 from purrception.errors import PurrError
 from purrception.io import atomic_save_json, load_json
 from purrception.tokenizers.base import VQTokenizer

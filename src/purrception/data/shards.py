@@ -214,7 +214,8 @@ class TokenShards:
             raise PurrError(f"cannot read shards in {folder}: {err}; re-run `purr encode`") from None
         n = int(manifest["num_items"])
         if codes.shape[0] != n or labels.shape != (n,) or list(codes.shape[1:]) != list(manifest["latent_shape"]):
-            raise PurrError(f"shards in {folder} are inconsistent with their manifest (truncated?); re-run `purr encode`")
+            raise PurrError(f"shards in {folder} are inconsistent with their manifest (truncated?); "
+                            "re-run `purr encode`")
         shards = cls(folder, manifest, codes, labels, codebook)
         found = sha256_tensor(torch.from_numpy(codebook))
         if found != shards.identity.codebook_sha256:

@@ -63,7 +63,8 @@ class MnistClassifier(nn.Module):
         """uint8 ``(N, 28, 28)`` -> penultimate features ``(N, 128)`` float64."""
         self.eval()
         x = self._prepare(images)
-        return torch.cat([self._penultimate(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]).double().numpy()
+        parts = [self._penultimate(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        return torch.cat(parts).double().numpy()
 
     @torch.no_grad()
     def predict(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
@@ -83,7 +84,8 @@ def _random_shift(x: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> 
     return out
 
 
-def train_classifier(images: np.ndarray, labels: np.ndarray, epochs: int = _EPOCHS, seed: int = _SEED) -> MnistClassifier:
+def train_classifier(images: np.ndarray, labels: np.ndarray, epochs: int = _EPOCHS,
+                     seed: int = _SEED) -> MnistClassifier:
     """Fit the classifier with Adam, random shifts, batch 64."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)

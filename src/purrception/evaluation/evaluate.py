@@ -34,11 +34,11 @@ from purrception.evaluation.extractors import DigitFeatures, Extracted, FeatureE
 from purrception.evaluation.fid import ReferenceFeatures, feature_stats, frechet_distance, load_or_compute_reference
 from purrception.evaluation.metrics import class_accuracy, inception_score, precision_recall
 from purrception.evaluation.references import ReferenceSource, open_reference, to_channels
+from purrception.generation.generate import balanced_labels, generate_images
 from purrception.hashing import sha256_file
+from purrception.io import atomic_write
 from purrception.sampling.schedules import Schedule, as_spec
 from purrception.sampling.settings import SamplerSettings
-from purrception.io import atomic_write
-from purrception.generation.generate import balanced_labels, generate_images
 from purrception.tokenizers.base import VQTokenizer
 from purrception.training.checkpoint import Checkpoint
 

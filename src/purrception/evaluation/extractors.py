@@ -17,8 +17,13 @@ import numpy as np
 import torch
 
 from purrception.evaluation.classifier import CLASSIFIER_VERSION, classifier_info, load_or_train_classifier
-from purrception.evaluation.inception import (FEATURE_DIM, INCEPTION_SHA256_PREFIX, LOGITS_DIM, images_to_uint8_rgb,
-                                              load_fid_inception)
+from purrception.evaluation.inception import (
+    FEATURE_DIM,
+    INCEPTION_SHA256_PREFIX,
+    LOGITS_DIM,
+    images_to_uint8_rgb,
+    load_fid_inception,
+)
 from purrception.hashing import sha256_module, sha256_parts
 
 __all__ = ["Extracted", "FeatureExtractor", "DigitFeatures", "InceptionFeatures"]

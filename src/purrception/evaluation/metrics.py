@@ -2,7 +2,8 @@
 
 - Inception Score (Salimans et al., 2016), as torch-fidelity computes it: the samples are shuffled with
   ``RandomState(seed).permutation``, cut into ``splits`` equal chunks, and each chunk scores
-  ``exp(mean_x KL(p(y|x) || p(y)))`` with ``p(y)`` the chunk's mean prediction; the mean and std over chunks are reported.
+  ``exp(mean_x KL(p(y|x) || p(y)))`` with ``p(y)`` the chunk's mean prediction; the mean and std over chunks are
+  reported.
 - Improved precision / recall (Kynkäänniemi et al., 2019): each set's manifold is the union of balls around its
   features with radius the distance to the k-th nearest neighbour (k = 3) within the set; precision is the fraction
   of generated features inside the real manifold, recall the fraction of real features inside the generated one.
@@ -23,7 +24,8 @@ def inception_score(logits: np.ndarray, splits: int = 10, seed: int = 2020) -> t
     logits = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
     n = logits.shape[0]
     if logits.ndim != 2 or n < splits:
-        raise PurrError(f"the Inception Score needs at least {splits} samples of shape (N, C); got {tuple(logits.shape)}")
+        raise PurrError(f"the Inception Score needs at least {splits} samples of shape (N, C); "
+                        f"got {tuple(logits.shape)}")
     logits = logits[torch.from_numpy(np.random.RandomState(seed).permutation(n))]
     log_p = logits.log_softmax(dim=1)
     scores = []
@@ -67,5 +69,6 @@ def class_accuracy(predicted: np.ndarray, requested: np.ndarray) -> float:
     """Fraction of samples whose predicted class is the class they were generated for."""
     predicted, requested = np.asarray(predicted), np.asarray(requested)
     if predicted.shape != requested.shape or predicted.size == 0:
-        raise PurrError(f"class accuracy needs equal, non-empty label arrays; got {predicted.shape} and {requested.shape}")
+        raise PurrError(f"class accuracy needs equal, non-empty label arrays; "
+                        f"got {predicted.shape} and {requested.shape}")
     return float((predicted == requested).mean())

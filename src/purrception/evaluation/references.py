@@ -26,8 +26,8 @@ from purrception.data.embedded import load_embedded_mnist
 from purrception.data.shards import MANIFEST, TokenShards, check_same_tokenizer
 from purrception.errors import PurrError
 from purrception.hashing import sha256_file, sha256_lines, sha256_module, sha256_parts
-from purrception.tokenizers.base import VQTokenizer
 from purrception.pixels import IMAGE_SUFFIXES, list_image_files, tensor_to_images
+from purrception.tokenizers.base import VQTokenizer
 
 __all__ = ["ReferenceSource", "EmbeddedReference", "ImageFolderReference", "NpzReference", "ShardReference",
            "REFERENCE_KINDS", "open_reference", "to_channels"]

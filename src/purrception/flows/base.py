@@ -34,7 +34,8 @@ class LossOutput:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def drop_labels(y: torch.Tensor, prob: float, null_class: int, generator: torch.Generator | None = None) -> torch.Tensor:
+def drop_labels(y: torch.Tensor, prob: float, null_class: int,
+                generator: torch.Generator | None = None) -> torch.Tensor:
     """Replace each label by the null class with probability ``prob`` (label dropout, trains CFG)."""
     if prob <= 0:
         return y

@@ -88,7 +88,8 @@ def logits_from_features(model: DiT, h: torch.Tensor) -> torch.Tensor:
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
-def naive_cross_entropy_and_zloss(model: DiT, h: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def naive_cross_entropy_and_zloss(model: DiT, h: torch.Tensor,
+                                  codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference for :func:`cross_entropy_and_zloss` on materialised logits (eq. 14, App. D)."""
     logits = logits_from_features(model, h)
     flat = logits.reshape(-1, logits.shape[-1])

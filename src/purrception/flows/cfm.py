@@ -20,8 +20,7 @@ import abc
 import torch
 
 from purrception.errors import PurrError
-from purrception.flows.base import (FlowMethod, LossOutput, PathSample, drop_labels,
-                                    make_path_sample, register_method)
+from purrception.flows.base import FlowMethod, LossOutput, PathSample, drop_labels, make_path_sample, register_method
 from purrception.models.dit import DiT
 from purrception.sampling.guidance import guided_features
 

@@ -7,8 +7,14 @@ from typing import Any
 import torch
 
 from purrception.errors import PurrError
-from purrception.flows.base import (FlowMethod, LossOutput, drop_labels, endpoint_velocity, make_path_sample,
-                                    register_method)
+from purrception.flows.base import (
+    FlowMethod,
+    LossOutput,
+    drop_labels,
+    endpoint_velocity,
+    make_path_sample,
+    register_method,
+)
 from purrception.flows.categorical import cross_entropy_and_zloss, logits_from_features, posterior_mean
 from purrception.flows.liger_head import liger_cross_entropy_and_zloss
 from purrception.models.dit import DiT

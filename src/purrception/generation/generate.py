@@ -16,9 +16,9 @@ from tqdm.auto import tqdm
 from purrception.errors import PurrError
 from purrception.flows.base import FlowMethod, Snap
 from purrception.models.dit import DiT
+from purrception.pixels import tensor_to_images
 from purrception.sampling.settings import SamplerSettings
 from purrception.tokenizers.base import VQTokenizer
-from purrception.pixels import tensor_to_images
 
 __all__ = ["noise_for", "seeded_batches", "generate_codes", "generate_images", "balanced_labels", "repeat_labels",
            "check_labels"]

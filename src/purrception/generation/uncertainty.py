@@ -24,9 +24,9 @@ import torch
 
 from purrception.errors import PurrError
 from purrception.flows.base import FlowMethod, Snap
+from purrception.generation.generate import check_labels, seeded_batches
 from purrception.models.dit import DiT
 from purrception.sampling.settings import SamplerSettings
-from purrception.generation.generate import check_labels, seeded_batches
 
 __all__ = ["UncertaintyTrace", "posterior_entropy", "snap_times", "trace_uncertainty", "trace_labels",
            "candidate_codes", "entropy_heatmap"]

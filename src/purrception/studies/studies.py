@@ -21,8 +21,18 @@ import numpy as np
 from purrception.distributed import DistInfo
 from purrception.evaluation.evaluate import EvalSettings
 from purrception.flows.base import get_method
-from purrception.studies.core import (StudyStore, TrackSettings, Variant, evaluate_point, first_crossing,
-                                      interleaved_step_seconds, plot_lines, series, train_and_track, write_markdown)
+from purrception.studies.core import (
+    StudyStore,
+    TrackSettings,
+    Variant,
+    evaluate_point,
+    first_crossing,
+    interleaved_step_seconds,
+    plot_lines,
+    series,
+    train_and_track,
+    write_markdown,
+)
 from purrception.training.checkpoint import Checkpoint
 
 __all__ = ["convergence", "zloss", "head", "sampler_sweep"]

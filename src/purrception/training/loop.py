@@ -45,14 +45,26 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from purrception.data.shards import TokenShards
-from purrception.distributed import (DistInfo, all_reduce_sum, barrier, contiguous_slice, gather_to_rank0,
-                                     init_distributed)
+from purrception.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    contiguous_slice,
+    gather_to_rank0,
+    init_distributed,
+)
 from purrception.errors import PurrError
 from purrception.flows.base import FlowMethod, LossOutput, get_method
 from purrception.io import atomic_save_json, partial_writes
 from purrception.models.dit import DiT, dit_config_from_preset
-from purrception.training.checkpoint import (Checkpoint, CheckpointState, capture_rng_state, load_checkpoint,
-                                             restore_rng_state, save_checkpoint)
+from purrception.training.checkpoint import (
+    Checkpoint,
+    CheckpointState,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from purrception.training.config import TrainConfig, config_differences, resumed_config
 from purrception.training.data import ShardBatches, slot_generator
 from purrception.training.ema import EMA
@@ -203,8 +215,8 @@ class _RunWriter:
         if not self.active or self.tokenizer is None:
             return
         from purrception.generation.generate import balanced_labels, generate_images
-        from purrception.sampling.settings import SamplerSettings
         from purrception.sampling.grid import image_grid, save_png
+        from purrception.sampling.settings import SamplerSettings
 
         n = self.config.sample_images
         labels = balanced_labels(n, num_classes)
