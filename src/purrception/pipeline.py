@@ -40,7 +40,7 @@ from purrception.tokenizers.store import load_matching_tokenizer
 from purrception.training.checkpoint import Checkpoint, load_checkpoint
 from purrception.training.loop import latest_checkpoint
 
-__all__ = ["PurrceptionPipeline", "PipelineOutput", "PIPELINE_FORMAT", "resolve_checkpoint"]
+__all__ = ["PurrceptionPipeline", "PipelineOutput", "PIPELINE_FORMAT", "resolve_checkpoint", "checkpoint_tokenizer"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,23 @@ def resolve_checkpoint(path: str | Path, expect_method: str | None = None) -> Ch
             raise PurrError(f"run folder {p} has no checkpoints yet; train it first or pass a checkpoint file")
         p = newest
     return load_checkpoint(p, expect_method)
+
+
+def _positive_int(value: Any, name: str) -> int:
+    """``value`` as a positive ``int`` (bools and non-integers refused), or a :class:`PurrError` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise PurrError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def checkpoint_tokenizer(ckpt: Checkpoint, path: str | Path | None = None, kind: str | None = None) -> VQTokenizer:
+    """The tokenizer that decodes ``ckpt``'s codes (``path``, else the one it records), checked to be the one the
+    model was trained on."""
+    path = path or ckpt.tokenizer_path
+    if not path:
+        raise PurrError(f"checkpoint {ckpt.path} records no tokenizer path; pass the tokenizer's path "
+                        "(--tokenizer on the command line)")
+    return load_matching_tokenizer(path, ckpt.tokenizer_identity, kind)
 
 
 def _knob(value: Knob, name: str, positive: bool) -> float | Schedule:
@@ -147,10 +164,8 @@ class PurrceptionPipeline:
     def from_checkpoint(cls, ckpt: Checkpoint, device: str | torch.device = "cpu", tokenizer: str | Path | None = None,
                         tokenizer_kind: str | None = None) -> "PurrceptionPipeline":
         """A pipeline from a loaded training checkpoint (EMA weights) and its tokenizer."""
+        tok = checkpoint_tokenizer(ckpt, tokenizer, tokenizer_kind)
         tok_path = tokenizer or ckpt.tokenizer_path
-        if not tok_path:
-            raise PurrError(f"checkpoint {ckpt.path} records no tokenizer path; pass tokenizer=PATH")
-        tok = load_matching_tokenizer(tok_path, ckpt.tokenizer_identity, tokenizer_kind)
         run = _run_description(ckpt.path)
         info = {"step": ckpt.step, "source": str(ckpt.path), "train": dict(ckpt.state.config),
                 "train_seconds": ckpt.train_seconds, "data": run.get("data"), "class_names": run.get("class_names"),
@@ -228,8 +243,7 @@ class PurrceptionPipeline:
     def labels_for(self, class_labels: Sequence[int] | None, num_per_class: int) -> np.ndarray:
         """``class_labels`` each repeated ``num_per_class`` times (``None``: every class), checked against the
         model's classes."""
-        if isinstance(num_per_class, bool) or not isinstance(num_per_class, (int, np.integer)) or num_per_class <= 0:
-            raise PurrError(f"num_per_class must be a positive integer, got {num_per_class!r}")
+        num_per_class = _positive_int(num_per_class, "num_per_class")
         classes = np.arange(self.num_classes) if class_labels is None else np.asarray(list(class_labels))
         if classes.size == 0:
             raise PurrError("class_labels is empty; give class ids like [0, 3, 7] or None for every class")
@@ -241,13 +255,11 @@ class PurrceptionPipeline:
     def sampler(self, num_inference_steps: int = 100, tau: Knob = 1.0, guidance_scale: Knob = 1.0,
                 solver: str = "euler") -> SamplerSettings:
         """The :class:`SamplerSettings` for these knobs, checked (messages name the parameters)."""
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) \
-                or num_inference_steps <= 0:
-            raise PurrError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}")
+        steps = _positive_int(num_inference_steps, "num_inference_steps")
         tau = _knob(tau, "tau", positive=True)
         if not self.method.has_temperature and tau != 1.0:
             raise PurrError(f"tau={tau} has no meaning for {self.method.name} (it has no logits); leave tau at 1")
-        return SamplerSettings(steps=int(num_inference_steps), tau=tau,
+        return SamplerSettings(steps=steps, tau=tau,
                                cfg_scale=_knob(guidance_scale, "guidance_scale", positive=False), solver=str(solver))
 
     @torch.no_grad()
@@ -276,8 +288,7 @@ class PurrceptionPipeline:
         """
         labels = self.labels_for(class_labels, num_per_class)
         sampler = self.sampler(num_inference_steps, tau, guidance_scale, solver)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-            raise PurrError(f"batch_size must be a positive integer, got {batch_size!r}")
+        batch_size = _positive_int(batch_size, "batch_size")
         if (topk > 0) != (position is not None):
             raise PurrError("topk and position go together: e.g. topk=5, position=(3, 3)")
         device = str(self.device)

@@ -11,10 +11,10 @@ import logging
 from pathlib import Path
 
 from purrception.cli.common import add_sampler_args, add_tokenizer_kind_arg, positive_int
-from purrception.cli.sample import resolve_checkpoint, tokenizer_for
 from purrception.distributed import cleanup_distributed, init_distributed
 from purrception.evaluation.evaluate import PROTOCOLS, EvalSettings, evaluate_checkpoint, format_table
 from purrception.io import atomic_save_json
+from purrception.pipeline import checkpoint_tokenizer, resolve_checkpoint
 from purrception.sampling.schedules import as_spec
 
 __all__ = ["register", "run"]
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     info = init_distributed(args.device)
     try:
         ckpt = resolve_checkpoint(args.checkpoint, args.method)
-        tokenizer = tokenizer_for(ckpt, args.tokenizer, args.tokenizer_kind)
+        tokenizer = checkpoint_tokenizer(ckpt, args.tokenizer, args.tokenizer_kind)
         settings = EvalSettings(
             num_samples=args.num_samples, seed=args.seed, batch_size=args.batch_size, steps=args.steps,
             tau=args.tau, cfg_scale=args.cfg_scale, solver=args.solver, ema=not args.raw_weights,

@@ -22,13 +22,10 @@ from purrception.errors import PurrError
 from purrception.generation.generate import balanced_labels, check_labels, repeat_labels
 from purrception.generation.uncertainty import entropy_heatmap
 from purrception.io import atomic_write
-from purrception.pipeline import PipelineOutput, PurrceptionPipeline, resolve_checkpoint
+from purrception.pipeline import PipelineOutput, PurrceptionPipeline
 from purrception.sampling.grid import image_grid, save_png, save_sample_folder
-from purrception.tokenizers.base import VQTokenizer
-from purrception.tokenizers.store import load_matching_tokenizer
-from purrception.training.checkpoint import Checkpoint
 
-__all__ = ["register", "resolve_checkpoint", "tokenizer_for", "PIPELINE_FLAGS", "with_flags"]
+__all__ = ["register", "PIPELINE_FLAGS", "with_flags"]
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +81,6 @@ def _position(text: str) -> tuple[int, int]:
     if row < 0 or col < 0:
         raise argparse.ArgumentTypeError(f"ROW,COL must be non-negative, got {text!r}")
     return row, col
-
-
-def tokenizer_for(ckpt: Checkpoint, path: str | None, kind: str | None) -> VQTokenizer:
-    """Load the tokenizer that decodes ``ckpt``'s codes and check it is the one the model was trained on."""
-    path = path or ckpt.tokenizer_path
-    if not path:
-        raise PurrError("the checkpoint records no tokenizer path; pass --tokenizer")
-    return load_matching_tokenizer(path, ckpt.tokenizer_identity, kind)
 
 
 def _labels(args: argparse.Namespace, num_classes: int) -> np.ndarray:

@@ -7,13 +7,13 @@ import argparse
 import json
 
 from purrception.cli.common import positive_float, positive_int
-from purrception.cli.sample import resolve_checkpoint, tokenizer_for
 from purrception.data.embedded_shards import ensure_embedded_shards, ensure_embedded_tokenizer
 from purrception.distributed import init_distributed, main_process_first
 from purrception.errors import PurrError
 from purrception.evaluation.evaluate import EvalSettings
 from purrception.flows.base import METHODS, get_method
 from purrception.io import default_cache_dir
+from purrception.pipeline import checkpoint_tokenizer, resolve_checkpoint
 from purrception.studies import studies
 from purrception.studies.core import StudyStore, TrackSettings
 from purrception.tokenizers.store import load_tokenizer
@@ -126,7 +126,7 @@ def run_tracked(args: argparse.Namespace) -> int:
 def run_sweep(args: argparse.Namespace) -> int:
     info = init_distributed(args.device)
     ckpt = resolve_checkpoint(args.checkpoint)
-    tokenizer = tokenizer_for(ckpt, None, None)
+    tokenizer = checkpoint_tokenizer(ckpt, None, None)
     if args.field == "tau" and not ckpt.build_method().has_temperature:
         raise PurrError(f"a {ckpt.method_name} checkpoint has no logits, so no temperature to sweep")
     base = _eval_settings(args, tau=args.tau)
