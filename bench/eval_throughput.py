@@ -48,13 +48,13 @@ def inception_throughput(device: str, images: int, batch_sizes: list[int]) -> No
 def tiny_checkpoint(workdir: Path) -> Path:
     from purrception.data.embedded import load_embedded_mnist
     from purrception.data.embedded_shards import write_embedded_shards
-    from purrception.tokenizers.small_vq import SmallVQConfig
+    from purrception.tokenizers.conv_vq import ConvVQConfig
     from purrception.tokenizers.store import save_tokenizer
-    from purrception.tokenizers.train import TokenizerTrainConfig, train_small_vq
+    from purrception.tokenizers.train import TokenizerTrainConfig, train_tokenizer
     from purrception.training.config import TrainConfig
     from purrception.training.loop import train
 
-    tok = train_small_vq(load_embedded_mnist("train").images, SmallVQConfig(codebook_size=32, width=8),
+    tok = train_tokenizer(load_embedded_mnist("train").images, ConvVQConfig(codebook_size=32, width=8),
                          TokenizerTrainConfig(steps=40, batch_size=32), progress=False)
     tok_dir = save_tokenizer(tok, workdir / "tok")
     write_embedded_shards(tok, "train", workdir / "shards", str(tok_dir))

@@ -12,9 +12,9 @@ import torch
 
 from purrception.data.embedded import load_embedded_mnist
 from purrception.data.embedded_shards import write_embedded_shards
-from purrception.tokenizers.small_vq import SmallVQConfig
+from purrception.tokenizers.conv_vq import ConvVQConfig
 from purrception.tokenizers.store import save_tokenizer
-from purrception.tokenizers.train import TokenizerTrainConfig, train_small_vq
+from purrception.tokenizers.train import TokenizerTrainConfig, train_tokenizer
 from purrception.training.config import TrainConfig
 
 TINY_MODEL = {"hidden_size": 32, "depth": 1, "num_heads": 2}
@@ -30,7 +30,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     images = load_embedded_mnist("train").images
-    tok = train_small_vq(images, SmallVQConfig(codebook_size=32, width=8),
+    tok = train_tokenizer(images, ConvVQConfig(codebook_size=32, width=8),
                          TokenizerTrainConfig(steps=40, batch_size=32), progress=False)
     return save_tokenizer(tok, tmp_path_factory.mktemp("tok") / "tokenizer")
 

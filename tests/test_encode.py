@@ -20,7 +20,7 @@ from purrception.data.images import folder_source, image_to_tensor, resize_cente
 from purrception.data.shards import TokenShards, codes_dtype_for, parts_dir
 from purrception.errors import PurrError
 from purrception.pixels import images_to_tensor
-from purrception.tokenizers.small_vq import SmallVQ, SmallVQConfig
+from purrception.tokenizers.conv_vq import ConvVQ, ConvVQConfig
 from purrception.tokenizers.store import load_tokenizer, save_tokenizer
 
 CLASSES = ["cat", "dog", "owl"]
@@ -29,7 +29,7 @@ CLASSES = ["cat", "dog", "owl"]
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)  # random weights: encoding needs no training
-    return save_tokenizer(SmallVQ(SmallVQConfig(codebook_size=32, width=8)), tmp_path_factory.mktemp("tok") / "tok")
+    return save_tokenizer(ConvVQ(ConvVQConfig(codebook_size=32, width=8)), tmp_path_factory.mktemp("tok") / "tok")
 
 
 def _random_image(rng: np.random.Generator, size: tuple[int, int], mode: str) -> Image.Image:

@@ -69,9 +69,9 @@ def test_image_folder_and_embedded_fingerprints_are_pinned(tmp_path):
 def test_token_shard_reference_and_codebook_digests_are_pinned(tmp_path):
     from purrception.data.embedded_shards import write_embedded_shards
     from purrception.evaluation.references import ShardReference
-    from purrception.tokenizers.small_vq import SmallVQ, SmallVQConfig
+    from purrception.tokenizers.conv_vq import ConvVQ, ConvVQConfig
 
-    tok = SmallVQ(SmallVQConfig(codebook_size=32, width=8)).eval()
+    tok = ConvVQ(ConvVQConfig(codebook_size=32, width=8)).eval()
     with torch.no_grad():  # fixed weights and buffers: the digests depend on nothing random
         for i, p in enumerate(tok.parameters()):
             p.copy_(torch.linspace(-1, 1, p.numel()).reshape(p.shape) * (i + 1) / 10)
@@ -81,4 +81,5 @@ def test_token_shard_reference_and_codebook_digests_are_pinned(tmp_path):
     assert tok.identity().codebook_sha256 == "ed7c2e4b564acd53"
     write_embedded_shards(tok, "heldout", tmp_path / "s", "/nowhere")
     # manifest bytes + labels + the tokenizer's weights (changes, as it should, with the manifest format)
-    assert ShardReference(str(tmp_path / "s"), tok).fingerprint() == "cd376722201943e6"
+    # (was cd376722201943e6 while the kind was named "small-vq": the kind is in the manifest)
+    assert ShardReference(str(tmp_path / "s"), tok).fingerprint() == "a84ce0d5adccfde1"

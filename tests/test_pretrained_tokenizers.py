@@ -151,11 +151,11 @@ def test_tokenizer_kind_choices_are_the_registry_and_unknown_kinds_are_listed(tm
     assert f"choose from {', '.join(repr(k) for k in PRETRAINED_KINDS)}" in capsys.readouterr().err
     (tmp_path / "x.pt").write_bytes(b"")
     for kind in ("vq", "sd-vq-f16"):
-        with pytest.raises(PurrError, match=f"unknown tokenizer kind '{kind}'; known: {SD}, {LG} .*small-vq"):
+        with pytest.raises(PurrError, match=f"unknown tokenizer kind '{kind}'; known: {SD}, {LG} .*conv-vq"):
             load_tokenizer(tmp_path / "x.pt", kind=kind)
         with pytest.raises(PurrError, match=f"unknown pretrained tokenizer kind '{kind}'; known: {SD}, {LG}$"):
             get_pretrained_kind(kind)
-    assert list(TRAINABLE_KINDS) == ["small-vq"]
+    assert list(TRAINABLE_KINDS) == ["conv-vq"]
 
 
 # ---- loading the real file layouts -------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from purrception.data.shards import TokenShards, check_same_tokenizer, codes_dty
 from purrception.errors import PurrError
 from purrception.pixels import images_to_tensor
 from purrception.tokenizers.base import TokenizerIdentity, nearest_code
-from purrception.tokenizers.small_vq import SmallVQ, SmallVQConfig
+from purrception.tokenizers.conv_vq import ConvVQ, ConvVQConfig
 from purrception.tokenizers.store import load_tokenizer, save_tokenizer
 from purrception.tokenizers.train import evaluate_tokenizer
 
@@ -37,7 +37,7 @@ def test_nearest_code_matches_brute_force_with_chunks():
 
 
 def test_snap_of_lookup_round_trips_codes_exactly():
-    tok = SmallVQ(SmallVQConfig(codebook_size=16, width=8)).eval()
+    tok = ConvVQ(ConvVQConfig(codebook_size=16, width=8)).eval()
     codes = torch.randint(0, 16, (3, 7, 7))
     assert torch.equal(tok.snap(tok.lookup(codes)), codes)
     assert tok.decode(codes).shape == (3, 1, 28, 28)
@@ -95,6 +95,6 @@ def test_load_matching_tokenizer_refuses_another_codebook(tmp_path, tiny_tokeniz
 
     tok = load_tokenizer(tiny_tokenizer_dir)
     assert load_matching_tokenizer(tiny_tokenizer_dir, tok.identity()).identity() == tok.identity()
-    other = save_tokenizer(SmallVQ(SmallVQConfig(codebook_size=32, width=8)), tmp_path / "other")
+    other = save_tokenizer(ConvVQ(ConvVQConfig(codebook_size=32, width=8)), tmp_path / "other")
     with pytest.raises(PurrError, match="pass the matching --tokenizer"):
         load_matching_tokenizer(other, tok.identity())

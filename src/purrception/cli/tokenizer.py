@@ -1,5 +1,5 @@
-"""``purr tokenizer train | encode | decode``: the small VQ tokenizer of the embedded data, and any tokenizer's
-encode / decode on arrays stored in ``.npz`` files."""
+"""``purr tokenizer train | encode | decode``: train a VQ tokenizer on an image folder (or the embedded digits), and
+any tokenizer's encode / decode on arrays stored in ``.npz`` files."""
 
 from __future__ import annotations
 
@@ -11,17 +11,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from purrception.cli.common import add_tokenizer_kind_arg, positive_int, refuse_existing
+from purrception.cli.common import add_tokenizer_kind_arg, positive_float, positive_int, refuse_existing
 from purrception.data.embedded import load_embedded_mnist
 from purrception.data.embedded_shards import encode_array
+from purrception.data.tokenizer_folder import train_tokenizer_on_folder
 from purrception.errors import PurrError
 from purrception.pixels import tensor_to_images
 from purrception.sampling.grid import image_grid, save_png, save_samples_npz
-from purrception.tokenizers.small_vq import SmallVQConfig
-from purrception.tokenizers.store import load_tokenizer, save_tokenizer
-from purrception.tokenizers.train import TokenizerTrainConfig, evaluate_tokenizer, train_small_vq
+from purrception.tokenizers.conv_vq import DOWNSAMPLE_FACTORS, MAX_CODEBOOK_SIZE, ConvVQConfig
+from purrception.tokenizers.store import CONFIG_NAME, load_tokenizer
+from purrception.tokenizers.train import RECONSTRUCTION_LOSSES, TokenizerTrainConfig, fit_tokenizer
 
 log = logging.getLogger(__name__)
+
+#: architecture defaults for an image folder (the embedded digits use the ConvVQConfig defaults)
+FOLDER_DEFAULTS = {"codebook_size": 512, "width": 32}
+FOLDER_STEPS = 2000
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,12 +34,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION")
     sub.required = True
 
-    t = sub.add_parser("train", help="train the small VQ tokenizer on the embedded train split")
-    t.add_argument("--out", required=True, help="new folder for config.json + model.safetensors")
-    t.add_argument("--steps", type=positive_int, default=1000)
-    t.add_argument("--codebook-size", type=positive_int, default=SmallVQConfig.codebook_size)
-    t.add_argument("--latent-dim", type=positive_int, default=SmallVQConfig.latent_dim)
-    t.add_argument("--seed", type=int, default=0)
+    t = sub.add_parser(
+        "train", help="train a VQ tokenizer on an image folder (or, without --images, the embedded digits)",
+        description="Train a convolutional VQ tokenizer (EMA codebook on the sphere, dead-code restarts) on an "
+                    "image folder, resumably: re-running the same command continues a killed run. The folder OUT "
+                    "gets config.json (architecture, held-out metrics) and model.safetensors, which purr encode, "
+                    "train, sample and eval take.")
+    t.add_argument("--images", default=None, metavar="DIR",
+                   help="image folder: DIR/<class>/*.png|jpg|..., or a flat folder with --labels; without it, the "
+                        "embedded MNIST train split (28x28 grey)")
+    t.add_argument("--labels", default=None, metavar="FILE",
+                   help="for a flat --images folder: lines '<relative path>,<label>'")
+    t.add_argument("--out", required=True, help="tokenizer folder to create (or an unfinished run to resume)")
+    t.add_argument("--resolution", type=positive_int, default=None, metavar="R",
+                   help="image side the tokenizer works at, 16-256, a multiple of --downsample; images are resized "
+                        "(shorter side) and centre-cropped to it (default: the folder's most common shorter side)")
+    t.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                   help="1 = grey, 3 = RGB (default: 1 if every image is grey, else 3)")
+    t.add_argument("--downsample", type=int, choices=DOWNSAMPLE_FACTORS, default=4, metavar="F",
+                   help=f"downsampling factor, one of {', '.join(map(str, DOWNSAMPLE_FACTORS))}: an RxR image "
+                        "becomes (R/F)x(R/F) codes (default 4)")
+    t.add_argument("--codebook-size", type=positive_int, default=None, metavar="K",
+                   help=f"number of codes K, at most {MAX_CODEBOOK_SIZE} (default {FOLDER_DEFAULTS['codebook_size']}"
+                        f"; {ConvVQConfig.codebook_size} for the embedded digits)")
+    t.add_argument("--latent-dim", type=positive_int, default=None, metavar="D",
+                   help=f"dimension d of each code vector (default {ConvVQConfig.latent_dim})")
+    t.add_argument("--width", type=positive_int, default=None,
+                   help=f"channels of the first convolution; later stages have 2x and 4x (default "
+                        f"{FOLDER_DEFAULTS['width']}; {ConvVQConfig.width} for the embedded digits)")
+    t.add_argument("--steps", type=positive_int, default=None, metavar="N",
+                   help=f"training steps (default {FOLDER_STEPS}; 1000 for the embedded digits)")
+    t.add_argument("--batch-size", type=positive_int, default=TokenizerTrainConfig.batch_size,
+                   help=f"images per step (default {TokenizerTrainConfig.batch_size})")
+    t.add_argument("--lr", type=positive_float, default=TokenizerTrainConfig.lr,
+                   help=f"peak learning rate of the one-cycle schedule (default {TokenizerTrainConfig.lr})")
+    t.add_argument("--loss", choices=list(RECONSTRUCTION_LOSSES), default=TokenizerTrainConfig.loss,
+                   help="reconstruction loss on pixels: mse (L2) or l1 (default mse)")
+    t.add_argument("--checkpoint-every", type=positive_int, default=TokenizerTrainConfig.checkpoint_every,
+                   metavar="N", help="write the resumable state every N steps (default "
+                                     f"{TokenizerTrainConfig.checkpoint_every})")
+    t.add_argument("--seed", type=int, default=0, help="seeds the weights, the batches and the held-out split")
+    t.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    t.add_argument("--workers", type=int, default=0, help="image-reading worker processes (default 0)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.set_defaults(func=run_train)
 
     e = sub.add_parser("encode", help="images -> codes (.npz with 'codes' and, if known, 'labels')")
@@ -55,13 +97,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    out = refuse_existing(args.out)
-    model_cfg = SmallVQConfig(codebook_size=args.codebook_size, latent_dim=args.latent_dim)
-    tokenizer = train_small_vq(load_embedded_mnist("train").images, model_cfg,
-                               TokenizerTrainConfig(steps=args.steps, seed=args.seed))
-    metrics = evaluate_tokenizer(tokenizer, load_embedded_mnist("heldout").images)
-    save_tokenizer(tokenizer, out, metrics={"heldout": metrics})
-    print(json.dumps({"tokenizer": str(out), "heldout": metrics}, indent=2))
+    embedded = args.images is None
+    if embedded and (args.labels or args.resolution or args.channels):
+        raise PurrError("--labels, --resolution and --channels go with --images (the embedded digits are 28x28 grey)")
+    defaults = {} if embedded else FOLDER_DEFAULTS
+    given = {"codebook_size": args.codebook_size, "latent_dim": args.latent_dim, "width": args.width}
+    model_cfg = ConvVQConfig(downsample=args.downsample,
+                             **{**defaults, **{k: v for k, v in given.items() if v is not None}})
+    steps = args.steps or (1000 if embedded else FOLDER_STEPS)
+    train_cfg = TokenizerTrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                     loss=args.loss, checkpoint_every=args.checkpoint_every)
+    progress = not args.no_progress
+    if embedded:
+        out = fit_tokenizer(load_embedded_mnist("train").images, load_embedded_mnist("heldout").images, args.out,
+                            model_cfg, train_cfg, record={"type": "embedded-mnist", "split": "train"},
+                            progress=progress, device=args.device)
+    else:
+        out = train_tokenizer_on_folder(args.images, args.out, model_cfg, train_cfg, labels_file=args.labels,
+                                        resolution=args.resolution, channels=args.channels,
+                                        workers=max(0, args.workers), progress=progress, device=args.device)
+    meta = json.loads((out / CONFIG_NAME).read_text())
+    print(json.dumps({"tokenizer": str(out), "config": meta["config"], "metrics": meta["metrics"]}, indent=2))
     return 0
 
 

@@ -20,9 +20,9 @@ from purrception.data.shards import TokenShards, write_token_shards
 from purrception.hashing import sha256_parts
 from purrception.pixels import images_to_tensor
 from purrception.tokenizers.base import VQTokenizer
-from purrception.tokenizers.small_vq import SmallVQConfig
-from purrception.tokenizers.store import CONFIG_NAME, load_tokenizer, save_tokenizer
-from purrception.tokenizers.train import TokenizerTrainConfig, evaluate_tokenizer, train_small_vq
+from purrception.tokenizers.conv_vq import ConvVQConfig
+from purrception.tokenizers.store import CONFIG_NAME, load_tokenizer
+from purrception.tokenizers.train import TokenizerTrainConfig, fit_tokenizer
 
 __all__ = ["encode_array", "write_embedded_shards", "ensure_embedded_tokenizer", "ensure_embedded_shards"]
 
@@ -54,19 +54,17 @@ def _key(obj: Any) -> str:
 
 
 def ensure_embedded_tokenizer(cache_dir: Path, steps: int = 1000, progress: bool = True, device: str = "cpu") -> Path:
-    """The small VQ tokenizer for the embedded data: trained on the train split once, then reused."""
-    model_cfg, train_cfg = SmallVQConfig(), TokenizerTrainConfig(steps=steps)
+    """The embedded digits' tokenizer (the :class:`ConvVQConfig` defaults): trained on the train split once (resuming
+    an interrupted first training), measured on the held-out split, then reused."""
+    model_cfg, train_cfg = ConvVQConfig(), TokenizerTrainConfig(steps=steps)
     folder = cache_dir / f"tokenizer-{_key([asdict(model_cfg), asdict(train_cfg)])}"
     if (folder / CONFIG_NAME).is_file():
         log.info("reusing cached tokenizer %s", folder)
         return folder
     log.info("training the embedded VQ tokenizer (%d steps; cached in %s)", steps, folder)
-    tokenizer = train_small_vq(load_embedded_mnist("train").images, model_cfg, train_cfg, progress, device)
-    metrics = evaluate_tokenizer(tokenizer, load_embedded_mnist("heldout").images)
-    log.info("tokenizer on held-out digits: recon MSE %.4f, perplexity %.1f, codes used %.0f%%",
-             metrics["recon_mse"], metrics["perplexity"], 100 * metrics["codes_used_fraction"])
-    save_tokenizer(tokenizer, folder, metrics={"heldout": metrics})
-    return folder
+    return fit_tokenizer(load_embedded_mnist("train").images, load_embedded_mnist("heldout").images, folder,
+                         model_cfg, train_cfg, record={"type": "embedded-mnist", "split": "train"},
+                         progress=progress, device=device)
 
 
 def ensure_embedded_shards(cache_dir: Path, tokenizer_dir: Path, split: str = "train") -> TokenShards:

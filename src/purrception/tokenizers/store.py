@@ -16,15 +16,18 @@ from safetensors.torch import load_file, save_file
 from purrception.errors import PurrError
 from purrception.io import atomic_save_json, atomic_write, load_json
 from purrception.tokenizers.base import TokenizerIdentity, VQTokenizer
+from purrception.tokenizers.conv_vq import ConvVQ, ConvVQConfig
 from purrception.tokenizers.pretrained import PRETRAINED_KINDS, load_pretrained_vqgan
-from purrception.tokenizers.small_vq import SmallVQ, SmallVQConfig
 
 __all__ = ["save_tokenizer", "load_tokenizer", "load_matching_tokenizer", "TRAINABLE_KINDS", "known_kinds"]
 
 log = logging.getLogger(__name__)
 
 #: kinds saved by :func:`save_tokenizer` as a folder: kind -> (class, config class)
-TRAINABLE_KINDS: dict[str, tuple[type[VQTokenizer], type]] = {"small-vq": (SmallVQ, SmallVQConfig)}
+TRAINABLE_KINDS: dict[str, tuple[type[VQTokenizer], type]] = {"conv-vq": (ConvVQ, ConvVQConfig)}
+#: older names of a trainable kind; a folder saved under one loads as its kind and keeps its recorded name, so that
+#: the identities of codes made with it still match
+LEGACY_KINDS = {"small-vq": "conv-vq"}
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -58,13 +61,13 @@ def load_tokenizer(path: str | Path, kind: str | None = None) -> VQTokenizer:
     Args:
         path: a tokenizer folder, or a checkpoint file.
         kind: a name in :data:`~purrception.tokenizers.pretrained.PRETRAINED_KINDS` for a checkpoint file;
-            ``None`` (or a folder kind such as ``"small-vq"``) for a folder.
+            ``None`` (or a folder kind such as ``"conv-vq"``) for a folder.
 
     Returns:
         The tokenizer, in eval mode with gradients disabled (tokenizers are frozen, paper App. C).
     """
     path = Path(path)
-    if kind is not None and kind not in PRETRAINED_KINDS and kind not in TRAINABLE_KINDS:
+    if kind is not None and kind not in PRETRAINED_KINDS and kind not in TRAINABLE_KINDS and kind not in LEGACY_KINDS:
         raise PurrError(f"unknown tokenizer kind {kind!r}; known: {known_kinds()}")
     if not path.exists():
         raise PurrError(f"tokenizer not found: {path}")
@@ -99,9 +102,10 @@ def _load_folder(folder: Path) -> VQTokenizer:
     meta = load_json(folder / CONFIG_NAME, "tokenizer config")
     if not isinstance(meta, dict) or meta.get("format") != "purrception-tokenizer":
         raise PurrError(f"{folder / CONFIG_NAME} is not a purrception tokenizer config")
-    kind = meta.get("kind")
+    recorded = meta.get("kind")
+    kind = LEGACY_KINDS.get(recorded, recorded)
     if kind not in TRAINABLE_KINDS:
-        raise PurrError(f"unknown tokenizer kind {kind!r} in {folder}; known: {', '.join(TRAINABLE_KINDS)}")
+        raise PurrError(f"unknown tokenizer kind {recorded!r} in {folder}; known: {', '.join(TRAINABLE_KINDS)}")
     cls, config_cls = TRAINABLE_KINDS[kind]
     try:
         model = cls(config_cls(**meta["config"]))
@@ -118,5 +122,7 @@ def _load_folder(folder: Path) -> VQTokenizer:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise PurrError(f"tokenizer weights in {weights} do not fit its config: {str(err).splitlines()[0]}") from None
+    if recorded != kind:
+        model.kind = recorded
     return model
 

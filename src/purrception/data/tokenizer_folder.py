@@ -1,0 +1,102 @@
+"""Training a VQ tokenizer on an image folder (``purr tokenizer train --images DIR``).
+
+The folder is read as ``purr encode`` reads it (class sub-folders, or flat + labels file) and with the same
+preprocessing, at the resolution and channels the tokenizer will have, so that ``purr encode`` on the same folder
+later sees exactly the pixels the tokenizer trained on. A class-balanced share of the folder is held out for the
+reconstruction metrics recorded in the tokenizer's ``config.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from purrception.data.images import ImageSource, folder_source
+from purrception.data.reading import read_images
+from purrception.errors import PurrError
+from purrception.splits import balanced_holdout
+from purrception.tokenizers.conv_vq import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, ConvVQConfig
+from purrception.tokenizers.train import TokenizerTrainConfig, fit_tokenizer
+
+__all__ = ["infer_image_format", "train_tokenizer_on_folder", "HELDOUT_FRACTION", "HELDOUT_MAX"]
+
+log = logging.getLogger(__name__)
+
+#: share of every class held out for the tokenizer's metrics, and the most images held out in all
+HELDOUT_FRACTION, HELDOUT_MAX = 0.1, 1000
+_GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+
+
+def infer_image_format(source: ImageSource, downsample: int, sample: int = 256) -> tuple[int, int]:
+    """A resolution and channel count that fit the folder: ``(R, C)``.
+
+    ``R`` is the most common shorter side among up to ``sample`` images spread over the folder, rounded down to a
+    multiple of ``downsample`` and kept within the tokenizer's range; ``C`` is 1 when every sampled image is grey,
+    else 3. Only image headers are read.
+    """
+    step = max(1, len(source) // sample)
+    sides, grey = Counter(), True
+    for i in range(0, len(source), step):
+        size, mode = _header(source, i)
+        sides[min(size)] += 1
+        grey &= mode in _GREY_MODES
+    side = sides.most_common(1)[0][0]
+    size = max(MIN_IMAGE_SIZE, min(MAX_IMAGE_SIZE, side)) // downsample * downsample
+    return size, 1 if grey else 3
+
+
+def _header(source: ImageSource, index: int) -> tuple[tuple[int, int], str]:
+    """``((width, height), mode)`` of an image, reading only its header where it is a file."""
+    if source.files is None:
+        img = source.load(index)
+        return img.size, img.mode
+    path = source.files[index]
+    try:
+        with Image.open(path) as img:
+            return img.size, img.mode
+    except (OSError, ValueError) as err:
+        raise PurrError(f"cannot read image {path}: {err}; remove or fix the file") from None
+
+
+def train_tokenizer_on_folder(images: str | Path, out: str | Path, model_config: ConvVQConfig,
+                              train_config: TokenizerTrainConfig, *, labels_file: str | Path | None = None,
+                              resolution: int | None = None, channels: int | None = None, workers: int = 0,
+                              progress: bool = True, device: str = "cpu") -> Path:
+    """Read the folder ``images``, hold out a class-balanced share, and train a tokenizer into ``out``.
+
+    Args:
+        images: the image folder.
+        out: the tokenizer folder to create (or an unfinished run there to resume).
+        model_config: the architecture; its ``image_size`` / ``image_channels`` are replaced by ``resolution`` /
+            ``channels``.
+        train_config: the recipe.
+        labels_file: ``<path>,<label>`` lines for a flat folder.
+        resolution: the tokenizer's image side; ``None`` infers it from the folder (:func:`infer_image_format`).
+        channels: 1 or 3; ``None`` infers it from the folder.
+        workers: image-reading worker processes.
+        progress: show progress bars.
+        device: where to train.
+    """
+    source = folder_source(images, labels_file)
+    inferred = infer_image_format(source, model_config.downsample) if None in (resolution, channels) else None
+    if inferred is not None:
+        log.info("from the folder's images: resolution %d, %d channel(s) (set --resolution / --channels to choose)",
+                 *inferred)
+    size = resolution if resolution is not None else inferred[0]
+    chans = channels if channels is not None else inferred[1]
+    model_config = replace(model_config, image_size=size, image_channels=chans)
+    model_config.check()
+    pixels = read_images(source, size, chans, workers=workers, progress=progress)
+    heldout = balanced_holdout(source.labels, HELDOUT_FRACTION, seed=train_config.seed, max_total=HELDOUT_MAX)
+    record: dict[str, Any] = {key: source.description[key] for key in
+                              ("type", "layout", "root", "num_images", "class_names", "fingerprint")}
+    record["heldout_images"] = int(heldout.sum())
+    log.info("training on %d images, measuring on %d held-out ones", int((~heldout).sum()), int(heldout.sum()))
+    return fit_tokenizer(pixels[~heldout], pixels[heldout], out, model_config, train_config, record=record,
+                         progress=progress, device=device)
+
