@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -16,7 +17,16 @@ from PIL import Image
 from purrception.cli import main
 from purrception.data.embedded import load_embedded_mnist
 from purrception.data.encode import EncodeOptions, encode_source
-from purrception.data.images import folder_source, image_to_tensor, resize_center_crop
+from purrception.data.images import (
+    ConversionLog,
+    ImageOrigin,
+    describe_conversion,
+    folder_source,
+    image_to_tensor,
+    prepare_image,
+    resize_center_crop,
+)
+from purrception.data.reading import read_images
 from purrception.data.shards import TokenShards, codes_dtype_for, parts_dir
 from purrception.errors import PurrError
 from purrception.pixels import images_to_tensor
@@ -171,20 +181,184 @@ def test_encode_refuses_a_foreign_non_empty_out_but_takes_an_empty_one(tokenizer
     assert main([*args, str(debris)]) == 0 and len(TokenShards.open(debris)) == 1000
 
 
-@pytest.mark.parametrize("workers", ["0", "1"])
-def test_a_corrupted_image_is_one_error_line_naming_the_file(tokenizer_dir, tmp_path, workers, capsys):
+def _encode_cli(tokenizer_dir: Path, root: Path, out: Path, *extra: str) -> int:
+    return main(["encode", "--tokenizer", str(tokenizer_dir), "--images", str(root), "--out", str(out),
+                 "--no-progress", *extra])
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("purr: error: "), err
+    return err
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+@pytest.mark.parametrize("damage", ["truncated", "not-an-image"])
+def test_a_corrupted_image_is_one_error_line_naming_the_file(tokenizer_dir, tmp_path, workers, damage, capsys):
     root = tmp_path / "images"
     (root / "cat").mkdir(parents=True)
     for i in range(3):
         Image.new("RGB", (28, 28), (i, i, i)).save(root / "cat" / f"{i}.png")
     broken = root / "cat" / "1.png"
-    broken.write_bytes(broken.read_bytes()[:40])  # a valid header, truncated pixel data
-    args = ["encode", "--tokenizer", str(tokenizer_dir), "--images", str(root), "--out", str(tmp_path / "out"),
-            "--workers", workers, "--no-progress"]
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1, err
-    assert err.startswith("purr: error: cannot read image") and str(broken) in err
+    if damage == "truncated":
+        broken.write_bytes(broken.read_bytes()[:40])  # a valid header, truncated pixel data
+    else:
+        broken.write_text("an image suffix, but text inside")
+    assert _encode_cli(tokenizer_dir, root, tmp_path / "out", "--workers", workers) == 2
+    err = _one_error_line(capsys)
+    assert err.startswith("purr: error: cannot read image") and str(broken) in err and "remove or fix" in err
+    if damage == "not-an-image":
+        assert "does not recognise it as an image" in err
+
+
+def _conversions(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "purrception.data.images" and r.getMessage().startswith(("resizing", "converting"))]
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_encode_says_once_per_distinct_conversion(tokenizer_dir, class_folder, tmp_path, workers, caplog):
+    caplog.set_level(logging.INFO, logger="purrception")
+    assert _encode_cli(tokenizer_dir, class_folder, tmp_path / "out", "--batch-size", "4", "--workers",
+                       workers) == 0
+    # 3 classes x the same 5 (size, mode) kinds: one line per kind; 28x28 L is what the tokenizer takes
+    assert sorted(_conversions(caplog)) == [
+        "converting 28x28 RGB images to 28x28 L",
+        "resizing 100x100 L images to 28x28 L (shorter side to 28)",
+        "resizing 31x57 RGB images to 28x28 L (shorter side to 28, centre crop)",
+        "resizing 40x32 L images to 28x28 L (shorter side to 28, centre crop)",
+        "resizing 64x80 L images to 28x28 L (shorter side to 28, centre crop)",
+    ]
+
+
+def test_images_already_at_the_tokenizer_size_log_no_conversion(tokenizer_dir, tmp_path, caplog):
+    root = tmp_path / "images"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        Image.new("L", (28, 28), 7).save(root / c / "0.png")
+    caplog.set_level(logging.INFO, logger="purrception")
+    assert _encode_cli(tokenizer_dir, root, tmp_path / "out", "--workers", "0") == 0
+    assert _conversions(caplog) == []
+
+
+def test_transparency_is_composited_on_white():
+    clear = Image.new("RGBA", (8, 8), (0, 0, 0, 0))  # fully transparent black
+    half = Image.new("RGBA", (8, 8), (0, 0, 0, 128))
+    assert (prepare_image(clear, 8, 3) == 255).all() and (prepare_image(clear, 8, 1) == 255).all()
+    assert np.allclose(prepare_image(half, 8, 3), 127, atol=1)
+    grey = Image.new("LA", (8, 8), (0, 0))
+    assert (prepare_image(grey, 4, 1) == 255).all()
+    palette = Image.new("P", (8, 8), 3)
+    palette.info["transparency"] = 3
+    assert (prepare_image(palette, 8, 3) == 255).all()
+    opaque = Image.new("RGBA", (8, 8), (10, 20, 30, 255))
+    assert (prepare_image(opaque, 8, 3) == [10, 20, 30]).all()
+    assert describe_conversion(ImageOrigin(72, 72, "RGBA", True), 32, 3) == (
+        "resizing 72x72 RGBA images to 32x32 RGB (shorter side to 32; transparency composited on white)")
+    assert describe_conversion(ImageOrigin(8, 8, "RGBA", True), 8, 3) == (
+        "converting 8x8 RGBA images to 8x8 RGB (transparency composited on white)")
+    assert describe_conversion(ImageOrigin(8, 8, "RGB", False), 8, 3) is None
+
+
+def test_conversion_log_says_each_kind_once(caplog):
+    caplog.set_level(logging.INFO, logger="purrception")
+    conversions = ConversionLog(16, 3)
+    a, b, same = ImageOrigin(20, 16, "L", False), ImageOrigin(20, 16, "RGBA", True), ImageOrigin(16, 16, "RGB", False)
+    conversions.note([a, a, same])
+    conversions.note([b, a, b])
+    assert _conversions(caplog) == [describe_conversion(a, 16, 3), describe_conversion(b, 16, 3)]
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_read_images_matches_the_encode_preprocessing(class_folder, channels, caplog):
+    source = folder_source(class_folder)
+    files = sorted(class_folder.rglob("*.png"))
+    expected = np.stack([prepare_image(Image.open(f), 16, channels) for f in files])
+    caplog.set_level(logging.INFO, logger="purrception")
+    images = read_images(source, 16, channels)
+    assert images.dtype == np.uint8 and images.shape == ((15, 16, 16) if channels == 1 else (15, 16, 16, 3))
+    assert np.array_equal(images, expected)
+    assert len(_conversions(caplog)) == 5  # one per distinct (size, mode), none at 16x16 already
+    caplog.clear()
+    assert np.array_equal(read_images(source, 16, channels, workers=2), expected)
+    assert len(_conversions(caplog)) == 5
+
+
+def test_read_images_refuses_too_much_memory_and_unreadable_images(class_folder, tmp_path):
+    source = folder_source(class_folder)
+    with pytest.raises(PurrError, match=r"15 images at 16x16x3 .* GiB limit; use a smaller --resolution or a subset"):
+        read_images(source, 16, 3, max_bytes=15 * 16 * 16 * 3 - 1)
+    assert read_images(source, 16, 3, max_bytes=15 * 16 * 16 * 3).shape == (15, 16, 16, 3)
+    with pytest.raises(PurrError, match="channels must be 1 or 3"):
+        read_images(source, 16, 4)
+    root = tmp_path / "images"
+    (root / "cat").mkdir(parents=True)
+    (root / "cat" / "0.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(PurrError, match="cannot read image .*0.png.*remove or fix the file"):
+        read_images(folder_source(root), 8, 1, workers=2)
+
+
+def _grey_pngs(folder: Path, n: int, size: int = 8) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("L", (size, size), 10 * i).save(folder / f"{i}.png")
+
+
+def test_bad_folders_are_one_error_line_and_write_nothing(tokenizer_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _encode_cli(tokenizer_dir, empty, out) == 2
+    err = _one_error_line(capsys)
+    assert "holds no class sub-folders and no images" in err and "ROOT/<class>/" in err
+    assert "nothing was written" in err
+
+    hollow = tmp_path / "hollow"  # class folders, but no images in any
+    (hollow / "cat").mkdir(parents=True)
+    (hollow / "dog").mkdir()
+    (hollow / "dog" / "notes.txt").write_text("x")
+    assert _encode_cli(tokenizer_dir, hollow, out) == 2
+    err = _one_error_line(capsys)
+    assert "class folders of" in err and "cat, dog" in err and "hold no images" in err
+    assert "nothing was written" in err
+
+    flat = tmp_path / "flat"  # images, but no class folders and no --labels
+    _grey_pngs(flat, 2)
+    assert _encode_cli(tokenizer_dir, flat, out) == 2
+    err = _one_error_line(capsys)
+    assert "no class sub-folders" in err and "--labels FILE" in err and "nothing was written" in err
+    assert not out.exists()
+
+
+def test_odd_but_usable_folders_encode_and_say_what_they_skip(tokenizer_dir, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="purrception")
+    root = tmp_path / "images"
+    _grey_pngs(root / "cat", 2)
+    _grey_pngs(root / "dog", 2, size=12)
+    for name in ("notes.txt", ".DS_Store", "Thumbs.db"):
+        (root / "dog" / name).write_bytes(b"junk")
+    _grey_pngs(root, 1)  # an image next to the class folders
+    assert _encode_cli(tokenizer_dir, root, tmp_path / "out", "--workers", "0") == 0
+    shards = TokenShards.open(tmp_path / "out")
+    assert len(shards) == 4 and shards.manifest["source"]["class_names"] == ["cat", "dog"]
+    messages = [r.getMessage() for r in caplog.records]
+    skipped = [m for m in messages if m.startswith("skipped")]
+    assert len(skipped) == 1 and "skipped 3 non-image file(s)" in skipped[0]
+    loose = [r for r in caplog.records if "directly in" in r.getMessage()]
+    assert len(loose) == 1 and loose[0].levelno == logging.WARNING and "'0.png'" in loose[0].getMessage()
+    assert sorted(_conversions(caplog)) == ["resizing 12x12 L images to 28x28 L (shorter side to 28)",
+                                            "resizing 8x8 L images to 28x28 L (shorter side to 28)"]
+
+
+def test_a_single_class_folder_encodes_with_a_warning(tokenizer_dir, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="purrception")
+    root = tmp_path / "images"
+    _grey_pngs(root / "cat", 3, size=28)
+    assert _encode_cli(tokenizer_dir, root, tmp_path / "out", "--workers", "0") == 0
+    assert TokenShards.open(tmp_path / "out").num_classes == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "one class ('cat')" in warnings[0] and "unconditional" in warnings[0]
 
 
 class _Killed(Exception):

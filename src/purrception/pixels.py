@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["IMAGE_SUFFIXES", "is_image_file", "list_image_files", "images_to_tensor", "tensor_to_images"]
+__all__ = ["IMAGE_SUFFIXES", "is_image_file", "list_image_files", "scan_image_files", "images_to_tensor",
+           "tensor_to_images"]
 
 #: File suffixes (lower case) read as images by every folder reader.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
@@ -22,9 +23,24 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
 
 
+def scan_image_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The image files under ``folder`` (recursively, sorted by path) and the other regular files found there.
+
+    The second list is what a folder reader skips (``notes.txt``, ``.DS_Store``, ``Thumbs.db``, ...), for it to say
+    so.
+    """
+    images, others = [], []
+    for p in sorted(Path(folder).rglob("*")):
+        if is_image_file(p):
+            images.append(p)
+        elif p.is_file():
+            others.append(p)
+    return images, others
+
+
 def list_image_files(folder: Path) -> list[Path]:
     """Every image file under ``folder``, recursively, sorted by path."""
-    return sorted(p for p in Path(folder).rglob("*") if is_image_file(p))
+    return scan_image_files(folder)[0]
 
 
 def images_to_tensor(images: np.ndarray) -> torch.Tensor:

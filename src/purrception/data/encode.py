@@ -19,11 +19,11 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from purrception import distributed
-from purrception.data.images import ImageSource, embedded_source, folder_source, image_to_tensor
+from purrception.data.images import ImageSource, embedded_source, folder_source
+from purrception.data.reading import read_batches
 from purrception.data.shards import (
     MANIFEST,
     PARTS_DIR,
@@ -35,6 +35,7 @@ from purrception.data.shards import (
 )
 from purrception.errors import PurrError
 from purrception.io import atomic_save_json, load_json
+from purrception.pixels import images_to_tensor
 from purrception.tokenizers.base import VQTokenizer
 from purrception.tokenizers.store import load_tokenizer
 
@@ -54,7 +55,8 @@ class EncodeOptions:
         batch_size: images per forward pass (per process).
         part_size: images per part file (the unit of resumption); batches never straddle parts.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (under torchrun, ``cuda`` means ``cuda:LOCAL_RANK``).
-        workers: DataLoader worker processes for reading and resizing images.
+        workers: DataLoader worker processes for reading and resizing images (see
+            :func:`purrception.data.reading.read_batches`).
         progress: show a progress bar (rank 0 only).
         tokenizer_path: where the tokenizer was read from; recorded so that training and sampling on these shards
             find the decoder without being told.
@@ -80,44 +82,11 @@ def preprocessing_record(tokenizer: VQTokenizer, flip: bool) -> dict[str, Any]:
         "channels": int(tokenizer.image_channels),
         "resize": "shorter side to image_size (2x box reductions, then bicubic); unchanged if already that size",
         "crop": "center",
+        "alpha": "composited on white",
         "range": [-1.0, 1.0],
         "flip": bool(flip),
         "flip_layout": "item 2i = image i, item 2i+1 = its horizontal mirror" if flip else None,
     }
-
-
-@dataclass(frozen=True)
-class _Unreadable:
-    """An image that could not be read, carried out of a DataLoader worker as data.
-
-    torch re-raises a worker's exception as a new one whose message is the worker's whole traceback; returning
-    the error instead lets the main process raise the one-line :class:`PurrError` the reader made.
-    """
-
-    message: str
-
-
-class _Images(Dataset):
-    def __init__(self, source: ImageSource, size: int, channels: int):
-        self.source, self.size, self.channels = source, size, channels
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | _Unreadable:
-        try:
-            x = image_to_tensor(self.source.load(index), self.size, self.channels)
-        except PurrError as err:
-            return _Unreadable(str(err))
-        return x, int(self.source.labels[index])
-
-
-def _collate(items: list[tuple[torch.Tensor, int] | _Unreadable]) -> tuple[torch.Tensor, torch.Tensor] | _Unreadable:
-    """The batch, or the first :class:`_Unreadable` in it."""
-    for item in items:
-        if isinstance(item, _Unreadable):
-            return item
-    return default_collate(items)
 
 
 # ---- distributed helpers ---------------------------------------------------------------------------------------
@@ -257,9 +226,7 @@ def _encode(tokenizer: VQTokenizer, source: ImageSource, out: Path, options: Enc
 
     tokenizer = tokenizer.to(device).eval()
     batches = _batches(ranges, todo, options.batch_size)
-    dataset = _Images(source, tokenizer.image_size, tokenizer.image_channels)
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=options.workers, collate_fn=_collate,
-                        pin_memory=device.type == "cuda")
+    loader = read_batches(source, tokenizer.image_size, tokenizer.image_channels, batches, workers=options.workers)
     my_total = sum(ranges[p][1] - ranges[p][0] for p in mine)
     bar = tqdm(total=my_total * copies, initial=done_items * copies, unit="img", desc=f"encode {out.name}",
                disable=not options.progress or rank != 0, dynamic_ncols=True)
@@ -281,19 +248,16 @@ def _encode(tokenizer: VQTokenizer, source: ImageSource, out: Path, options: Enc
     return out
 
 
-def _collect_parts(loader: DataLoader, batches: list[list[int]], ranges: list[tuple[int, int]], part_size: int,
-                   tokenizer: VQTokenizer, device: torch.device, flip: bool,
-                   bar: tqdm) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    """Yield ``(part index, codes, labels)`` as each part covered by ``batches`` is complete."""
+def _collect_parts(loader: Iterator[tuple[np.ndarray, np.ndarray]], batches: list[list[int]],
+                   ranges: list[tuple[int, int]], part_size: int, tokenizer: VQTokenizer, device: torch.device,
+                   flip: bool, bar: tqdm) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Yield ``(part index, codes, labels)`` as each part covered by ``batches`` (read by ``loader``) is complete."""
     copies = 2 if flip else 1
     pending: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
-    for indices, batch in zip(batches, loader):
-        if isinstance(batch, _Unreadable):
-            raise PurrError(batch.message)
-        x, y = batch
+    for indices, (images, y) in zip(batches, loader):
         p = indices[0] // part_size
-        codes = _encode_batch(tokenizer, x.to(device, non_blocking=True), flip)
-        labels = np.repeat(y.numpy().astype(np.int64), copies)
+        codes = _encode_batch(tokenizer, images_to_tensor(images).to(device), flip)
+        labels = np.repeat(y, copies)
         chunks = pending.setdefault(p, ([], []))
         chunks[0].append(codes)
         chunks[1].append(labels)
@@ -321,9 +285,12 @@ def encode_images(tokenizer_path: str | Path, out: str | Path, *, tokenizer_kind
         raise PurrError("give exactly one of --images FOLDER or --embedded SPLIT")
     if labels_file is not None and images is None:
         raise PurrError("--labels goes with --images (a flat image folder)")
-    source = folder_source(images, labels_file) if images is not None else embedded_source(embedded)
+    if images is not None:
+        try:
+            source = folder_source(images, labels_file)
+        except PurrError as err:
+            raise PurrError(f"{err} (nothing was written)") from None
+    else:
+        source = embedded_source(embedded)
     tokenizer = load_tokenizer(tokenizer_path, kind=tokenizer_kind)
-    if embedded is not None and (tokenizer.image_size, tokenizer.image_channels) != (28, 1):
-        log.warning("the embedded digits are 28x28 grey; they will be resized to %dx%d with %d channel(s)",
-                    tokenizer.image_size, tokenizer.image_size, tokenizer.image_channels)
     return encode_source(tokenizer, source, out, options)

@@ -7,9 +7,16 @@ Folder layouts:
   spaces (``#`` comments, blank lines and a ``filename,label`` header are skipped). Labels are integers
   (``num_classes = max + 1``) or class names (sorted, label = index). Items keep the file's order.
 
-Preprocessing (Pillow only): convert to RGB (or grey for a one-channel tokenizer), resize the shorter side to the
-tokenizer's resolution (repeated 2x box reductions, then bicubic, as in ADM/DiT) and center-crop a square; pixels
-map to ``[-1, 1]``. Square images already at the resolution are left untouched.
+In class sub-folders, files without an image suffix (``notes.txt``, ``.DS_Store``, ...) are skipped with one log
+line counting them, as are images directly in ``ROOT`` (a warning) and empty class folders (a warning; they get no
+label). A single class is accepted with a warning: the generator trained on it is effectively unconditional.
+
+Preprocessing (Pillow only, :func:`prepare_image`): transparent images (RGBA, LA, PA, or a palette / colour key
+with transparency) are composited on white first, so that transparent pixels become white rather than the colour
+they happen to store (often black); then convert to RGB (or grey for a one-channel tokenizer), resize the shorter
+side to the tokenizer's resolution (repeated 2x box reductions, then bicubic, as in ADM/DiT) and center-crop a
+square; pixels map to ``[-1, 1]``. Square images already at the resolution are left untouched.
+:class:`ConversionLog` says once per distinct input (size, mode) what the preprocessing does to it.
 """
 
 from __future__ import annotations
@@ -17,17 +24,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from purrception.errors import PurrError
 from purrception.hashing import sha256_lines, sha256_parts
-from purrception.pixels import IMAGE_SUFFIXES, images_to_tensor, list_image_files
+from purrception.pixels import IMAGE_SUFFIXES, images_to_tensor, is_image_file, scan_image_files
 
-__all__ = ["ImageSource", "folder_source", "embedded_source", "resize_center_crop", "image_to_tensor"]
+__all__ = ["ImageSource", "folder_source", "embedded_source", "resize_center_crop", "prepare_image",
+           "image_to_tensor", "ImageOrigin", "image_origin", "describe_conversion", "ConversionLog"]
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +71,10 @@ class ImageSource:
             with Image.open(path) as img:
                 img.load()
                 return img
-        except (OSError, ValueError) as err:
+        except UnidentifiedImageError:  # its own message repeats the path
+            raise PurrError(f"cannot read image {path}: Pillow does not recognise it as an image; "
+                            f"remove or fix the file") from None
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             raise PurrError(f"cannot read image {path}: {err}; remove or fix the file") from None
 
 
@@ -92,6 +103,40 @@ def _read_labels_file(root: Path, labels_file: Path) -> tuple[list[Path], list[s
     return files, raw
 
 
+def _list_class_folders(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
+    """Files, labels and class names of ``ROOT/<class>/**/<image>``; says what it skips (one line per kind)."""
+    entries = sorted(root.iterdir())
+    class_dirs = [p for p in entries if p.is_dir() and not p.name.startswith(".")]
+    loose = [p for p in entries if is_image_file(p)]
+    if not class_dirs:
+        if loose:
+            raise PurrError(f"{root} has no class sub-folders; put images in ROOT/<class>/ or pass --labels FILE")
+        raise PurrError(f"{root} holds no class sub-folders and no images; put images in ROOT/<class>/, one "
+                        f"sub-folder per class")
+    if loose:
+        log.warning("%d image(s) directly in %s (e.g. %r) are ignored: only ROOT/<class>/ sub-folders are read; "
+                    "move them into a class folder", len(loose), root, loose[0].name)
+    files, label_list, class_names, skipped, empty = [], [], [], [], []
+    for d in class_dirs:
+        images, others = scan_image_files(d)
+        skipped.extend(others)
+        if not images:
+            empty.append(d.name)
+            continue
+        class_names.append(d.name)
+        files.extend(images)
+        label_list.extend([len(class_names) - 1] * len(images))
+    if skipped:
+        log.info("skipped %d non-image file(s) under %s (e.g. %r); only %s files are read", len(skipped), root,
+                 skipped[0].relative_to(root).as_posix(), ", ".join(IMAGE_SUFFIXES))
+    if not files:
+        raise PurrError(f"the class folders of {root} ({', '.join(empty[:3])}{', ...' if len(empty) > 3 else ''}) "
+                        f"hold no images ({', '.join(IMAGE_SUFFIXES)}); put images in ROOT/<class>/")
+    if empty:
+        log.warning("class folder(s) %s under %s hold no images; skipped (they get no label)", ", ".join(empty), root)
+    return files, np.array(label_list, dtype=np.int64), class_names
+
+
 def folder_source(root: str | Path, labels_file: str | Path | None = None) -> ImageSource:
     """List an image folder: class sub-folders, or a flat folder plus a labels file.
 
@@ -118,22 +163,12 @@ def folder_source(root: str | Path, labels_file: str | Path | None = None) -> Im
             labels = np.array([index[r] for r in raw], dtype=np.int64)
         layout = "flat+labels"
     else:
-        class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not class_dirs:
-            raise PurrError(f"{root} has no class sub-folders; put images in ROOT/<class>/ or pass --labels FILE")
-        files, label_list, class_names = [], [], []
-        for d in class_dirs:
-            images = list_image_files(d)
-            if not images:
-                log.warning("class folder %s holds no images; skipped", d)
-                continue
-            class_names.append(d.name)
-            files.extend(images)
-            label_list.extend([len(class_names) - 1] * len(images))
-        if not files:
-            raise PurrError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}")
-        labels = np.array(label_list, dtype=np.int64)
+        files, labels, class_names = _list_class_folders(root)
         layout = "class-folders"
+    if len(class_names) == 1:
+        log.warning("%s has one class (%r): a generator trained on it is effectively unconditional (the label "
+                    "carries no information); add classes if you want a class-conditional model", root,
+                    class_names[0])
     listing = [f"{p.relative_to(root).as_posix()}\t{y}\t{p.stat().st_size}" for p, y in zip(files, labels)]
     description = {
         "type": "image-folder",
@@ -172,10 +207,88 @@ def resize_center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def image_to_tensor(img: Image.Image, size: int, channels: int) -> torch.Tensor:
-    """PIL image -> float ``(channels, size, size)`` in ``[-1, 1]`` after :func:`resize_center_crop`."""
+def _target_mode(channels: int) -> str:
     if channels not in (1, 3):
         raise PurrError(f"tokenizers with {channels} image channels are not supported by the image reader")
-    img = img.convert("L" if channels == 1 else "RGB")
-    img = resize_center_crop(img, size)
-    return images_to_tensor(np.array(img, dtype=np.uint8)[None])[0]
+    return "L" if channels == 1 else "RGB"
+
+
+def _on_white(img: Image.Image) -> Image.Image:
+    """``img`` composited on an opaque white background (RGBA), if it has any transparency; else ``img``."""
+    if not img.has_transparency_data:
+        return img
+    rgba = img.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+
+
+def prepare_image(img: Image.Image, size: int, channels: int) -> np.ndarray:
+    """The one preprocessing rule: PIL image -> uint8 ``(size, size)`` (1 channel) or ``(size, size, 3)``.
+
+    Transparency is composited on white, then the image is converted to grey (``L``) or RGB and passed through
+    :func:`resize_center_crop`.
+    """
+    img = _on_white(img).convert(_target_mode(channels))
+    return np.array(resize_center_crop(img, size), dtype=np.uint8)
+
+
+def image_to_tensor(img: Image.Image, size: int, channels: int) -> torch.Tensor:
+    """PIL image -> float ``(channels, size, size)`` in ``[-1, 1]`` after :func:`prepare_image`."""
+    return images_to_tensor(prepare_image(img, size, channels)[None])[0]
+
+
+class ImageOrigin(NamedTuple):
+    """What an image was before :func:`prepare_image`: enough to say what the preprocessing did to it."""
+
+    width: int
+    height: int
+    mode: str
+    transparent: bool
+
+
+def image_origin(img: Image.Image) -> ImageOrigin:
+    """The :class:`ImageOrigin` of ``img`` (read before preprocessing)."""
+    return ImageOrigin(img.size[0], img.size[1], img.mode, bool(img.has_transparency_data))
+
+
+def describe_conversion(origin: ImageOrigin, size: int, channels: int) -> str | None:
+    """What :func:`prepare_image` does to images like ``origin``, as one phrase; ``None`` if it leaves them be.
+
+    E.g. ``resizing 72x72 RGBA images to 32x32 RGB (shorter side to 32, centre crop; transparency composited on
+    white)``.
+    """
+    target = _target_mode(channels)
+    resized = (origin.width, origin.height) != (size, size)
+    if not resized and origin.mode == target and not origin.transparent:
+        return None
+    how = []
+    if resized:
+        how.append(f"shorter side to {size}" + (", centre crop" if origin.width != origin.height else ""))
+    if origin.transparent:
+        how.append("transparency composited on white")
+    verb = "resizing" if resized else "converting"
+    detail = f" ({'; '.join(how)})" if how else ""
+    return f"{verb} {origin.width}x{origin.height} {origin.mode} images to {size}x{size} {target}{detail}"
+
+
+class ConversionLog:
+    """Logs (INFO) each distinct conversion :func:`prepare_image` makes, the first time it is seen.
+
+    One per pass over a source: encoding or reading a folder of mixed images logs one line per distinct
+    ``(size, mode, transparency)``, not one per image; images already at the target size and mode log nothing.
+    Fed in the main process with the origins that DataLoader workers carry out with each batch.
+    """
+
+    def __init__(self, size: int, channels: int):
+        _target_mode(channels)
+        self.size, self.channels = size, channels
+        self._seen: set[ImageOrigin] = set()
+
+    def note(self, origins: list[ImageOrigin]) -> None:
+        """Log the conversions of ``origins`` not seen before."""
+        for origin in origins:
+            if origin in self._seen:
+                continue
+            self._seen.add(origin)
+            message = describe_conversion(origin, self.size, self.channels)
+            if message is not None:
+                log.info("%s", message)
