@@ -118,6 +118,15 @@ def test_adm_npz_export_is_uint8_nhwc_rgb(tmp_path):
     np.testing.assert_array_equal(to_channels(to_channels(grey, 3), 1), grey)
 
 
+def test_transparent_reference_images_read_on_white_as_encode_reads_them(tmp_path):
+    from PIL import Image
+
+    Image.new("RGBA", (6, 6), (0, 0, 0, 0)).save(tmp_path / "clear.png")  # transparent black: white, not black
+    Image.new("RGBA", (6, 6), (10, 20, 30, 255)).save(tmp_path / "opaque.png")
+    rgb = np.concatenate(list(open_reference(str(tmp_path)).batches(2, 3)))
+    assert (rgb[0] == 255).all() and (rgb[1] == [10, 20, 30]).all()
+
+
 def test_tif_gif_and_ppm_folders_are_non_empty_fid_references(tmp_path):
     from PIL import Image
 

@@ -34,7 +34,8 @@ from purrception.errors import PurrError
 from purrception.hashing import sha256_lines, sha256_parts
 from purrception.pixels import IMAGE_SUFFIXES, images_to_tensor, is_image_file, scan_image_files
 
-__all__ = ["ImageSource", "folder_source", "embedded_source", "resize_center_crop", "prepare_image",
+__all__ = ["ImageSource", "folder_source", "embedded_source", "resize_center_crop", "convert_channels",
+           "prepare_image",
            "image_to_tensor", "ImageOrigin", "image_origin", "describe_conversion", "ConversionLog"]
 
 log = logging.getLogger(__name__)
@@ -213,22 +214,25 @@ def _target_mode(channels: int) -> str:
     return "L" if channels == 1 else "RGB"
 
 
-def _on_white(img: Image.Image) -> Image.Image:
-    """``img`` composited on an opaque white background (RGBA), if it has any transparency; else ``img``."""
-    if not img.has_transparency_data:
-        return img
-    rgba = img.convert("RGBA")
-    return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+def convert_channels(img: Image.Image, channels: int) -> Image.Image:
+    """``img`` as grey (``L``, 1 channel) or ``RGB`` (3), transparency composited on white first.
+
+    Transparent pixels become white rather than the colour they happen to store (often black), which matters for
+    emoji-like PNGs; opaque images convert as ``Image.convert`` does.
+    """
+    mode = _target_mode(channels)
+    if img.has_transparency_data:
+        rgba = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return img.convert(mode)
 
 
 def prepare_image(img: Image.Image, size: int, channels: int) -> np.ndarray:
     """The one preprocessing rule: PIL image -> uint8 ``(size, size)`` (1 channel) or ``(size, size, 3)``.
 
-    Transparency is composited on white, then the image is converted to grey (``L``) or RGB and passed through
-    :func:`resize_center_crop`.
+    :func:`convert_channels` (transparency composited on white, then grey or RGB), then :func:`resize_center_crop`.
     """
-    img = _on_white(img).convert(_target_mode(channels))
-    return np.array(resize_center_crop(img, size), dtype=np.uint8)
+    return np.array(resize_center_crop(convert_channels(img, channels), size), dtype=np.uint8)
 
 
 def image_to_tensor(img: Image.Image, size: int, channels: int) -> torch.Tensor:

@@ -135,13 +135,14 @@ class ImageFolderReference(ReferenceSource):
     def batches(self, batch_size: int, channels: int) -> Iterator[np.ndarray]:
         from PIL import Image
 
-        mode = {1: "L", 3: "RGB"}[channels]
+        from purrception.data.images import convert_channels
+
         size = None
         for start in range(0, len(self.files), batch_size):
             batch = []
             for p in self.files[start : start + batch_size]:
                 with Image.open(p) as im:
-                    arr = np.asarray(im.convert(mode), dtype=np.uint8)
+                    arr = np.asarray(convert_channels(im, channels), dtype=np.uint8)
                 size = size or arr.shape
                 if arr.shape != size:
                     raise PurrError(f"{p} is {arr.shape[:2]} but earlier images are {size[:2]}; resize or centre-crop "
