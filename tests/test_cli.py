@@ -25,7 +25,7 @@ def test_tokenizer_train_encode_decode(tmp_path, capsys):
     tok = tmp_path / "tok"
     assert main(["tokenizer", "train", "--out", str(tok), "--steps", "3", "--codebook-size", "16"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert set(report["heldout"]) >= {"recon_mse", "perplexity", "codes_used_fraction"}
+    assert set(report["metrics"]["heldout"]) >= {"recon_mse", "psnr_db", "perplexity", "codes_used_fraction"}
     assert main(["tokenizer", "encode", "--tokenizer", str(tok), "--embedded", "heldout", "--out",
                  str(tmp_path / "codes.npz")]) == 0
     with np.load(tmp_path / "codes.npz") as data:

@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--batch-size", type=positive_int, default=TokenizerTrainConfig.batch_size,
                    help=f"images per step (default {TokenizerTrainConfig.batch_size})")
     t.add_argument("--lr", type=positive_float, default=TokenizerTrainConfig.lr,
-                   help=f"peak learning rate of the one-cycle schedule (default {TokenizerTrainConfig.lr})")
+                   help=f"peak learning rate, warmed up then cosine-decayed (default {TokenizerTrainConfig.lr})")
     t.add_argument("--loss", choices=list(RECONSTRUCTION_LOSSES), default=TokenizerTrainConfig.loss,
                    help="reconstruction loss on pixels: mse (L2) or l1 (default mse)")
     t.add_argument("--checkpoint-every", type=positive_int, default=TokenizerTrainConfig.checkpoint_every,

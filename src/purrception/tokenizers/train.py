@@ -49,7 +49,7 @@ WORK_DIR = ".train"
 
 @dataclass
 class TokenizerTrainConfig:
-    """How a tokenizer is trained (Adam with a one-cycle learning-rate schedule over ``steps``)."""
+    """How a tokenizer is trained (Adam; linear warm-up then cosine decay of the learning rate over ``steps``)."""
 
     steps: int = 1500
     batch_size: int = 64
@@ -96,8 +96,7 @@ def train_tokenizer(images: np.ndarray, model_config: ConvVQConfig, train_config
     torch.manual_seed(train_config.seed)
     model = ConvVQ(model_config).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=train_config.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=train_config.lr, total_steps=train_config.steps,
-                                                pct_start=0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(train_config.steps))
     gen = torch.Generator().manual_seed(train_config.seed)
     plan = _plan(images, model_config, train_config)
     state_file = Path(work_dir) / STATE_NAME if work_dir is not None else None
@@ -128,6 +127,12 @@ def train_tokenizer(images: np.ndarray, model_config: ConvVQConfig, train_config
         log.info("tokenizer: %d steps in %.0f s (%.0f images/s)", train_config.steps - start, seconds,
                  (train_config.steps - start) * train_config.batch_size / max(seconds, 1e-9))
     return model.cpu().eval()
+
+
+def _warmup_cosine(steps: int, warmup_share: float = 0.05):
+    """Learning-rate factor at a step: linear warm-up over the first ``warmup_share`` of the run, then cosine."""
+    warmup = max(1, round(steps * warmup_share))
+    return lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
 
 
 def _save(path: Path, plan: dict[str, Any], step: int, model: ConvVQ, opt: torch.optim.Optimizer,
