@@ -25,8 +25,8 @@ from purrception.tokenizers.train import RECONSTRUCTION_LOSSES, TokenizerTrainCo
 log = logging.getLogger(__name__)
 
 #: architecture defaults for an image folder (the embedded digits use the ConvVQConfig defaults)
-FOLDER_DEFAULTS = {"codebook_size": 512, "width": 32}
-FOLDER_STEPS = 2000
+FOLDER_DEFAULTS = {"codebook_size": 512, "width": 16}
+FOLDER_STEPS = 1500
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
