@@ -31,7 +31,7 @@ def tiny_tokenizer_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     images = load_embedded_mnist("train").images
     tok = train_tokenizer(images, ConvVQConfig(codebook_size=32, width=8),
-                         TokenizerTrainConfig(steps=40, batch_size=32), progress=False)
+                         TokenizerTrainConfig(steps=120, batch_size=32), progress=False)
     return save_tokenizer(tok, tmp_path_factory.mktemp("tok") / "tokenizer")
 
 
