@@ -32,8 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    + " (default: digits for 28x28 grey models, else inception)")
     p.add_argument("--reference", default=None,
                    help="reference images: embedded:train|heldout|all, an image folder, an ADM .npz batch (arr_0), "
-                        "or a token-shard folder (decoded with the checkpoint's tokenizer); "
-                        "default: embedded:train for the digits protocol")
+                        "or a token-shard folder (decoded with the checkpoint's tokenizer); for the folder protocol "
+                        "the labelled folder the generator was trained on (class sub-folders, or flat with "
+                        "--reference-labels); default: embedded:train for the digits protocol")
+    p.add_argument("--reference-labels", default=None, metavar="FILE",
+                   help="folder protocol: <path>,<label> lines for a flat --reference folder (as purr encode --labels)")
     p.add_argument("--inception", default=None, metavar="PATH",
                    help="torch-fidelity's pt_inception-2015-12-05-6726825d.pth (inception protocol; never downloaded)")
     p.add_argument("-n", "--num-samples", type=positive_int, default=1000, help="samples in total (default 1000)")
@@ -47,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="skip k-NN precision/recall (O(N^2) distances)")
     p.add_argument("--tokenizer", default=None, help="tokenizer path (default: the one recorded in the checkpoint)")
     add_tokenizer_kind_arg(p)
-    p.add_argument("--cache-dir", default=None, help="reference statistics and the digit classifier "
+    p.add_argument("--cache-dir", default=None, help="reference statistics and the judge classifiers "
                                                      "(default $PURR_CACHE or ~/.cache/purrception)")
     p.add_argument("--out", default=None, help="JSON report path (default: <checkpoint>.eval-<protocol>-n<N>.json)")
     p.add_argument("--export-npz", default=None, metavar="PATH",
@@ -68,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
             num_samples=args.num_samples, seed=args.seed, batch_size=args.batch_size, steps=args.steps,
             tau=args.tau, cfg_scale=args.cfg_scale, solver=args.solver, ema=not args.raw_weights,
             protocol=args.protocol or "", reference=args.reference or "", fid_subsets=tuple(args.fid_subsets),
+            reference_labels=args.reference_labels or "",
             precision_recall=not args.no_precision_recall, inception_path=args.inception or "",
             cache_dir=str(args.cache_dir or default_cache_dir()), feature_batch_size=args.feature_batch_size)
         report = evaluate_checkpoint(ckpt, tokenizer, settings, info, export_npz=args.export_npz, progress=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -21,7 +22,8 @@ from purrception.errors import PurrError
 from purrception.hashing import sha256_parts
 from purrception.io import atomic_save_json, atomic_write, load_json
 
-__all__ = ["MnistClassifier", "train_classifier", "load_or_train_classifier", "classifier_info", "CLASSIFIER_VERSION"]
+__all__ = ["ImageJudge", "MnistClassifier", "fit_judge", "train_classifier", "load_or_train_classifier",
+           "classifier_info", "CLASSIFIER_VERSION"]
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,42 @@ _EPOCHS = 30
 _SEED = 1234
 
 
-class MnistClassifier(nn.Module):
+class ImageJudge(nn.Module):
+    """A classifier that judges generated images: penultimate features for FID, its argmax for class accuracy.
+
+    Subclasses define :meth:`prepare` (uint8 images -> network input, checking the layout) and
+    :meth:`penultimate`; ``self.out`` maps the penultimate features to class logits.
+    """
+
+    feature_dim: int
+    out: nn.Linear
+
+    def prepare(self, images: np.ndarray) -> torch.Tensor:
+        raise NotImplementedError
+
+    def penultimate(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.penultimate(x))
+
+    @torch.no_grad()
+    def features(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+        """uint8 images -> penultimate features ``(N, feature_dim)`` float64."""
+        self.eval()
+        x = self.prepare(images)
+        parts = [self.penultimate(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        return torch.cat(parts).double().numpy()
+
+    @torch.no_grad()
+    def predict(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+        """uint8 images -> predicted class ids ``(N,)``."""
+        self.eval()
+        x = self.prepare(images)
+        return torch.cat([self(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]).numpy()
+
+
+class MnistClassifier(ImageJudge):
     """Two conv layers, a 128-d penultimate layer (the FID feature space) and a 10-way output."""
 
     feature_dim = 128
@@ -45,52 +82,37 @@ class MnistClassifier(nn.Module):
         self.fc = nn.Linear(64 * 7 * 7, self.feature_dim)
         self.out = nn.Linear(self.feature_dim, 10)
 
-    def _penultimate(self, x: torch.Tensor) -> torch.Tensor:
+    def penultimate(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(self.fc(self.conv(x).flatten(1)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self._penultimate(x))
-
-    @staticmethod
-    def _prepare(images: np.ndarray) -> torch.Tensor:
+    def prepare(self, images: np.ndarray) -> torch.Tensor:
         images = np.asarray(images)
         if images.ndim != 3 or images.shape[1:] != (28, 28):
             raise PurrError(f"the digit classifier reads (N, 28, 28) grey images, got shape {images.shape}")
         return torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0)[:, None]
 
-    @torch.no_grad()
-    def features(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
-        """uint8 ``(N, 28, 28)`` -> penultimate features ``(N, 128)`` float64."""
-        self.eval()
-        x = self._prepare(images)
-        parts = [self._penultimate(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-        return torch.cat(parts).double().numpy()
 
-    @torch.no_grad()
-    def predict(self, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
-        """uint8 ``(N, 28, 28)`` -> predicted class ids ``(N,)``."""
-        self.eval()
-        x = self._prepare(images)
-        return torch.cat([self(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]).numpy()
-
-
-def _random_shift(x: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:
-    """Augmentation: translate each image by up to ``max_shift`` pixels (zero fill)."""
-    padded = F.pad(x, (max_shift,) * 4, value=-1.0)
+def _random_shift(x: torch.Tensor, gen: torch.Generator, max_shift: int, pad_mode: str) -> torch.Tensor:
+    """Augmentation: translate each image by up to ``max_shift`` pixels; ``pad_mode`` "black" fills with -1,
+    "replicate" repeats the border."""
+    pad = (max_shift,) * 4
+    padded = F.pad(x, pad, value=-1.0) if pad_mode == "black" else F.pad(x, pad, mode="replicate")
+    height, width = x.shape[-2:]
     out = torch.empty_like(x)
     offsets = torch.randint(0, 2 * max_shift + 1, (x.shape[0], 2), generator=gen)
     for i, (dy, dx) in enumerate(offsets.tolist()):
-        out[i] = padded[i, :, dy : dy + 28, dx : dx + 28]
+        out[i] = padded[i, :, dy : dy + height, dx : dx + width]
     return out
 
 
-def train_classifier(images: np.ndarray, labels: np.ndarray, epochs: int = _EPOCHS,
-                     seed: int = _SEED) -> MnistClassifier:
-    """Fit the classifier with Adam, random shifts, batch 64."""
+def fit_judge(build: Callable[[], ImageJudge], images: np.ndarray, labels: np.ndarray, epochs: int, seed: int,
+              max_shift: int = 2, pad_mode: str = "black") -> ImageJudge:
+    """Build a judge with ``build()`` (after seeding torch with ``seed``) and fit it: Adam 1e-3, batch 64,
+    random shifts of up to ``max_shift`` pixels."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = MnistClassifier()
-    x = MnistClassifier._prepare(images)
+    model = build()
+    x = model.prepare(images)
     y = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
@@ -98,11 +120,17 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, epochs: int = _EPOC
         perm = torch.randperm(len(x), generator=gen)
         for start in range(0, len(x), 64):
             idx = perm[start : start + 64]
-            loss = F.cross_entropy(model(_random_shift(x[idx], gen)), y[idx])
+            loss = F.cross_entropy(model(_random_shift(x[idx], gen, max_shift, pad_mode)), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
     return model.eval()
+
+
+def train_classifier(images: np.ndarray, labels: np.ndarray, epochs: int = _EPOCHS,
+                     seed: int = _SEED) -> MnistClassifier:
+    """Fit the digit classifier (:func:`fit_judge`: Adam, random shifts, batch 64)."""
+    return fit_judge(MnistClassifier, images, labels, epochs, seed)
 
 
 def _cache_key(heldout_labels: np.ndarray, heldout_images: np.ndarray) -> str:

@@ -5,11 +5,14 @@ samples — and every score — are the same whatever the batch size or the numb
 ``r`` of ``W`` generates and featurises the contiguous indices ``[N r / W, N (r+1) / W)``; rank 0 gathers exactly
 ``N`` rows, waits at a barrier, and scores them against the reference statistics (cached per source and extractor).
 
-Two protocols (:data:`PROTOCOLS`):
+Three protocols (:data:`PROTOCOLS`):
 
 - ``digits`` (embedded data): FID on the digit classifier's penultimate features against the embedded train split
   (the generator's training data; the classifier never saw it), precision / recall, and the accuracy with which the
   classifier reads the requested class.
+- ``folder`` (any labelled image folder, ``--reference DIR``): a judge classifier trained once on a class-balanced
+  half of the folder (``evaluation.folder_judge``), FID on its penultimate features against the rest of the
+  folder, precision / recall, and class accuracy; the judge's own accuracy on the rest is in the report.
 - ``inception`` (paper App. C): torch-fidelity's Inception-v3 FID against a reference set you give (the 50k ImageNet
   validation images at 256x256, as a folder or an ADM ``.npz``), FID on the first ``n`` samples for every
   ``fid_subsets`` entry (FID-10k from a 50k run), Inception Score and precision / recall.
@@ -30,8 +33,15 @@ import torch
 
 from purrception.distributed import DistInfo, barrier, contiguous_slice, gather_to_rank0, main_process_first
 from purrception.errors import PurrError
-from purrception.evaluation.extractors import DigitFeatures, Extracted, FeatureExtractor, InceptionFeatures
+from purrception.evaluation.extractors import (
+    DigitFeatures,
+    Extracted,
+    FeatureExtractor,
+    FolderFeatures,
+    InceptionFeatures,
+)
 from purrception.evaluation.fid import ReferenceFeatures, feature_stats, frechet_distance, load_or_compute_reference
+from purrception.evaluation.folder_judge import split_folder
 from purrception.evaluation.metrics import class_accuracy, inception_score, precision_recall
 from purrception.evaluation.references import ReferenceSource, open_reference, to_channels
 from purrception.generation.generate import balanced_labels, generate_images
@@ -71,7 +81,8 @@ class EvalSettings:
     precision_recall: bool = True
     neighbours: int = 3                         # k of the k-NN manifolds
     inception_path: str = ""                    # torch-fidelity's weight file (inception protocol)
-    cache_dir: str = ""                         # reference statistics and the digit classifier live here
+    reference_labels: str = ""                  # labels file of a flat reference folder (folder protocol)
+    cache_dir: str = ""                         # reference statistics and the judges live here
     feature_batch_size: int = 100
 
     def sampler(self) -> SamplerSettings:
@@ -95,18 +106,24 @@ class Protocol:
     """A feature space to score in and the reference it is compared with by default."""
 
     name: str
-    build_extractor: Callable[[EvalSettings, torch.device], FeatureExtractor]
+    build_extractor: Callable[[EvalSettings, torch.device, VQTokenizer], FeatureExtractor]
     default_reference: str | None
     summary: str
     #: protocol-specific EvalSettings fields this protocol reads (setting one for another protocol is refused)
     reads: frozenset[str] = frozenset()
 
 
-def _digits(settings: EvalSettings, device: torch.device) -> FeatureExtractor:
+def _digits(settings: EvalSettings, device: torch.device, tokenizer: VQTokenizer) -> FeatureExtractor:
     return DigitFeatures(settings.cache_dir)
 
 
-def _inception(settings: EvalSettings, device: torch.device) -> FeatureExtractor:
+def _folder(settings: EvalSettings, device: torch.device, tokenizer: VQTokenizer) -> FeatureExtractor:
+    split = split_folder(settings.reference, tokenizer.image_size, tokenizer.image_channels,
+                         settings.reference_labels or None)
+    return FolderFeatures(split, settings.cache_dir)
+
+
+def _inception(settings: EvalSettings, device: torch.device, tokenizer: VQTokenizer) -> FeatureExtractor:
     if not settings.inception_path:
         raise PurrError("the inception protocol needs torch-fidelity's weights: pass --inception "
                         "PATH/pt_inception-2015-12-05-6726825d.pth (nothing is downloaded)")
@@ -116,13 +133,16 @@ def _inception(settings: EvalSettings, device: torch.device) -> FeatureExtractor
 PROTOCOLS: dict[str, Protocol] = {
     "digits": Protocol("digits", _digits, "embedded:train",
                        "digit-classifier features (embedded data); FID, precision/recall, class accuracy"),
+    "folder": Protocol("folder", _folder, None,
+                       "a judge trained on half of a labelled folder (--reference DIR); FID on its features "
+                       "against the rest, precision/recall, class accuracy", reads=frozenset({"reference_labels"})),
     "inception": Protocol("inception", _inception, None,
                           "torch-fidelity Inception-v3 (paper App. C); FID, IS, precision/recall",
                           reads=frozenset({"inception_path"})),
 }
 
 #: protocol-specific settings and the flag that sets each
-_PROTOCOL_OPTIONS = {"inception_path": "--inception"}
+_PROTOCOL_OPTIONS = {"inception_path": "--inception", "reference_labels": "--reference-labels"}
 
 
 def default_protocol(tokenizer: VQTokenizer) -> str:
@@ -219,12 +239,18 @@ def evaluate_checkpoint(ckpt: Checkpoint, tokenizer: VQTokenizer, settings: Eval
             raise PurrError(f"{flag} is not used by the {protocol_name} protocol; drop it or pick another --protocol")
     reference_spec = settings.reference or protocol.default_reference
     if not reference_spec:
-        raise PurrError(f"the {protocol_name} protocol has no default reference: pass --reference (an image folder, "
-                        f"e.g. the 50k ImageNet validation images at 256x256, or an ADM .npz batch)")
+        raise PurrError(f"the {protocol_name} protocol has no default reference: pass --reference "
+                        + ("DIR, the labelled image folder the generator was trained on" if protocol_name == "folder"
+                           else "(an image folder, e.g. the 50k ImageNet validation images at 256x256, or an ADM "
+                                ".npz batch)"))
     tokenizer.to(info.device)
 
-    with main_process_first():  # on first use the extractor trains / caches the digit classifier
-        extractor = protocol.build_extractor(settings, info.device)
+    with main_process_first():  # on first use the extractor trains / caches its classifier
+        extractor = protocol.build_extractor(settings, info.device, tokenizer)
+    if extractor.num_classes is not None and extractor.num_classes != ckpt.num_classes:
+        raise PurrError(f"the {protocol_name} protocol's classifier knows {extractor.num_classes} classes but the "
+                        f"checkpoint generates {ckpt.num_classes}; pass the labelled folder the generator was "
+                        f"trained on as --reference")
 
     t0 = time.perf_counter()
     indices, labels, images = generate_slice(ckpt, tokenizer, settings, info, progress and info.is_main)
@@ -244,7 +270,7 @@ def evaluate_checkpoint(ckpt: Checkpoint, tokenizer: VQTokenizer, settings: Eval
         save_adm_npz(export_npz, np.concatenate([p[3] for p in parts]), all_labels)
         log.info("wrote %d samples to %s (ADM evaluation-suite format)", settings.num_samples, export_npz)
 
-    source = open_reference(reference_spec, tokenizer)
+    source = extractor.own_reference() or open_reference(reference_spec, tokenizer)
     reference = reference_features(source, extractor, settings.cache_dir, settings.feature_batch_size)
     metrics = score(samples, all_labels, reference, settings, info.device)
     sampler_settings = settings.sampler()

@@ -2,6 +2,8 @@
 
 - ``digits``: the embedded protocol. Penultimate features (128-d) of a small classifier trained on the embedded
   *held-out* split (``evaluation.classifier``), and its predicted class for the class-accuracy score.
+- ``folder``: any labelled folder. Penultimate features (128-d) of a judge trained on a class-balanced part of the
+  folder (``evaluation.folder_judge``), its predicted class, and the rest of the folder as the reference.
 - ``inception``: the paper's protocol (App. C): torch-fidelity's FID Inception-v3, 2048-d pool features and
   1008-way unbiased logits (Inception Score), from a local weight file.
 """
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 
 from purrception.evaluation.classifier import CLASSIFIER_VERSION, classifier_info, load_or_train_classifier
+from purrception.evaluation.folder_judge import JUDGE_VERSION, FolderSplit, load_or_train_judge
 from purrception.evaluation.inception import (
     FEATURE_DIM,
     INCEPTION_SHA256_PREFIX,
@@ -24,9 +27,10 @@ from purrception.evaluation.inception import (
     images_to_uint8_rgb,
     load_fid_inception,
 )
+from purrception.evaluation.references import ArrayReference, ReferenceSource
 from purrception.hashing import sha256_module, sha256_parts
 
-__all__ = ["Extracted", "FeatureExtractor", "DigitFeatures", "InceptionFeatures"]
+__all__ = ["Extracted", "FeatureExtractor", "DigitFeatures", "FolderFeatures", "InceptionFeatures"]
 
 
 @dataclass
@@ -65,6 +69,15 @@ class FeatureExtractor(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """JSON facts for the report (name, feature width, fingerprint, provenance)."""
 
+    @property
+    def num_classes(self) -> int | None:
+        """The classes its predictions name (checked against the generator's), or None when it predicts none."""
+        return None
+
+    def own_reference(self) -> ReferenceSource | None:
+        """The reference set that belongs to this extractor (the folder protocol's rest), or None."""
+        return None
+
 
 class DigitFeatures(FeatureExtractor):
     """The embedded protocol's judge: the cached digit classifier (trained on the held-out split on first use)."""
@@ -86,6 +99,41 @@ class DigitFeatures(FeatureExtractor):
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "feature_dim": int(self.classifier.feature_dim), "fingerprint": self._fingerprint,
                 "layer": "penultimate (after ReLU)", "classifier": classifier_info(self.cache_dir)}
+
+    @property
+    def num_classes(self) -> int:
+        return 10
+
+
+class FolderFeatures(FeatureExtractor):
+    """The folder protocol's judge (trained on a part of the folder on first use, cached) and the rest as reference."""
+
+    name = "folder"
+
+    def __init__(self, split: FolderSplit, cache_dir: str | Path):
+        self.split = split
+        self.channels = split.channels
+        self.judge, self.facts = load_or_train_judge(split, cache_dir)
+        self._fingerprint = sha256_module(self.judge, f"folder-judge-v{JUDGE_VERSION}")
+
+    def extract(self, images: np.ndarray) -> Extracted:
+        return Extracted(self.judge.features(images), predicted=self.judge.predict(images))
+
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "feature_dim": int(self.judge.feature_dim), "fingerprint": self._fingerprint,
+                "layer": "penultimate (after ReLU)", "judge": self.facts, "folder": self.split.description}
+
+    @property
+    def num_classes(self) -> int:
+        return self.split.num_classes
+
+    def own_reference(self) -> ReferenceSource:
+        rest = ~self.split.judge_mask
+        return ArrayReference(self.split.images[rest], "folder-rest", self.split.fingerprint(),
+                              {"path": self.split.description["root"], "judge_part": int(self.split.judge_mask.sum())})
 
 
 class InceptionFeatures(FeatureExtractor):

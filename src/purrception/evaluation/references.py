@@ -29,8 +29,8 @@ from purrception.hashing import sha256_file, sha256_lines, sha256_module, sha256
 from purrception.pixels import IMAGE_SUFFIXES, list_image_files, tensor_to_images
 from purrception.tokenizers.base import VQTokenizer
 
-__all__ = ["ReferenceSource", "EmbeddedReference", "ImageFolderReference", "NpzReference", "ShardReference",
-           "REFERENCE_KINDS", "open_reference", "to_channels"]
+__all__ = ["ReferenceSource", "ArrayReference", "EmbeddedReference", "ImageFolderReference", "NpzReference",
+           "ShardReference", "REFERENCE_KINDS", "open_reference", "to_channels"]
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,8 @@ def to_channels(images: np.ndarray, channels: int) -> np.ndarray:
 class ReferenceSource(abc.ABC):
     """A finite set of reference images with a fingerprint.
 
-    Every kind is built as ``Kind(spec, tokenizer)``; only token shards use the tokenizer (to decode).
+    Every kind in :data:`REFERENCE_KINDS` is built as ``Kind(spec, tokenizer)``; only token shards use the tokenizer
+    (to decode). :class:`ArrayReference` wraps images already in memory and has no spec.
     """
 
     kind: ClassVar[str]
@@ -81,6 +82,36 @@ class ReferenceSource(abc.ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "count": len(self), "fingerprint": self.fingerprint()}
+
+
+class ArrayReference(ReferenceSource):
+    """Images already in memory (e.g. the folder protocol's rest of the folder); not named by a spec string.
+
+    Built as ``ArrayReference(images, kind, fingerprint, facts)``: the caller, who knows where the images came from,
+    fingerprints them and says what the report records about them.
+    """
+
+    kind = "array"
+
+    def __init__(self, images: np.ndarray, kind: str, fingerprint: str, facts: dict[str, Any] | None = None):
+        self.images, self.kind, self._fingerprint, self.facts = images, kind, fingerprint, dict(facts or {})
+
+    @classmethod
+    def accepts(cls, spec: str) -> bool:
+        return False
+
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def batches(self, batch_size: int, channels: int) -> Iterator[np.ndarray]:
+        for start in range(0, len(self), batch_size):
+            yield to_channels(self.images[start : start + batch_size], channels)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), **self.facts}
 
 
 class EmbeddedReference(ReferenceSource):
