@@ -1,7 +1,7 @@
 """``purr data export --data {mnist,emoji} --out DIR``: an embedded data set as a class-sub-folder image folder.
 
-The folder is what ``purr tokenizer train --images``, ``purr encode --images`` and ``purr eval --protocol folder
---reference`` read (see :mod:`purrception.data.export_folder`).
+The folder is what ``purr tokenizer train --images``, ``purr encode --images`` and ``purr eval --reference``
+read (see :mod:`purrception.data.export_folder`).
 """
 
 from __future__ import annotations
