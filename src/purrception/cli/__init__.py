@@ -22,6 +22,7 @@ __all__ = ["main", "build_parser", "log_level", "COMMAND_MODULES"]
 #: subcommand modules, in the order their commands appear in ``purr --help``
 COMMAND_MODULES = [
     "purrception.cli.demo",
+    "purrception.cli.data",
     "purrception.cli.tokenizer",
     "purrception.cli.encode",
     "purrception.cli.train",
