@@ -122,3 +122,24 @@ def test_missing_colour_extra_is_one_line(monkeypatch, package):
     monkeypatch.setitem(sys.modules, package, None)  # as if not installed
     with pytest.raises(PurrError, match=r"pip install 'purrception\[colour\]'"):
         emoji_module._read_all.__wrapped__()
+
+
+def test_purr_demo_data_emoji_runs_the_folder_route_and_reuses_its_cache(tmp_path, monkeypatch, emoji):
+    import purrception.evaluation.folder_judge as folder_judge
+
+    monkeypatch.setattr(folder_judge, "JUDGE_STEPS", 20)  # part of the judge's cache key
+    out = tmp_path / "demo"
+    args = ["demo", "--data", "emoji", "--out", str(out), "--tokenizer-steps", "3", "--set", "steps=2",
+            "--set", "ckpt_every=2", "--per-class", "1", "--steps", "2", "--tau", "1.0"]
+    assert main(args) == 0
+    summary = json.loads((out / "demo.json").read_text())
+    classes = len(emoji.class_names)
+    assert summary["outputs"]["class_names"] == emoji.class_names
+    assert summary["data"] == "emoji"
+    assert summary["classifier"]["trained_on"] + summary["classifier"]["rest"] == len(emoji)
+    with np.load(out / "samples.npz") as data:
+        assert data["images"].shape == (classes, 32, 32, 3) and data["labels"].tolist() == list(range(classes))
+    grid = np.asarray(Image.open(out / "grid.png"))
+    assert grid.ndim == 3 and grid.shape[2] == 3
+    assert main(args) == 0  # everything cached: the second run trains nothing new
+    assert json.loads((out / "demo.json").read_text())["training"]["resumed_from_step"] == 2

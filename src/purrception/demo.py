@@ -1,8 +1,15 @@
-"""``purr demo``: the whole product on the embedded MNIST digits, on 2 CPU cores, in minutes.
+"""``purr demo``: the whole product on an embedded data set, on 2 CPU cores, in minutes.
 
-Stages (each cached, so a second run reuses the work): train the small VQ tokenizer, encode the train split to
-token shards, train a Purrception DiT, sample every class at several temperatures, and judge the samples with
-a digit classifier trained on the held-out split. Writes ``grid.png``, ``samples.npz`` and ``demo.json``.
+Stages (each cached, so a second run reuses the work): train a VQ tokenizer, encode the data to token shards, train
+a Purrception DiT, sample every class at several temperatures, and judge the samples with a classifier that did not
+train on the generator's data. Writes ``grid.png``, ``samples.npz`` and ``demo.json``. The data sets
+(:data:`DEMO_DATA`):
+
+- ``mnist``: the embedded digits (28x28 grey): the tokenizer trains on the train split, the digit classifier on the
+  held-out split (``evaluation.classifier``).
+- ``emoji``: the Twemoji PNGs (``data.emoji``, the ``colour`` extra) exported once as a 32x32 RGB class-folder
+  image folder, then the "your own images" route on that folder: ``train_tokenizer_on_folder``, ``encode_images``
+  and the folder protocol's judge (``evaluation.folder_judge``, trained on half of every class).
 
 The model stage resumes the run in ``OUT/model`` (``train(..., resume=True)``): a larger ``--set steps=N`` continues
 it to N steps, and other ``--set`` values follow the resume rules of ``training.config.resumed_config``. When the
@@ -17,14 +24,16 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from purrception.data.embedded import NUM_CLASSES
 from purrception.data.embedded_shards import ensure_embedded_shards, ensure_embedded_tokenizer
-from purrception.evaluation.classifier import classifier_info, load_or_train_classifier
+from purrception.data.shards import MANIFEST, TokenShards
+from purrception.errors import PurrError
+from purrception.evaluation.classifier import ImageJudge, classifier_info, load_or_train_classifier
 from purrception.generation.generate import generate_images
+from purrception.hashing import sha256_parts
 from purrception.io import atomic_save_json, default_cache_dir
 from purrception.sampling.grid import image_grid, save_png, save_samples_npz
 from purrception.sampling.settings import SamplerSettings
@@ -33,7 +42,7 @@ from purrception.training.checkpoint import Checkpoint, load_checkpoint
 from purrception.training.config import TrainConfig, config_differences, explicit_fields, resolve_config
 from purrception.training.loop import train
 
-__all__ = ["DemoSettings", "run_demo"]
+__all__ = ["DemoSettings", "DemoData", "DEMO_DATA", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +52,7 @@ class DemoSettings:
     """What ``purr demo`` does; the defaults finish in well under 15 minutes on 2 CPU cores."""
 
     out_dir: str = "purr-demo"
+    data: str = "mnist"                          # a key of DEMO_DATA
     cache_dir: str = ""
     preset: str = "mnist-demo"
     train_overrides: list[str] = field(default_factory=list)
@@ -51,29 +61,104 @@ class DemoSettings:
     steps: int = 50
     cfg_scale: float = 1.0
     seed: int = 0
-    tokenizer_steps: int = 1000
+    tokenizer_steps: int | None = None          # None: the data set's default
     device: str = "cpu"
+
+
+@dataclass
+class DemoData:
+    """What the demo's later stages need from a data set: its tokenizer, token shards and judge."""
+
+    description: str
+    tokenizer_dir: Path
+    shards: TokenShards
+    class_names: list[str]
+    judge: ImageJudge
+    judge_facts: dict[str, Any]
+    timings: dict[str, float]
+
+
+def _timed(timings: dict[str, float], name: str, work: Callable[[], Any]) -> Any:
+    t0 = time.perf_counter()
+    result = work()
+    timings[name] = time.perf_counter() - t0
+    return result
+
+
+def _mnist(settings: DemoSettings, cache: Path, progress: bool) -> DemoData:
+    timings: dict[str, float] = {}
+    steps = settings.tokenizer_steps or 1000
+    tok_dir = _timed(timings, "tokenizer_s",
+                     lambda: ensure_embedded_tokenizer(cache, steps, progress, settings.device))
+    shards = _timed(timings, "encode_s", lambda: ensure_embedded_shards(cache, tok_dir))
+    judge = _timed(timings, "classifier_s", lambda: load_or_train_classifier(cache))
+    return DemoData("Purrception on the embedded MNIST digits", tok_dir, shards, [str(i) for i in range(10)],
+                    judge, classifier_info(cache), timings)
+
+
+#: the emoji demo's image side (2 CPU cores)
+EMOJI_SIZE = 32
+
+
+def _emoji(settings: DemoSettings, cache: Path, progress: bool) -> DemoData:
+    from purrception.data.emoji import load_embedded_emoji
+    from purrception.data.encode import EncodeOptions, encode_images
+    from purrception.data.export_folder import export_image_folder
+    from purrception.data.tokenizer_folder import FOLDER_DEFAULTS, FOLDER_STEPS, train_tokenizer_on_folder
+    from purrception.evaluation.folder_judge import load_or_train_judge, split_folder
+    from purrception.tokenizers.conv_vq import ConvVQConfig
+    from purrception.tokenizers.train import TokenizerTrainConfig
+
+    timings: dict[str, float] = {}
+    data = load_embedded_emoji()
+    root = cache / f"emoji-{EMOJI_SIZE}-{sha256_parts(data.images, data.labels, length=12)}"
+    images = root / "images"
+    if not images.is_dir():
+        log.info("exporting the emoji as a %dx%d image folder (once; %s)", EMOJI_SIZE, EMOJI_SIZE, images)
+        export_image_folder(data.images, data.labels, data.class_names, images, size=EMOJI_SIZE)
+    steps = settings.tokenizer_steps or FOLDER_STEPS
+    tok_dir = root / f"tokenizer-{steps}"
+
+    def tokenizer() -> Path:
+        if (tok_dir / CONFIG_NAME).is_file():
+            log.info("reusing cached tokenizer %s", tok_dir)
+            return tok_dir
+        return train_tokenizer_on_folder(images, tok_dir, ConvVQConfig(**FOLDER_DEFAULTS),
+                                         TokenizerTrainConfig(steps=steps), resolution=EMOJI_SIZE, channels=3,
+                                         progress=progress, device=settings.device)
+
+    _timed(timings, "tokenizer_s", tokenizer)
+    shard_dir = root / f"shards-{load_tokenizer(tok_dir).identity().codebook_sha256}"
+
+    def shards() -> TokenShards:
+        if not (shard_dir / MANIFEST).is_file():
+            encode_images(tok_dir, shard_dir, images=images,
+                          options=EncodeOptions(progress=progress, tokenizer_path=str(tok_dir)))
+        return TokenShards.open(shard_dir)
+
+    shard_set = _timed(timings, "encode_s", shards)
+    split = split_folder(images, EMOJI_SIZE, 3)
+    judge, facts = _timed(timings, "classifier_s", lambda: load_or_train_judge(split, cache))
+    return DemoData("Purrception on the embedded Twemoji (32x32 RGB)", tok_dir, shard_set, data.class_names, judge,
+                    facts, timings)
+
+
+#: ``purr demo --data NAME``: how each data set gets its tokenizer, shards and judge
+DEMO_DATA: dict[str, Callable[[DemoSettings, Path, bool], DemoData]] = {"mnist": _mnist, "emoji": _emoji}
 
 
 def run_demo(settings: DemoSettings, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) every stage and return the summary written to ``demo.json``."""
+    if settings.data not in DEMO_DATA:
+        raise PurrError(f"unknown demo data {settings.data!r}; choose one of: {', '.join(DEMO_DATA)}")
     out = Path(settings.out_dir)
     cache = Path(settings.cache_dir) if settings.cache_dir else default_cache_dir()
-    timings: dict[str, float] = {}
-
-    t0 = time.perf_counter()
-    tok_dir = ensure_embedded_tokenizer(cache, settings.tokenizer_steps, progress, settings.device)
+    data = DEMO_DATA[settings.data](settings, cache, progress)
+    timings = dict(data.timings)
+    tok_dir, shards, classifier = data.tokenizer_dir, data.shards, data.judge
     tokenizer = load_tokenizer(tok_dir)
-    timings["tokenizer_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    shards = ensure_embedded_shards(cache, tok_dir)
     shard_dir = shards.folder
-    timings["encode_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    classifier = load_or_train_classifier(cache)
-    timings["classifier_s"] = time.perf_counter() - t0
+    num_classes = len(data.class_names)
 
     t0 = time.perf_counter()
     config = resolve_config(settings.preset, overrides=settings.train_overrides)
@@ -86,7 +171,7 @@ def run_demo(settings: DemoSettings, progress: bool = True) -> dict[str, Any]:
     differs = _reused_run_differences(ckpt, config, out / "model")
     method, model = ckpt.build_method().to(settings.device), ckpt.build_model(ema=True).to(settings.device)
     tokenizer.to(settings.device)
-    labels = np.repeat(np.arange(NUM_CLASSES), settings.per_class)
+    labels = np.repeat(np.arange(num_classes), settings.per_class)
     panels, all_images, all_labels, all_taus, per_tau = [], [], [], [], {}
     for tau in settings.temperatures:
         sampler = SamplerSettings(steps=settings.steps, tau=tau, cfg_scale=settings.cfg_scale)
@@ -94,21 +179,22 @@ def run_demo(settings: DemoSettings, progress: bool = True) -> dict[str, Any]:
                                  progress=progress)
         accuracy = float((classifier.predict(images) == labels).mean())
         per_tau[str(tau)] = {"class_accuracy": accuracy}
-        log.info("tau %.2f: classifier reads the requested digit in %.1f%% of samples", tau, 100 * accuracy)
-        panels.append(image_grid(images, rows=NUM_CLASSES))
+        log.info("tau %.2f: the judge reads the requested class in %.1f%% of samples", tau, 100 * accuracy)
+        panels.append(image_grid(images, rows=num_classes))
         all_images.append(images)
         all_labels.append(labels)
         all_taus.append(np.full(len(labels), tau))
     timings["sample_s"] = time.perf_counter() - t0
 
-    gap = np.full((panels[0].shape[0], 8), 255, dtype=np.uint8)
+    gap = np.full((panels[0].shape[0], 8, *panels[0].shape[2:]), 255, dtype=np.uint8)
     grid = np.concatenate([p for panel in panels for p in (panel, gap)][:-1], axis=1)
     save_png(out / "grid.png", grid, scale=3)
     save_samples_npz(out / "samples.npz", np.concatenate(all_images), np.concatenate(all_labels),
                      tau=np.concatenate(all_taus))
     tok_meta = json.loads((tok_dir / CONFIG_NAME).read_text())
     summary = {
-        "what": "purr demo: Purrception on the embedded MNIST digits",
+        "what": f"purr demo --data {settings.data}: {data.description}",
+        "data": settings.data,
         "tokenizer": {"path": str(tok_dir), "identity": tokenizer.identity().to_dict(), **tok_meta["metrics"]},
         "shards": {"path": str(shard_dir), "num_items": len(shards)},
         "training": {"checkpoint": str(result.checkpoint), "steps": result.step, "final_loss": result.last_loss,
@@ -117,10 +203,11 @@ def run_demo(settings: DemoSettings, progress: bool = True) -> dict[str, Any]:
         "sampling": {"solver": "euler", "steps": settings.steps, "cfg_scale": settings.cfg_scale,
                      "temperatures": list(settings.temperatures), "per_class": settings.per_class,
                      "seed": settings.seed, "weights": "EMA"},
-        "classifier": classifier_info(cache),
+        "classifier": data.judge_facts,
         "results": per_tau,
         "outputs": {"grid": str(out / "grid.png"), "samples": str(out / "samples.npz"),
-                    "grid_layout": "one panel per temperature (left to right), one row per digit class 0-9"},
+                    "grid_layout": "one panel per temperature (left to right), one row per class",
+                    "class_names": data.class_names},
         "timings_s": timings,
     }
     atomic_save_json(out / "demo.json", summary)

@@ -1,4 +1,4 @@
-"""``purr demo``: train (or reuse) everything on the embedded MNIST digits and write a sample grid."""
+"""``purr demo``: train (or reuse) everything on an embedded data set and write a sample grid."""
 
 from __future__ import annotations
 
@@ -6,13 +6,16 @@ import argparse
 import json
 
 from purrception.cli.common import positive_float, positive_int
-from purrception.demo import DemoSettings, run_demo
+from purrception.demo import DEMO_DATA, DemoSettings, run_demo
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="train and sample on the embedded MNIST digits (CPU, minutes)",
-                              description="Train (or reuse cached) tokenizer and Purrception model on the embedded "
-                                          "MNIST digits; write grid.png, samples.npz and demo.json.")
+    p = subparsers.add_parser("demo", help="train and sample on embedded data: MNIST digits or emoji (CPU, minutes)",
+                              description="Train (or reuse cached) tokenizer and Purrception model on an embedded "
+                                          "data set; write grid.png, samples.npz and demo.json.")
+    p.add_argument("--data", choices=sorted(DEMO_DATA), default="mnist",
+                   help="mnist: the embedded 28x28 digits (default); emoji: Twemoji at 32x32 RGB, 9 categories "
+                        "(needs pip install 'purrception[colour]')")
     p.add_argument("--out", default="purr-demo", help="output folder (default ./purr-demo); re-running reuses it")
     p.add_argument("--cache-dir", default="",
                    help="cache for tokenizer/shards/classifier (default ~/.cache/purrception)")
@@ -25,14 +28,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=positive_int, default=50, help="Euler steps (default 50)")
     p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (default 1 = off)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tokenizer-steps", type=positive_int, default=1000,
-                   help="training steps of the embedded tokenizer, on first use (default 1000)")
+    p.add_argument("--tokenizer-steps", type=positive_int, default=None,
+                   help="training steps of the tokenizer, on first use (default 1000 for mnist, 1500 for emoji)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = DemoSettings(out_dir=args.out, cache_dir=args.cache_dir, train_overrides=args.overrides,
+    settings = DemoSettings(out_dir=args.out, data=args.data, cache_dir=args.cache_dir, train_overrides=args.overrides,
                             temperatures=tuple(args.temperatures), per_class=args.per_class, steps=args.steps,
                             cfg_scale=args.cfg_scale, seed=args.seed, tokenizer_steps=args.tokenizer_steps,
                             device=args.device)

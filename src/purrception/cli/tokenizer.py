@@ -14,7 +14,7 @@ import torch
 from purrception.cli.common import add_tokenizer_kind_arg, positive_float, positive_int, refuse_existing
 from purrception.data.embedded import load_embedded_mnist
 from purrception.data.embedded_shards import encode_array
-from purrception.data.tokenizer_folder import train_tokenizer_on_folder
+from purrception.data.tokenizer_folder import FOLDER_DEFAULTS, FOLDER_STEPS, train_tokenizer_on_folder
 from purrception.errors import PurrError
 from purrception.pixels import tensor_to_images
 from purrception.sampling.grid import image_grid, save_png, save_samples_npz
@@ -23,11 +23,6 @@ from purrception.tokenizers.store import CONFIG_NAME, load_tokenizer
 from purrception.tokenizers.train import RECONSTRUCTION_LOSSES, TokenizerTrainConfig, fit_tokenizer
 
 log = logging.getLogger(__name__)
-
-#: architecture defaults for an image folder (the embedded digits use the ConvVQConfig defaults)
-FOLDER_DEFAULTS = {"codebook_size": 512, "width": 16}
-FOLDER_STEPS = 1500
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("tokenizer", help="train the embedded VQ tokenizer; encode / decode arrays")

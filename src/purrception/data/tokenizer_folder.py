@@ -23,12 +23,17 @@ from purrception.splits import balanced_holdout
 from purrception.tokenizers.conv_vq import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, ConvVQConfig
 from purrception.tokenizers.train import TokenizerTrainConfig, fit_tokenizer
 
-__all__ = ["infer_image_format", "train_tokenizer_on_folder", "HELDOUT_FRACTION", "HELDOUT_MAX"]
+__all__ = ["infer_image_format", "train_tokenizer_on_folder", "HELDOUT_FRACTION", "HELDOUT_MAX", "FOLDER_DEFAULTS",
+           "FOLDER_STEPS"]
 
 log = logging.getLogger(__name__)
 
 #: share of every class held out for the tokenizer's metrics, and the most images held out in all
 HELDOUT_FRACTION, HELDOUT_MAX = 0.1, 1000
+#: architecture defaults and steps for an image folder, sized for 2 CPU cores at 32x32 (the embedded digits use the
+#: ConvVQConfig defaults and 1,000 steps)
+FOLDER_DEFAULTS: dict[str, Any] = {"codebook_size": 512, "width": 16}
+FOLDER_STEPS = 1500
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
