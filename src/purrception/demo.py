@@ -97,7 +97,7 @@ def _mnist(settings: DemoSettings, cache: Path, progress: bool) -> DemoData:
 
 
 #: the emoji demo's image side (2 CPU cores)
-EMOJI_SIZE = 32
+EMOJI_DEMO_SIZE = 32
 
 
 def _emoji(settings: DemoSettings, cache: Path, progress: bool) -> DemoData:
@@ -111,11 +111,11 @@ def _emoji(settings: DemoSettings, cache: Path, progress: bool) -> DemoData:
 
     timings: dict[str, float] = {}
     data = load_embedded_emoji()
-    root = cache / f"emoji-{EMOJI_SIZE}-{sha256_parts(data.images, data.labels, length=12)}"
+    root = cache / f"emoji-{EMOJI_DEMO_SIZE}-{sha256_parts(data.images, data.labels, length=12)}"
     images = root / "images"
     if not images.is_dir():
-        log.info("exporting the emoji as a %dx%d image folder (once; %s)", EMOJI_SIZE, EMOJI_SIZE, images)
-        export_image_folder(data.images, data.labels, data.class_names, images, size=EMOJI_SIZE)
+        log.info("exporting the emoji as a %dx%d image folder (once; %s)", EMOJI_DEMO_SIZE, EMOJI_DEMO_SIZE, images)
+        export_image_folder(data.images, data.labels, data.class_names, images, size=EMOJI_DEMO_SIZE)
     steps = settings.tokenizer_steps or FOLDER_STEPS
     tok_dir = root / f"tokenizer-{steps}"
 
@@ -124,7 +124,7 @@ def _emoji(settings: DemoSettings, cache: Path, progress: bool) -> DemoData:
             log.info("reusing cached tokenizer %s", tok_dir)
             return tok_dir
         return train_tokenizer_on_folder(images, tok_dir, ConvVQConfig(**FOLDER_DEFAULTS),
-                                         TokenizerTrainConfig(steps=steps), resolution=EMOJI_SIZE, channels=3,
+                                         TokenizerTrainConfig(steps=steps), resolution=EMOJI_DEMO_SIZE, channels=3,
                                          progress=progress, device=settings.device)
 
     _timed(timings, "tokenizer_s", tokenizer)
@@ -137,7 +137,7 @@ def _emoji(settings: DemoSettings, cache: Path, progress: bool) -> DemoData:
         return TokenShards.open(shard_dir)
 
     shard_set = _timed(timings, "encode_s", shards)
-    split = split_folder(images, EMOJI_SIZE, 3)
+    split = split_folder(images, EMOJI_DEMO_SIZE, 3)
     judge, facts = _timed(timings, "classifier_s", lambda: load_or_train_judge(split, cache))
     return DemoData("Purrception on the embedded Twemoji (32x32 RGB)", tok_dir, shard_set, data.class_names, judge,
                     facts, timings)

@@ -24,8 +24,10 @@ from purrception.tokenizers.train import RECONSTRUCTION_LOSSES, TokenizerTrainCo
 
 log = logging.getLogger(__name__)
 
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("tokenizer", help="train the embedded VQ tokenizer; encode / decode arrays")
+    p = subparsers.add_parser("tokenizer", help="train a VQ tokenizer (an image folder or the embedded digits); "
+                                                       "encode / decode arrays")
     sub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION")
     sub.required = True
 

@@ -185,8 +185,8 @@ class ImageFolderReference(ReferenceSource):
         return {**super().describe(), "path": str(self.folder)}
 
 
-class NpzReference(ReferenceSource):
-    """An ``.npz`` image batch: ``arr_0`` uint8 ``(N, H, W, 3)`` (ADM suite) or ``(N, H, W)``."""
+class NpzReference(ArrayReference):
+    """An ``.npz`` image batch: ``arr_0`` uint8 ``(N, H, W, 3)`` (ADM suite) or ``(N, H, W)``, held in memory."""
 
     kind = "npz"
 
@@ -203,6 +203,7 @@ class NpzReference(ReferenceSource):
             raise PurrError(f"cannot read {self.path}: {err}") from None
         if self.images.dtype != np.uint8:
             raise PurrError(f"arr_0 in {self.path} is {self.images.dtype}; expected uint8 images")
+        self.facts = {"path": str(self.path)}
 
     @classmethod
     def accepts(cls, spec: str) -> bool:
@@ -210,16 +211,6 @@ class NpzReference(ReferenceSource):
 
     def fingerprint(self) -> str:
         return sha256_file(self.path, length=16)
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def batches(self, batch_size: int, channels: int) -> Iterator[np.ndarray]:
-        for start in range(0, len(self), batch_size):
-            yield to_channels(self.images[start : start + batch_size], channels)
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "path": str(self.path)}
 
 
 class ShardReference(ReferenceSource):
