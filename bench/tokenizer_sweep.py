@@ -5,7 +5,9 @@ Markdown table: training images/s, held-out reconstruction MSE (pixels in [-1, 1
 perplexity. The data is the embedded Twemoji at 32x32 (the ``colour`` extra), or any labelled ``--folder``; 10% of
 every class is held out (:func:`purrception.splits.balanced_holdout`).
 
-Usage: ``python bench/tokenizer_sweep.py [--steps 300] [--folder DIR] [--size 32]``.
+Usage: ``python bench/tokenizer_sweep.py [--steps 300] [--folder DIR] [--size 32] [--only K=4096 ...]``. Dead-code
+restarts can only fire once a never-used row's EMA count has decayed below the threshold (about 350 steps at decay
+0.99 and threshold 0.03), so compare restarts on and off with ``--steps 1000`` or more.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--folder", default=None, help="a labelled image folder instead of the embedded emoji")
     parser.add_argument("--size", type=int, default=32, help="image side (default 32)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="TEXT",
+                        help="run only the variants whose label contains one of these texts")
     args = parser.parse_args()
     images, labels = load_images(args.folder, args.size)
     heldout = balanced_holdout(labels, 0.1, seed=0)
@@ -68,6 +72,8 @@ def main() -> None:
     print("| tokenizer | latent | images/s | held-out MSE | PSNR dB | codes used | perplexity |")
     print("|---|---|---|---|---|---|---|")
     for label, overrides in VARIANTS:
+        if args.only and not any(text in label for text in args.only):
+            continue
         config = replace(base, **overrides)
         torch.manual_seed(0)
         t0 = time.perf_counter()
