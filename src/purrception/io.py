@@ -15,8 +15,8 @@ import torch
 from purrception.errors import PurrError
 from purrception.hashing import sha256_tensor as sha256_of_tensor  # the name older code imports from here
 
-__all__ = ["default_cache_dir", "atomic_write", "partial_writes", "atomic_save_json", "atomic_torch_save", "load_json",
-           "safe_torch_load", "why_unreadable", "sha256_of_tensor"]
+__all__ = ["default_cache_dir", "atomic_write", "current_umask", "partial_writes", "atomic_save_json",
+           "atomic_torch_save", "load_json", "safe_torch_load", "why_unreadable", "sha256_of_tensor"]
 
 #: suffix of atomic_write's temporary files (their names are ``.<target name>.<random>.tmp``)
 _TMP_SUFFIX = ".tmp"
@@ -34,11 +34,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's file is private; the result is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def current_umask() -> int:
+    """The process's file-creation mask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def partial_writes(folder: str | os.PathLike, name_glob: str) -> list[Path]:

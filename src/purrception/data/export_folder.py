@@ -25,6 +25,7 @@ from PIL import Image
 
 from purrception.data.images import resize_center_crop
 from purrception.errors import PurrError
+from purrception.io import current_umask
 
 __all__ = ["export_image_folder", "safe_folder_name", "CLASSES_FILE"]
 
@@ -54,12 +55,6 @@ def _refuse_non_empty(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise PurrError(f"{out} already exists and is not an empty folder; choose another --out or remove it "
                         "(nothing was overwritten)")
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _write_images(root: Path, images: np.ndarray, labels: np.ndarray, folders: list[str], size: int | None) -> None:
@@ -101,7 +96,7 @@ def export_image_folder(images: np.ndarray, labels: np.ndarray, class_names: Seq
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's folder is private; the export is an ordinary folder
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's folder is private; the export is an ordinary folder
         _write_images(tmp, images, labels, folders, size)
         classes = [{"label": i, "name": name, "folder": folder, "images": int(n)}
                    for i, (name, folder, n) in enumerate(zip(class_names, folders, counts))]
