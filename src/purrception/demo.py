@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -117,15 +117,16 @@ def _emoji(settings: DemoSettings, cache: Path, progress: bool) -> DemoData:
         log.info("exporting the emoji as a %dx%d image folder (once; %s)", EMOJI_DEMO_SIZE, EMOJI_DEMO_SIZE, images)
         export_image_folder(data.images, data.labels, data.class_names, images, size=EMOJI_DEMO_SIZE)
     steps = settings.tokenizer_steps or FOLDER_STEPS
-    tok_dir = root / f"tokenizer-{steps}"
+    model_cfg = replace(ConvVQConfig(**FOLDER_DEFAULTS), image_size=EMOJI_DEMO_SIZE, image_channels=3)
+    train_cfg = TokenizerTrainConfig(steps=steps)
+    tok_dir = root / f"tokenizer-{sha256_parts(json.dumps([asdict(model_cfg), asdict(train_cfg)]), length=12)}"
 
     def tokenizer() -> Path:
         if (tok_dir / CONFIG_NAME).is_file():
             log.info("reusing cached tokenizer %s", tok_dir)
             return tok_dir
-        return train_tokenizer_on_folder(images, tok_dir, ConvVQConfig(**FOLDER_DEFAULTS),
-                                         TokenizerTrainConfig(steps=steps), resolution=EMOJI_DEMO_SIZE, channels=3,
-                                         progress=progress, device=settings.device)
+        return train_tokenizer_on_folder(images, tok_dir, model_cfg, train_cfg, resolution=EMOJI_DEMO_SIZE,
+                                         channels=3, progress=progress, device=settings.device)
 
     _timed(timings, "tokenizer_s", tokenizer)
     shard_dir = root / f"shards-{load_tokenizer(tok_dir).identity().codebook_sha256}"
