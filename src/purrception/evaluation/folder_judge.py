@@ -8,9 +8,9 @@ generator's resolution and channels, so the judge sees the pixels the generator 
 - the *rest* is the FID reference, and the judge's accuracy on it is reported beside every score (how far to trust
   its class accuracy on samples).
 
-Per-class shares matter: class sub-folders list files sorted by class, so "the second half" would hold out the last classes only.
-The judge and its facts are cached under ``cache_dir/folder-judge-<key>/`` (safetensors + JSON; nothing pickled),
-``key`` a hash of the judge part's pixels and labels and the recipe, so a changed folder trains a new judge.
+Per-class shares matter: class sub-folders list files sorted by class, so "the second half" would hold out the last
+classes only. The judge and its facts are cached under ``cache_dir/folder-judge-<key>/`` (safetensors + JSON; nothing
+pickled), ``key`` a hash of the judge part's pixels and labels and the recipe, so a changed folder trains a new judge.
 """
 
 from __future__ import annotations
