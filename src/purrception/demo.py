@@ -22,13 +22,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from purrception.data.embedded_shards import ensure_embedded_shards, ensure_embedded_tokenizer
+from purrception.data.embedded import NUM_CLASSES
+from purrception.data.embedded_shards import cached_tokenizer, ensure_embedded_shards, ensure_embedded_tokenizer
 from purrception.data.shards import MANIFEST, TokenShards
 from purrception.errors import PurrError
 from purrception.evaluation.classifier import ImageJudge, classifier_info, load_or_train_classifier
@@ -92,7 +93,7 @@ def _mnist(settings: DemoSettings, cache: Path, progress: bool) -> DemoData:
                      lambda: ensure_embedded_tokenizer(cache, steps, progress, settings.device))
     shards = _timed(timings, "encode_s", lambda: ensure_embedded_shards(cache, tok_dir))
     judge = _timed(timings, "classifier_s", lambda: load_or_train_classifier(cache))
-    return DemoData("Purrception on the embedded MNIST digits", tok_dir, shards, [str(i) for i in range(10)],
+    return DemoData("Purrception on the embedded MNIST digits", tok_dir, shards, [str(i) for i in range(NUM_CLASSES)],
                     judge, classifier_info(cache), timings)
 
 
@@ -119,16 +120,12 @@ def _emoji(settings: DemoSettings, cache: Path, progress: bool) -> DemoData:
     steps = settings.tokenizer_steps or FOLDER_STEPS
     model_cfg = replace(ConvVQConfig(**FOLDER_DEFAULTS), image_size=EMOJI_DEMO_SIZE, image_channels=3)
     train_cfg = TokenizerTrainConfig(steps=steps)
-    tok_dir = root / f"tokenizer-{sha256_parts(json.dumps([asdict(model_cfg), asdict(train_cfg)]), length=12)}"
 
-    def tokenizer() -> Path:
-        if (tok_dir / CONFIG_NAME).is_file():
-            log.info("reusing cached tokenizer %s", tok_dir)
-            return tok_dir
-        return train_tokenizer_on_folder(images, tok_dir, model_cfg, train_cfg, resolution=EMOJI_DEMO_SIZE,
-                                         channels=3, progress=progress, device=settings.device)
+    def fit(folder: Path) -> Path:
+        return train_tokenizer_on_folder(images, folder, model_cfg, train_cfg, resolution=EMOJI_DEMO_SIZE, channels=3,
+                                         progress=progress, device=settings.device)
 
-    _timed(timings, "tokenizer_s", tokenizer)
+    tok_dir = _timed(timings, "tokenizer_s", lambda: cached_tokenizer(root, model_cfg, train_cfg, fit))
     shard_dir = root / f"shards-{load_tokenizer(tok_dir).identity().codebook_sha256}"
 
     def shards() -> TokenShards:

@@ -10,7 +10,7 @@ import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -24,7 +24,8 @@ from purrception.tokenizers.conv_vq import ConvVQConfig
 from purrception.tokenizers.store import CONFIG_NAME, load_tokenizer
 from purrception.tokenizers.train import TokenizerTrainConfig, fit_tokenizer
 
-__all__ = ["encode_array", "write_embedded_shards", "ensure_embedded_tokenizer", "ensure_embedded_shards"]
+__all__ = ["encode_array", "write_embedded_shards", "cached_tokenizer", "ensure_embedded_tokenizer",
+           "ensure_embedded_shards"]
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +54,25 @@ def _key(obj: Any) -> str:
     return sha256_parts(json.dumps(obj, sort_keys=True), length=12)
 
 
-def ensure_embedded_tokenizer(cache_dir: Path, steps: int = 1000, progress: bool = True, device: str = "cpu") -> Path:
-    """The embedded digits' tokenizer (the :class:`ConvVQConfig` defaults): trained on the train split once (resuming
-    an interrupted first training), measured on the held-out split, then reused."""
-    model_cfg, train_cfg = ConvVQConfig(), TokenizerTrainConfig(steps=steps)
+def cached_tokenizer(cache_dir: Path, model_cfg: ConvVQConfig, train_cfg: TokenizerTrainConfig,
+                     fit: Callable[[Path], Path]) -> Path:
+    """The tokenizer folder for this architecture and recipe under ``cache_dir``: reused once finished, else made by
+    ``fit(folder)`` (which resumes an interrupted first training there)."""
     folder = cache_dir / f"tokenizer-{_key([asdict(model_cfg), asdict(train_cfg)])}"
     if (folder / CONFIG_NAME).is_file():
         log.info("reusing cached tokenizer %s", folder)
         return folder
-    log.info("training the embedded VQ tokenizer (%d steps; cached in %s)", steps, folder)
-    return fit_tokenizer(load_embedded_mnist("train").images, load_embedded_mnist("heldout").images, folder,
-                         model_cfg, train_cfg, record={"type": "embedded-mnist", "split": "train"},
-                         progress=progress, device=device)
+    log.info("training a VQ tokenizer (%d steps; cached in %s)", train_cfg.steps, folder)
+    return fit(folder)
+
+
+def ensure_embedded_tokenizer(cache_dir: Path, steps: int = 1000, progress: bool = True, device: str = "cpu") -> Path:
+    """The embedded digits' tokenizer (the :class:`ConvVQConfig` defaults): trained on the train split once (resuming
+    an interrupted first training), measured on the held-out split, then reused."""
+    model_cfg, train_cfg = ConvVQConfig(), TokenizerTrainConfig(steps=steps)
+    return cached_tokenizer(cache_dir, model_cfg, train_cfg, lambda folder: fit_tokenizer(
+        load_embedded_mnist("train").images, load_embedded_mnist("heldout").images, folder, model_cfg, train_cfg,
+        record={"type": "embedded-mnist", "split": "train"}, progress=progress, device=device))
 
 
 def ensure_embedded_shards(cache_dir: Path, tokenizer_dir: Path, split: str = "train") -> TokenShards:
