@@ -22,19 +22,18 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from purrception.data.embedded import NUM_CLASSES
-from purrception.data.embedded_shards import cached_tokenizer, ensure_embedded_shards, ensure_embedded_tokenizer
-from purrception.data.shards import MANIFEST, TokenShards
+from purrception.data.embedded_shards import ensure_embedded_shards, ensure_embedded_tokenizer
+from purrception.data.shards import TokenShards
 from purrception.errors import PurrError
 from purrception.evaluation.classifier import ImageJudge, classifier_info, load_or_train_classifier
 from purrception.generation.generate import generate_images
-from purrception.hashing import sha256_parts
 from purrception.io import atomic_save_json, default_cache_dir
 from purrception.sampling.grid import image_grid, save_png, save_samples_npz
 from purrception.sampling.settings import SamplerSettings
@@ -97,48 +96,24 @@ def _mnist(settings: DemoSettings, cache: Path, progress: bool) -> DemoData:
                     judge, classifier_info(cache), timings)
 
 
-#: the emoji demo's image side (2 CPU cores)
-EMOJI_DEMO_SIZE = 32
-
-
 def _emoji(settings: DemoSettings, cache: Path, progress: bool) -> DemoData:
-    from purrception.data.emoji import load_embedded_emoji
-    from purrception.data.encode import EncodeOptions, encode_images
-    from purrception.data.export_folder import export_image_folder
-    from purrception.data.tokenizer_folder import FOLDER_DEFAULTS, FOLDER_STEPS, train_tokenizer_on_folder
+    from purrception.data.embedded_emoji import (
+        EMOJI_SIZE,
+        ensure_emoji_folder,
+        ensure_emoji_shards,
+        ensure_emoji_tokenizer,
+    )
     from purrception.evaluation.folder_judge import load_or_train_judge, split_folder
-    from purrception.tokenizers.conv_vq import ConvVQConfig
-    from purrception.tokenizers.train import TokenizerTrainConfig
 
     timings: dict[str, float] = {}
-    data = load_embedded_emoji()
-    root = cache / f"emoji-{EMOJI_DEMO_SIZE}-{sha256_parts(data.images, data.labels, length=12)}"
-    images = root / "images"
-    if not images.is_dir():
-        log.info("exporting the emoji as a %dx%d image folder (once; %s)", EMOJI_DEMO_SIZE, EMOJI_DEMO_SIZE, images)
-        export_image_folder(data.images, data.labels, data.class_names, images, size=EMOJI_DEMO_SIZE)
-    steps = settings.tokenizer_steps or FOLDER_STEPS
-    model_cfg = replace(ConvVQConfig(**FOLDER_DEFAULTS), image_size=EMOJI_DEMO_SIZE, image_channels=3)
-    train_cfg = TokenizerTrainConfig(steps=steps)
-
-    def fit(folder: Path) -> Path:
-        return train_tokenizer_on_folder(images, folder, model_cfg, train_cfg, resolution=EMOJI_DEMO_SIZE, channels=3,
-                                         progress=progress, device=settings.device)
-
-    tok_dir = _timed(timings, "tokenizer_s", lambda: cached_tokenizer(root, model_cfg, train_cfg, fit))
-    shard_dir = root / f"shards-{load_tokenizer(tok_dir).identity().codebook_sha256}"
-
-    def shards() -> TokenShards:
-        if not (shard_dir / MANIFEST).is_file():
-            encode_images(tok_dir, shard_dir, images=images,
-                          options=EncodeOptions(progress=progress, tokenizer_path=str(tok_dir)))
-        return TokenShards.open(shard_dir)
-
-    shard_set = _timed(timings, "encode_s", shards)
-    split = split_folder(images, EMOJI_DEMO_SIZE, 3)
+    folder = ensure_emoji_folder(cache)
+    tok_dir = _timed(timings, "tokenizer_s", lambda: ensure_emoji_tokenizer(folder, settings.tokenizer_steps,
+                                                                             progress, settings.device))
+    shard_set = _timed(timings, "encode_s", lambda: ensure_emoji_shards(folder, tok_dir, progress))
+    split = split_folder(folder.images, EMOJI_SIZE, 3)
     judge, facts = _timed(timings, "classifier_s", lambda: load_or_train_judge(split, cache))
-    return DemoData("Purrception on the embedded Twemoji (32x32 RGB)", tok_dir, shard_set, data.class_names, judge,
-                    facts, timings)
+    return DemoData(f"Purrception on the embedded Twemoji ({EMOJI_SIZE}x{EMOJI_SIZE} RGB)", tok_dir, shard_set,
+                    list(folder.class_names), judge, facts, timings)
 
 
 #: ``purr demo --data NAME``: how each data set gets its tokenizer, shards and judge

@@ -1,10 +1,12 @@
-"""``purr study convergence | zloss | head | temperature | cfg``: the paper's studies on the embedded digits
-(or any shards), resumable, writing a table (.md), plots (.png) and results.json into ``--out``."""
+"""``purr study convergence | zloss | head | temperature | cfg``: the paper's studies on an embedded data set (the
+digits, scored by the digits protocol; the emoji, scored by the folder protocol against their image folder) or on
+any shards, resumable, writing a table (.md), plots (.png) and results.json into ``--out``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 
 from purrception.cli.common import positive_float, positive_int
 from purrception.data.embedded_shards import ensure_embedded_shards, ensure_embedded_tokenizer
@@ -30,8 +32,15 @@ def _floats(text: str) -> list[float]:
     return values
 
 
+#: ``--data``: the embedded data sets a study can run on, and the protocol that scores each
+DATA_PROTOCOLS = {"mnist": "digits", "emoji": "folder"}
+
+
 def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="study folder; re-running the same command resumes it")
+    p.add_argument("--reference", default=None, metavar="DIR",
+                   help="score with the folder protocol against this labelled image folder (the one the shards were "
+                        "encoded from); default: the digits protocol, or the emoji folder for --data emoji")
     p.add_argument("--num-samples", type=positive_int, default=500, help="samples per evaluation (default 500)")
     p.add_argument("--sample-steps", type=positive_int, default=50, help="Euler steps when sampling (default 50)")
     p.add_argument("--cfg-scale", type=float, default=1.0)
@@ -47,7 +56,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default="0", help="comma-separated training seeds (default 0)")
     p.add_argument("--tau", type=positive_float, default=1.0,
                    help="sampling temperature for methods with logits (paper Fig. 3 samples at 0.9)")
-    p.add_argument("--shards", default=None, help="token shards (default: the embedded digits)")
+    p.add_argument("--data", choices=sorted(DATA_PROTOCOLS), default="mnist",
+                   help="embedded data to train on when no --shards: mnist (28x28 digits, default) or emoji (32x32 "
+                        "RGB Twemoji, needs pip install 'purrception[colour]')")
+    p.add_argument("--shards", default=None, help="token shards (default: the embedded --data)")
     p.add_argument("--tokenizer", default=None, help="tokenizer of --shards (default: the embedded one)")
 
 
@@ -71,37 +83,80 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         s.add_argument("checkpoint", help="checkpoint file or run folder")
         s.add_argument("--values", type=_floats, default=_floats(default), help=f"{help_} (default {default})")
         s.add_argument("--tau", type=positive_float, default=1.0, help="temperature when sweeping CFG")
+        s.add_argument("--data", choices=sorted(DATA_PROTOCOLS), default=None,
+                       help="the embedded data the checkpoint was trained on, to score with its protocol (emoji: "
+                            "the folder protocol against the emoji folder); default: the checkpoint's default "
+                            "protocol, or the folder protocol with --reference")
         _eval_args(s)
         s.set_defaults(func=run_sweep, field=field)
 
 
-def _data(args: argparse.Namespace) -> tuple[str, str]:
-    """The shards and tokenizer to train on: the given ones, or the embedded cache (rank 0 builds it first)."""
+@dataclass(frozen=True)
+class StudyData:
+    """What a study trains on and how it scores: shards, their tokenizer, the protocol and its reference."""
+
+    shards: str
+    tokenizer: str
+    protocol: str
+    reference: str
+
+
+def _scoring(args: argparse.Namespace, data: str | None) -> tuple[str, str]:
+    """The protocol and reference for ``--reference`` / ``--data`` ("" = the protocol's default)."""
+    if args.reference:
+        return "folder", args.reference
+    if data == "emoji":
+        return "folder", str(_emoji_folder(args).images)
+    return (DATA_PROTOCOLS[data], "") if data else ("", "")
+
+
+def _emoji_folder(args: argparse.Namespace):
+    from purrception.data.embedded_emoji import ensure_emoji_folder
+
+    with main_process_first():
+        return ensure_emoji_folder(default_cache_dir())
+
+
+def _data(args: argparse.Namespace) -> StudyData:
+    """The shards and tokenizer to train on (the given ones, or the embedded cache: rank 0 builds it first) and the
+    protocol that scores them."""
     if args.shards:
         if not args.tokenizer:
             raise PurrError("--shards needs --tokenizer (to decode samples for evaluation)")
-        return args.shards, args.tokenizer
+        return StudyData(args.shards, args.tokenizer, *_scoring(args, None))
     cache = default_cache_dir()
-    with main_process_first():
-        tok_dir = ensure_embedded_tokenizer(cache, device=args.device)
-        return str(ensure_embedded_shards(cache, tok_dir).folder), str(tok_dir)
+    if args.data == "emoji":
+        from purrception.data.embedded_emoji import ensure_emoji_shards, ensure_emoji_tokenizer
+
+        folder = _emoji_folder(args)
+        with main_process_first():
+            tok_dir = ensure_emoji_tokenizer(folder, device=args.device)
+            shards = ensure_emoji_shards(folder, tok_dir)
+    else:
+        with main_process_first():
+            tok_dir = ensure_embedded_tokenizer(cache, device=args.device)
+            shards = ensure_embedded_shards(cache, tok_dir)
+    return StudyData(str(shards.folder), str(tok_dir), *_scoring(args, args.data))
 
 
-def _eval_settings(args: argparse.Namespace, tau: float = 1.0) -> EvalSettings:
+def _eval_settings(args: argparse.Namespace, protocol: str, reference: str, tau: float = 1.0) -> EvalSettings:
     return EvalSettings(num_samples=args.num_samples, seed=args.seed, steps=args.sample_steps, tau=tau,
-                        cfg_scale=args.cfg_scale, cache_dir=str(default_cache_dir()))
+                        cfg_scale=args.cfg_scale, protocol=protocol, reference=reference,
+                        cache_dir=str(default_cache_dir()))
 
 
 def run_tracked(args: argparse.Namespace) -> int:
     info = init_distributed(args.device)
-    shards, tokenizer_path = _data(args)
+    data = _data(args)
+    shards, tokenizer_path = data.shards, data.tokenizer
     tokenizer = load_tokenizer(tokenizer_path)
+    evaluation = _eval_settings(args, data.protocol, data.reference)
     base = resolve_config(args.preset, overrides=args.overrides).to_dict()
     seeds = tuple(int(s) for s in args.seeds.split(","))
-    track = TrackSettings(base=base, eval_every=args.eval_every, seeds=seeds, eval=_eval_settings(args),
+    track = TrackSettings(base=base, eval_every=args.eval_every, seeds=seeds, eval=evaluation,
                           tau_for=lambda m: args.tau if get_method(m).has_temperature else 1.0)
     settings = {"study": args.study, "train": base, "eval_every": args.eval_every, "seeds": list(seeds),
-                "tau": args.tau, "eval": vars(_eval_settings(args)), "shards": shards}
+                "tau": args.tau, "eval": vars(evaluation), "shards": shards}
     if args.study == "convergence":
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         unknown = [m for m in methods if m not in METHODS]
@@ -129,7 +184,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     tokenizer = checkpoint_tokenizer(ckpt, None, None)
     if args.field == "tau" and not ckpt.build_method().has_temperature:
         raise PurrError(f"a {ckpt.method_name} checkpoint has no logits, so no temperature to sweep")
-    base = _eval_settings(args, tau=args.tau)
+    base = _eval_settings(args, *_scoring(args, args.data), tau=args.tau)
     store = StudyStore(args.out, {"study": args.field, "checkpoint": str(ckpt.path), "step": ckpt.step,
                                   "eval": vars(base)}, args.command_line)
     points = studies.sampler_sweep(store, ckpt, tokenizer, base, args.field, args.values, info)

@@ -88,7 +88,7 @@ class TrackSettings:
 
 
 def evaluate_point(ckpt: Checkpoint, tokenizer, settings: EvalSettings, info: DistInfo) -> dict[str, Any]:
-    """Embedded-protocol scores of one checkpoint: FID, class accuracy, precision / recall."""
+    """Scores of one checkpoint under ``settings``' protocol: FID, class accuracy, precision / recall."""
     report = evaluate_checkpoint(ckpt, tokenizer, settings, info)
     assert report is not None
     return {"step": ckpt.step, **report["metrics"], "checkpoint": str(ckpt.path), "seconds": report["seconds"]["total"],

@@ -40,10 +40,20 @@ __all__ = ["convergence", "zloss", "head", "sampler_sweep"]
 log = logging.getLogger(__name__)
 
 
+def _protocol(settings: EvalSettings) -> str:
+    """How the scores were measured, for captions: the protocol and, if not its default, the reference."""
+    name = settings.protocol or "default"
+    return f"{name} protocol" + (f" (reference {settings.reference})" if settings.reference else "")
+
+
+def _fid_axis(settings: EvalSettings) -> str:
+    return f"FID ({settings.protocol or 'default'} protocol features)"
+
+
 def _caption(kind: str, track: TrackSettings) -> str:
     e = track.eval
     return (f"{kind}: {json.dumps(track.base, sort_keys=True)}; eval every {track.eval_every} steps; seeds "
-            f"{list(track.seeds)}; digits protocol, N={e.num_samples}, Euler {e.steps} steps, cfg {e.cfg_scale}, "
+            f"{list(track.seeds)}; {_protocol(e)}, N={e.num_samples}, Euler {e.steps} steps, cfg {e.cfg_scale}, "
             f"EMA weights")
 
 
@@ -63,7 +73,7 @@ def _write_tracked(store: StudyStore, stem: str, title: str, names: list[str], t
     header, rows = _tracked_table(store, names, track.seeds)
     caption = f"{store.command} | " + _caption(title, track)
     write_markdown(store.folder / f"{stem}.md", title, header, rows, store.command, [caption, *extra_notes])
-    plot_lines(store.folder / f"{stem}.png", title, "training step", "FID (digit features)",
+    plot_lines(store.folder / f"{stem}.png", title, "training step", _fid_axis(track.eval),
                {n: series(store, n, "fid", track.seeds) for n in names}, caption)
     plot_lines(store.folder / f"{stem}_accuracy.png", title, "training step", "class accuracy",
                {n: series(store, n, "class_accuracy", track.seeds) for n in names}, caption)
@@ -166,7 +176,7 @@ def head(store: StudyStore, track: TrackSettings, ranks: list[int], shards: str,
     caption = (f"{store.command} | " + _caption("head study", track) + "; time axis = steps x seconds per step "
                "measured side by side (interleaved) on this machine")
     plot_lines(store.folder / "head_wall_time.png", "Full vs factorised head: FID vs training time",
-               "training seconds (steps x measured seconds per step)", "FID (digit features)",
+               "training seconds (steps x measured seconds per step)", _fid_axis(track.eval),
                {n: (fids[n][0] * step_seconds[n], fids[n][1], fids[n][2]) for n in names}, caption)
     rows = [[n, f"{v['images_per_s']:.1f}", v["final_step"], f"{v['final_fid']:.3f}", f"{v['step_at_budget']:.0f}",
              "before its first evaluation" if v["fid_at_budget"] is None else f"{v['fid_at_budget']:.3f}"]
@@ -196,13 +206,13 @@ def sampler_sweep(store: StudyStore, ckpt: Checkpoint, tokenizer, base: EvalSett
     label = {"tau": "temperature tau", "cfg_scale": "CFG scale"}[field]
     rows = [[p[field], p["fid"], p.get("class_accuracy", float("nan")), p.get("precision", float("nan")),
              p.get("recall", float("nan"))] for p in points]
-    caption = (f"{store.command} | {ckpt.method_name} checkpoint {ckpt.path} (step {ckpt.step}); digits protocol, "
+    caption = (f"{store.command} | {ckpt.method_name} checkpoint {ckpt.path} (step {ckpt.step}); {_protocol(base)}, "
                f"N={base.num_samples}, Euler {base.steps} steps, seed {base.seed}; "
                + json.dumps({k: v for k, v in asdict(base).items() if k in ("tau", "cfg_scale") and k != field}))
     write_markdown(store.folder / f"{field}.md", f"FID vs {label}", [label, "FID", "class accuracy", "precision",
                    "recall"], rows, store.command, [caption, f"best FID at {field} = {best[field]:g}"])
     x = np.array(values, dtype=float)
-    plot_lines(store.folder / f"{field}.png", f"FID vs {label}", label, "FID (digit features)",
+    plot_lines(store.folder / f"{field}.png", f"FID vs {label}", label, _fid_axis(base),
                {"FID": (x, np.array([p["fid"] for p in points]), np.zeros(len(x)))}, caption)
     plot_lines(store.folder / f"{field}_accuracy.png", f"Class accuracy vs {label}", label, "class accuracy",
                {"accuracy": (x, np.array([p.get("class_accuracy", np.nan) for p in points]), np.zeros(len(x)))},
