@@ -1,4 +1,5 @@
-"""Tokenizer throughput and reconstruction vs codebook size K, downsampling F and dead-code restarts, on colour data.
+"""Tokenizer throughput and reconstruction vs codebook size K, downsampling F, dead-code restarts and the lookup
+(l2-normalised on the sphere, or Euclidean), on colour data.
 
 Trains ``conv-vq`` tokenizers side by side in one run, on the same images, with the same recipe, and prints one
 Markdown table: training images/s, held-out reconstruction MSE (pixels in [-1, 1]) and PSNR, codebook usage and
@@ -25,7 +26,8 @@ from purrception.splits import balanced_holdout
 from purrception.tokenizers.conv_vq import ConvVQConfig
 from purrception.tokenizers.train import TokenizerTrainConfig, evaluate_tokenizer, train_tokenizer
 
-#: (label, overrides of the folder defaults): F at the default K, K at F = 4, and restarts off at a large K
+#: (label, overrides of the folder defaults): F at the default K, K at F = 4, restarts off at a large K, and the
+#: Euclidean lookup at the default and a large K
 VARIANTS = [
     ("F=2 K=512", {"downsample": 2}),
     ("F=4 K=512", {"downsample": 4}),
@@ -33,6 +35,8 @@ VARIANTS = [
     ("F=4 K=64", {"codebook_size": 64}),
     ("F=4 K=4096", {"codebook_size": 4096}),
     ("F=4 K=4096, no restarts", {"codebook_size": 4096, "dead_code_threshold": 0.0}),
+    ("F=4 K=512, Euclidean lookup", {"l2_normalize": False}),
+    ("F=4 K=4096, Euclidean lookup", {"codebook_size": 4096, "l2_normalize": False}),
 ]
 
 

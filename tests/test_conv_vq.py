@@ -128,3 +128,20 @@ def test_a_folder_saved_under_the_old_kind_name_loads_and_keeps_its_identity(tmp
     (folder / CONFIG_NAME).write_text(json.dumps(meta))
     tok = load_tokenizer(folder)
     assert isinstance(tok, ConvVQ) and tok.identity().kind == "small-vq" and tok.downsample == 4
+
+
+@pytest.mark.parametrize("l2_normalize", [True, False])
+def test_the_lookup_is_on_the_sphere_or_euclidean_and_survives_a_save(tmp_path, l2_normalize):
+    config = ConvVQConfig(image_size=16, image_channels=3, codebook_size=16, width=8, l2_normalize=l2_normalize)
+    tok = train_tokenizer(_images(), config, TokenizerTrainConfig(steps=3, batch_size=8), progress=False).eval()
+    norms = tok.codebook.norm(dim=1)
+    assert torch.allclose(norms, torch.full_like(norms, 2.0), atol=1e-5) == l2_normalize  # radius sqrt(d), d = 4
+    x = torch.from_numpy(_images()[:2]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        z = tok.encoder(x)
+        if l2_normalize:
+            z = 2.0 * z / z.norm(dim=1, keepdim=True)
+        expected = ((z.permute(0, 2, 3, 1)[..., None, :] - tok.codebook) ** 2).sum(-1).argmin(-1)
+        assert torch.equal(tok.encode(x), expected)
+        loaded = load_tokenizer(save_tokenizer(tok, tmp_path / "tok"))
+        assert loaded.config.l2_normalize == l2_normalize and torch.equal(loaded.encode(x), expected)

@@ -9,7 +9,9 @@ The vector quantiser keeps codes in use at large ``K`` with the two measures of 
 A.1) and LlamaGen: the codebook is learnt by exponential moving averages of the encoder outputs assigned to each
 row, rows that (almost) never win are restarted on random encoder outputs, and the lookup is l2-normalised in a low
 dimension: encoder outputs and codebook rows live on the sphere of radius ``sqrt(d)`` (cosine-similarity VQ),
-which also puts the clean latents ``z1`` on the same scale as the flow's noise ``z0 ~ N(0, I)``.
+which also puts the clean latents ``z1`` on the same scale as the flow's noise ``z0 ~ N(0, I)``. With
+``l2_normalize=False`` the lookup is the plain Euclidean one of taming's VQGAN (kept to measure the choice; the
+latents' scale is then whatever the encoder learns).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class ConvVQConfig:
     ema_decay: float = 0.99
     commitment: float = 0.25
     dead_code_threshold: float = 0.03
+    l2_normalize: bool = True
 
     def check(self) -> None:
         """Refuse settings the architecture cannot take, in one line naming the fix."""
@@ -86,24 +89,27 @@ class _ResBlock(nn.Module):
 
 
 class EMAQuantizer(nn.Module):
-    """Nearest-neighbour quantiser on the sphere of radius ``sqrt(d)`` with an EMA-learnt codebook."""
+    """Nearest-neighbour quantiser with an EMA-learnt codebook, on the sphere of radius ``sqrt(d)`` (``l2_normalize``)
+    or in plain Euclidean space."""
 
-    def __init__(self, codebook_size: int, dim: int, decay: float, dead_code_threshold: float):
+    def __init__(self, codebook_size: int, dim: int, decay: float, dead_code_threshold: float,
+                 l2_normalize: bool = True):
         super().__init__()
         self.decay = decay
         self.dead_code_threshold = dead_code_threshold
+        self.l2_normalize = l2_normalize
         self.radius = math.sqrt(dim)
         init = self._project(torch.randn(codebook_size, dim))
         self.register_buffer("embedding", init)
         self.register_buffer("cluster_size", torch.ones(codebook_size))
         self.register_buffer("embed_sum", init.clone())
 
-    def _project(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=-1) * self.radius
+    def _project(self, x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        return F.normalize(x, dim=dim) * self.radius if self.l2_normalize else x
 
     def project(self, z: torch.Tensor) -> torch.Tensor:
-        """Channels-first latents ``(B, d, h, w)`` -> the sphere the codebook lives on."""
-        return F.normalize(z, dim=1) * self.radius
+        """Channels-first latents ``(B, d, h, w)`` -> the space the codebook lives in (the sphere, or unchanged)."""
+        return self._project(z, dim=1)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``z`` ``(B, d, h, w)`` -> (straight-through quantised latents, codes ``(B, h, w)``, commitment term)."""
@@ -155,7 +161,8 @@ class ConvVQ(VQTokenizer):
             encoder += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), _ResBlock(c_out)]
         encoder += [_norm(chans[-1]), nn.SiLU(), nn.Conv2d(chans[-1], d, 1)]
         self.encoder = nn.Sequential(*encoder)
-        self.quantizer = EMAQuantizer(config.codebook_size, d, config.ema_decay, config.dead_code_threshold)
+        self.quantizer = EMAQuantizer(config.codebook_size, d, config.ema_decay, config.dead_code_threshold,
+                                       config.l2_normalize)
         decoder: list[nn.Module] = [nn.Conv2d(d, chans[-1], 3, padding=1), _ResBlock(chans[-1])]
         for i in range(len(chans) - 1, 0, -1):
             decoder.append(nn.ConvTranspose2d(chans[i], chans[i - 1], 4, stride=2, padding=1))
