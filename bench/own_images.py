@@ -5,9 +5,9 @@ foreground and background colour per image, ``--per-class`` per class -- then ru
 
     purr tokenizer train --images DIR --out TOK
     purr encode --tokenizer TOK --images DIR --out SHARDS
-    purr train --shards SHARDS --out RUN
-    purr sample RUN --out SAMPLES
-    purr eval RUN --protocol folder --reference DIR
+    purr train --shards SHARDS --out RUN --preset folder-cpu
+    purr sample RUN --out SAMPLES --cfg-scale 3
+    purr eval RUN --protocol folder --reference DIR --cfg-scale 3
 
 and prints one JSON line with the seconds of every stage, the eval report's scores (class accuracy, FID,
 precision / recall) and the folder judge's own accuracy on the images it did not train on.
@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--folder", default=None, help="use this image folder instead of the colour digits")
     parser.add_argument("--per-class", type=int, default=200, help="colour digits per class (default 200)")
     parser.add_argument("--num-eval", type=int, default=500, help="samples for purr eval (default 500)")
+    parser.add_argument("--preset", default="folder-cpu", help="training preset (default folder-cpu)")
+    parser.add_argument("--cfg-scale", default="3", help="guidance for sampling and eval (default 3)")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=False)
@@ -68,12 +70,14 @@ def main() -> None:
         timings)
     run("encode", ["encode", "--tokenizer", str(work / "tok"), "--images", str(images), "--out",
                    str(work / "shards"), "--no-progress"], timings)
-    run("train", ["train", "--shards", str(work / "shards"), "--out", str(work / "run"), "--no-progress"], timings)
-    run("sample", ["sample", str(work / "run"), "--out", str(work / "samples")], timings)
+    run("train", ["train", "--shards", str(work / "shards"), "--out", str(work / "run"), "--preset", args.preset,
+                  "--no-progress"], timings)
+    run("sample", ["sample", str(work / "run"), "--out", str(work / "samples"), "--cfg-scale", args.cfg_scale],
+        timings)
     timings["folder_to_grid"] = round(sum(timings.values()), 1)
     result: dict = {"timings_s": timings, "grid": str(work / "samples")}
     run("eval", ["eval", str(work / "run"), "--protocol", "folder", "--reference", str(images), "-n",
-                 str(args.num_eval), "--out", str(work / "eval.json")], timings)
+                 str(args.num_eval), "--cfg-scale", args.cfg_scale, "--out", str(work / "eval.json")], timings)
     report = json.loads((work / "eval.json").read_text())
     result["eval"] = report["metrics"]
     result["judge_accuracy_on_rest"] = report["feature_extractor"]["judge"]["accuracy_on_rest"]

@@ -209,6 +209,11 @@ def test_paper_presets_mirror_appendix_c():
     assert {"mnist-demo", "mnist-study"} <= set(TRAIN_PRESETS)
 
 
+def test_the_folder_preset_is_the_cpu_demo_trained_twice_as_long():
+    demo, folder = resolve_config("mnist-demo").to_dict(), resolve_config("folder-cpu").to_dict()
+    assert folder.pop("steps") == 2 * demo.pop("steps") and folder == demo
+
+
 def test_config_resolution_order_and_type_checks(tmp_path):
     (tmp_path / "c.yaml").write_text("lr: 3.0e-4\nsteps: 7\nprecision: bf16\n")
     (tmp_path / "c.toml").write_text("lr = 5e-4\ncompile = true\n")

@@ -126,3 +126,24 @@ def test_folder_protocol_refuses_bad_requests_in_one_line(shape_run, tmp_path, c
 
     assert main(["eval", str(run), "--protocol", "digits", "--reference-labels", "x.csv", "-n", "12"]) == 2
     assert "--reference-labels is not used by the digits protocol" in capsys.readouterr().err
+
+
+def test_studies_score_with_the_folder_protocol_as_purr_eval_does(shape_run, tmp_path):
+    images, run = shape_run
+    ckpt = sorted((run / "checkpoints").glob("step_*.pt"))[-1]
+    sweep = tmp_path / "tau"
+    assert main(["study", "temperature", str(ckpt), "--out", str(sweep), "--values", "1.0", "--reference",
+                 str(images), "--num-samples", "12", "--sample-steps", "2"]) == 0
+    point = json.loads((sweep / "results.json").read_text())["points"]["tau=1"]
+    assert _eval(ckpt, images, tmp_path / "eval.json") == 0
+    metrics = json.loads((tmp_path / "eval.json").read_text())["metrics"]
+    assert point["fid"] == pytest.approx(metrics["fid"]) and point["class_accuracy"] == metrics["class_accuracy"]
+    assert "folder protocol" in (sweep / "tau.md").read_text()
+
+    conv = tmp_path / "conv"
+    assert main(["study", "convergence", "--out", str(conv), "--methods", "purrception", "--shards",
+                 str(run.parent / "shards"), "--tokenizer", str(run.parent / "tok"), "--reference", str(images),
+                 "--set", "steps=2", "--set", "batch_size=8", *TINY_DIT, "--eval-every", "2", "--num-samples", "12",
+                 "--sample-steps", "2"]) == 0
+    assert "folder protocol" in (conv / "convergence.md").read_text()
+    assert np.isfinite(json.loads((conv / "results.json").read_text())["points"]["purrception|seed=0|step=2"]["fid"])
