@@ -101,16 +101,17 @@ class StudyData:
     reference: str
 
 
-def _scoring(args: argparse.Namespace, data: str | None) -> tuple[str, str]:
-    """The protocol and reference for ``--reference`` / ``--data`` ("" = the protocol's default)."""
+def _scoring(args: argparse.Namespace, data: str | None, emoji=None) -> tuple[str, str]:
+    """The protocol and reference for ``--reference`` / ``--data`` ("" = the protocol's default); ``emoji``: the
+    emoji folder when the caller has already exported it."""
     if args.reference:
         return "folder", args.reference
     if data == "emoji":
-        return "folder", str(_emoji_folder(args).images)
+        return "folder", str((emoji or _emoji_folder()).images)
     return (DATA_PROTOCOLS[data], "") if data else ("", "")
 
 
-def _emoji_folder(args: argparse.Namespace):
+def _emoji_folder():
     from purrception.data.embedded_emoji import ensure_emoji_folder
 
     with main_process_first():
@@ -128,14 +129,14 @@ def _data(args: argparse.Namespace) -> StudyData:
     if args.data == "emoji":
         from purrception.data.embedded_emoji import ensure_emoji_shards, ensure_emoji_tokenizer
 
-        folder = _emoji_folder(args)
+        folder = _emoji_folder()
         with main_process_first():
             tok_dir = ensure_emoji_tokenizer(folder, device=args.device)
             shards = ensure_emoji_shards(folder, tok_dir)
-    else:
-        with main_process_first():
-            tok_dir = ensure_embedded_tokenizer(cache, device=args.device)
-            shards = ensure_embedded_shards(cache, tok_dir)
+        return StudyData(str(shards.folder), str(tok_dir), *_scoring(args, args.data, folder))
+    with main_process_first():
+        tok_dir = ensure_embedded_tokenizer(cache, device=args.device)
+        shards = ensure_embedded_shards(cache, tok_dir)
     return StudyData(str(shards.folder), str(tok_dir), *_scoring(args, args.data))
 
 
