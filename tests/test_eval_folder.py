@@ -134,7 +134,7 @@ def test_studies_score_with_the_folder_protocol_as_purr_eval_does(shape_run, tmp
     sweep = tmp_path / "tau"
     assert main(["study", "temperature", str(ckpt), "--out", str(sweep), "--values", "1.0", "--reference",
                  str(images), "--num-samples", "12", "--sample-steps", "2"]) == 0
-    point = json.loads((sweep / "results.json").read_text())["points"]["tau=1"]
+    point = json.loads((sweep / "results.json").read_text())["points"][f"tau=1|{ckpt}"]
     assert _eval(ckpt, images, tmp_path / "eval.json") == 0
     metrics = json.loads((tmp_path / "eval.json").read_text())["metrics"]
     assert point["fid"] == pytest.approx(metrics["fid"]) and point["class_accuracy"] == metrics["class_accuracy"]

@@ -56,13 +56,39 @@ def test_study_with_other_settings_refuses_the_folder(tiny_shards_dir, tiny_toke
     assert "unknown method 'nonsense'" in capsys.readouterr().err
 
 
+def _sweep(checkpoints, out, *extra):
+    return main(["study", "temperature", *map(str, checkpoints), "--out", str(out), "--values", "0.5,1.0",
+                 "--num-samples", "20", "--sample-steps", "2", *extra])
+
+
 def test_temperature_sweep_of_one_checkpoint(tiny_checkpoint, tmp_path):
     out = tmp_path / "temp"
-    assert main(["study", "temperature", str(tiny_checkpoint), "--out", str(out), "--values", "0.5,1.0",
-                 "--num-samples", "20", "--sample-steps", "2"]) == 0
+    assert _sweep([tiny_checkpoint], out) == 0
     points = json.loads((out / "results.json").read_text())["points"]
-    assert sorted(points) == ["tau=0.5", "tau=1"]
-    assert (out / "tau.md").read_text().count("\n| ") == 3  # header + 2 rows
+    assert sorted(points) == [f"tau=0.5|{tiny_checkpoint}", f"tau=1|{tiny_checkpoint}"]
+    table = (out / "tau.md").read_text()
+    assert table.count("\n| ") == 3 and "±" not in table  # header + 2 rows of plain numbers
+
+
+def test_temperature_sweep_over_several_checkpoints_reports_mean_and_std(tiny_checkpoint, tmp_path, capsys):
+    earlier = tiny_checkpoint.parent / "step_00000002.pt"
+    assert _sweep([tiny_checkpoint], tmp_path / "one") == 0
+    alone = json.loads((tmp_path / "one" / "results.json").read_text())["points"]
+    out = tmp_path / "two"
+    assert _sweep([earlier, tiny_checkpoint], out) == 0
+    capsys.readouterr()
+    both = json.loads((out / "results.json").read_text())["points"]
+    for tau in ("0.5", "1"):  # each checkpoint scored exactly as on its own; the table is their mean ± std
+        key = f"tau={tau}|{tiny_checkpoint}"
+        assert both[key]["fid"] == pytest.approx(alone[key]["fid"])
+        fids = [both[f"tau={tau}|{c}"]["fid"] for c in (earlier, tiny_checkpoint)]
+        row = next(line for line in (out / "tau.md").read_text().splitlines()
+                   if line.startswith(f"| {float(tau):.3f} |"))
+        assert row.split(" | ")[1] == f"{np.mean(fids):.3f} ± {np.std(fids):.3f}"
+    assert f"best FID of {earlier}: tau = " in (out / "tau.md").read_text()
+
+    assert _sweep([tiny_checkpoint, tiny_checkpoint], tmp_path / "twice") == 2
+    assert "the same checkpoint is given twice" in capsys.readouterr().err
 
 
 def test_head_study_compares_at_equal_steps_and_equal_wall_time(tiny_shards_dir, tiny_tokenizer_dir, tmp_path):

@@ -79,8 +79,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         q.set_defaults(func=run_tracked)
     for name, field, default, help_ in (("temperature", "tau", "0.3,0.5,0.7,0.8,0.9,1.0,1.2,1.5", "temperatures"),
                                         ("cfg", "cfg_scale", "1.0,1.5,2.0,3.0,4.0", "CFG scales")):
-        s = sub.add_parser(name, help=f"FID and class accuracy vs {help_} for one checkpoint")
-        s.add_argument("checkpoint", help="checkpoint file or run folder")
+        s = sub.add_parser(name, help=f"FID and class accuracy vs {help_} for one or more checkpoints")
+        s.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
+                       help="checkpoint files or run folders (several, e.g. one per training seed: mean ± std)")
         s.add_argument("--values", type=_floats, default=_floats(default), help=f"{help_} (default {default})")
         s.add_argument("--tau", type=positive_float, default=1.0, help="temperature when sweeping CFG")
         s.add_argument("--data", choices=sorted(DATA_PROTOCOLS), default=None,
@@ -181,14 +182,20 @@ def run_tracked(args: argparse.Namespace) -> int:
 
 def run_sweep(args: argparse.Namespace) -> int:
     info = init_distributed(args.device)
-    ckpt = resolve_checkpoint(args.checkpoint)
-    tokenizer = checkpoint_tokenizer(ckpt, None, None)
-    if args.field == "tau" and not ckpt.build_method().has_temperature:
-        raise PurrError(f"a {ckpt.method_name} checkpoint has no logits, so no temperature to sweep")
+    ckpts = [resolve_checkpoint(c) for c in args.checkpoints]
+    methods = sorted({c.method_name for c in ckpts})
+    if len(methods) > 1:
+        raise PurrError(f"the checkpoints are of different methods ({', '.join(methods)}); sweep one method at a time")
+    if args.field == "tau" and not ckpts[0].build_method().has_temperature:
+        raise PurrError(f"a {methods[0]} checkpoint has no logits, so no temperature to sweep")
+    paths = [str(c.path) for c in ckpts]
+    if len(set(paths)) < len(paths):
+        raise PurrError("the same checkpoint is given twice; pass each run folder or checkpoint once")
     base = _eval_settings(args, *_scoring(args, args.data), tau=args.tau)
-    store = StudyStore(args.out, {"study": args.field, "checkpoint": str(ckpt.path), "step": ckpt.step,
+    store = StudyStore(args.out, {"study": args.field, "checkpoints": paths, "steps": [c.step for c in ckpts],
                                   "eval": vars(base)}, args.command_line)
-    points = studies.sampler_sweep(store, ckpt, tokenizer, base, args.field, args.values, info)
-    print(json.dumps([{args.field: p[args.field], "fid": p["fid"], "class_accuracy": p.get("class_accuracy")}
+    pairs = [(c, checkpoint_tokenizer(c, None, None)) for c in ckpts]
+    points = studies.sampler_sweep(store, pairs, base, args.field, args.values, info)
+    print(json.dumps([{args.field: p[args.field], "fid": p["fid"], "class_accuracy": p["class_accuracy"]}
                       for p in points], indent=2))
     return 0

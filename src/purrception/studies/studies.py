@@ -5,8 +5,8 @@
 - :func:`zloss`: Purrception with and without the z-loss (App. D, Fig. 7): FID, and the logit drift (mean squared
   log-partition) logged during training.
 - :func:`head`: the full K-way head vs the factorised head, at equal steps and at equal wall time.
-- :func:`sampler_sweep`: FID and class accuracy of one checkpoint vs the temperature (Sec. 4.2, Fig. 5) or the CFG
-  scale.
+- :func:`sampler_sweep`: FID and class accuracy of one or more checkpoints (one per training seed) vs the temperature
+  (Sec. 4.2, Fig. 5) or the CFG scale.
 """
 
 from __future__ import annotations
@@ -194,27 +194,49 @@ def head(store: StudyStore, track: TrackSettings, ranks: list[int], shards: str,
     return store.data["equal_wall_time"]
 
 
-def sampler_sweep(store: StudyStore, ckpt: Checkpoint, tokenizer, base: EvalSettings, field: str,
+def _sweep_cell(values: list[float]) -> float | str:
+    """One table cell: the value itself for one checkpoint, else "mean ± std" over the checkpoints."""
+    return values[0] if len(values) == 1 else f"{np.mean(values):.3f} ± {np.std(values):.3f}"
+
+
+def sampler_sweep(store: StudyStore, checkpoints: list[tuple[Checkpoint, Any]], base: EvalSettings, field: str,
                   values: list[float], info: DistInfo) -> list[dict[str, Any]]:
-    """FID and class accuracy of one checkpoint for each value of a sampler ``field`` (``tau`` or ``cfg_scale``)."""
+    """FID and class accuracy vs a sampler ``field`` (``tau``, Sec. 4.2 / Fig. 5, or ``cfg_scale``) for one or more
+    ``(checkpoint, tokenizer)`` pairs -- one per training seed, say -- each scored at every value; the table and
+    plots give the mean ± std over the checkpoints, and the best value of each one on its own."""
+    metrics = ("fid", "class_accuracy", "precision", "recall")
+    per_ckpt: dict[str, list[dict[str, Any]]] = {}
+    for ckpt, tokenizer in checkpoints:
+        for value in values:
+            settings = replace(base, **{field: value})
+            point = store.get_or_measure(f"{field}={value:g}|{ckpt.path}",
+                                         lambda: evaluate_point(ckpt, tokenizer, settings, info))
+            per_ckpt.setdefault(str(ckpt.path), []).append(point)
     points = []
-    for value in values:
-        settings = replace(base, **{field: value})
-        point = store.get_or_measure(f"{field}={value:g}", lambda: evaluate_point(ckpt, tokenizer, settings, info))
-        points.append({field: value, **point})
+    for i, value in enumerate(values):
+        measured = [runs[i] for runs in per_ckpt.values()]
+        summary = {m: float(np.mean([p.get(m, np.nan) for p in measured])) for m in metrics}
+        summary |= {f"{m}_std": float(np.std([p.get(m, np.nan) for p in measured])) for m in metrics}
+        points.append({field: value, **summary, "checkpoints": len(measured)})
     best = min(points, key=lambda p: p["fid"])
     label = {"tau": "temperature tau", "cfg_scale": "CFG scale"}[field]
-    rows = [[p[field], p["fid"], p.get("class_accuracy", float("nan")), p.get("precision", float("nan")),
-             p.get("recall", float("nan"))] for p in points]
-    caption = (f"{store.command} | {ckpt.method_name} checkpoint {ckpt.path} (step {ckpt.step}); {_protocol(base)}, "
-               f"N={base.num_samples}, Euler {base.steps} steps, seed {base.seed}; "
+    rows = [[value, *(_sweep_cell([runs[i].get(m, np.nan) for runs in per_ckpt.values()]) for m in metrics)]
+            for i, value in enumerate(values)]
+    shown = "; ".join(f"{c.method_name} checkpoint {c.path} (step {c.step})" for c, _ in checkpoints)
+    caption = (f"{store.command} | {shown}; {_protocol(base)}, N={base.num_samples}, Euler {base.steps} steps, "
+               f"seed {base.seed}; "
                + json.dumps({k: v for k, v in asdict(base).items() if k in ("tau", "cfg_scale") and k != field}))
-    write_markdown(store.folder / f"{field}.md", f"FID vs {label}", [label, "FID", "class accuracy", "precision",
-                   "recall"], rows, store.command, [caption, f"best FID at {field} = {best[field]:g}"])
+    spread = " (mean ± std over the checkpoints)" if len(checkpoints) > 1 else ""
+    notes = [caption, f"best mean FID at {field} = {best[field]:g}"]
+    if len(checkpoints) > 1:
+        notes += [f"best FID of {path}: {field} = {values[int(np.argmin([p['fid'] for p in runs]))]:g}"
+                  for path, runs in per_ckpt.items()]
+    write_markdown(store.folder / f"{field}.md", f"FID vs {label}", [label, f"FID{spread}", "class accuracy",
+                   "precision", "recall"], rows, store.command, notes)
     x = np.array(values, dtype=float)
-    plot_lines(store.folder / f"{field}.png", f"FID vs {label}", label, _fid_axis(base),
-               {"FID": (x, np.array([p["fid"] for p in points]), np.zeros(len(x)))}, caption)
-    plot_lines(store.folder / f"{field}_accuracy.png", f"Class accuracy vs {label}", label, "class accuracy",
-               {"accuracy": (x, np.array([p.get("class_accuracy", np.nan) for p in points]), np.zeros(len(x)))},
-               caption)
+    for stem, metric, name, axis in ((field, "fid", "FID", _fid_axis(base)),
+                                     (f"{field}_accuracy", "class_accuracy", "class accuracy", "class accuracy")):
+        line = (x, np.array([p[metric] for p in points]), np.array([p[f"{metric}_std"] for p in points]))
+        plot_lines(store.folder / f"{stem}.png", f"{name[0].upper()}{name[1:]} vs {label}", label, axis,
+                   {name: line}, caption)
     return points
