@@ -22,6 +22,7 @@ from purrception.data.images import (
     ImageOrigin,
     describe_conversion,
     folder_source,
+    image_origin,
     image_to_tensor,
     prepare_image,
     resize_center_crop,
@@ -259,6 +260,17 @@ def test_transparency_is_composited_on_white():
     assert describe_conversion(ImageOrigin(8, 8, "RGBA", True), 8, 3) == (
         "converting 8x8 RGBA images to 8x8 RGB (transparency composited on white)")
     assert describe_conversion(ImageOrigin(8, 8, "RGB", False), 8, 3) is None
+
+
+def test_16_bit_grey_pngs_are_scaled_to_8_bits_not_clipped(tmp_path):
+    ramp = np.array([[0, 257, 32896, 65535]], dtype=np.uint16).repeat(4, axis=0)  # 0, 1, 128, 255 in 8 bits
+    Image.fromarray(ramp).save(tmp_path / "wide.png")
+    with Image.open(tmp_path / "wide.png") as img:
+        assert img.mode == "I;16"
+        grey, rgb = prepare_image(img, 4, 1), prepare_image(img, 4, 3)
+        origin = image_origin(img)
+    assert (grey == [0, 1, 128, 255]).all() and (rgb == grey[..., None]).all()
+    assert describe_conversion(origin, 4, 1) == "converting 4x4 I;16 images to 4x4 L (16-bit grey scaled to 8 bits)"
 
 
 def test_conversion_log_says_each_kind_once(caplog):

@@ -13,7 +13,7 @@ label). A single class is accepted with a warning: the generator trained on it i
 
 Preprocessing (Pillow only, :func:`prepare_image`): transparent images (RGBA, LA, PA, or a palette / colour key
 with transparency) are composited on white first, so that transparent pixels become white rather than the colour
-they happen to store (often black); then convert to RGB (or grey for a one-channel tokenizer), resize the shorter
+they happen to store (often black), and 16-bit grey is scaled to 8 bits; then convert to RGB (or grey for a one-channel tokenizer), resize the shorter
 side to the tokenizer's resolution (repeated 2x box reductions, then bicubic, as in ADM/DiT) and center-crop a
 square; pixels map to ``[-1, 1]``. Square images already at the resolution are left untouched.
 :class:`ConversionLog` says once per distinct input (size, mode) what the preprocessing does to it.
@@ -214,13 +214,26 @@ def _target_mode(channels: int) -> str:
     return "L" if channels == 1 else "RGB"
 
 
+#: integer grey modes holding 16-bit values (16-bit PNGs open as ``I;16``; some readers give 32-bit ``I``)
+_WIDE_GREY_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+
+
+def _grey_to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit grey image as ``L``: ``round(v / 257)``, so 0 and 65535 map to 0 and 255 (values outside clipped)."""
+    values = np.asarray(img, dtype=np.float64)
+    return Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8))
+
+
 def convert_channels(img: Image.Image, channels: int) -> Image.Image:
     """``img`` as grey (``L``, 1 channel) or ``RGB`` (3), transparency composited on white first.
 
     Transparent pixels become white rather than the colour they happen to store (often black), which matters for
-    emoji-like PNGs; opaque images convert as ``Image.convert`` does.
+    emoji-like PNGs; 16-bit grey (a 16-bit PNG opens as ``I;16``) is scaled to 8 bits, where ``Image.convert``
+    would clip everything above 255 to white; other images convert as ``Image.convert`` does.
     """
     mode = _target_mode(channels)
+    if img.mode in _WIDE_GREY_MODES:
+        img = _grey_to_8bit(img)
     if img.has_transparency_data:
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
@@ -267,6 +280,8 @@ def describe_conversion(origin: ImageOrigin, size: int, channels: int) -> str | 
     how = []
     if resized:
         how.append(f"shorter side to {size}" + (", centre crop" if origin.width != origin.height else ""))
+    if origin.mode in _WIDE_GREY_MODES:
+        how.append("16-bit grey scaled to 8 bits")
     if origin.transparent:
         how.append("transparency composited on white")
     verb = "resizing" if resized else "converting"
