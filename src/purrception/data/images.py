@@ -11,11 +11,12 @@ In class sub-folders, files without an image suffix (``notes.txt``, ``.DS_Store`
 line counting them, as are images directly in ``ROOT`` (a warning) and empty class folders (a warning; they get no
 label). A single class is accepted with a warning: the generator trained on it is effectively unconditional.
 
-Preprocessing (Pillow only, :func:`prepare_image`): transparent images (RGBA, LA, PA, or a palette / colour key
-with transparency) are composited on white first, so that transparent pixels become white rather than the colour
-they happen to store (often black), and 16-bit grey is scaled to 8 bits; then convert to RGB (or grey for a one-channel tokenizer), resize the shorter
-side to the tokenizer's resolution (repeated 2x box reductions, then bicubic, as in ADM/DiT) and center-crop a
-square; pixels map to ``[-1, 1]``. Square images already at the resolution are left untouched.
+Preprocessing (Pillow only, :func:`prepare_image`): transparent images (RGBA, LA, PA, or a palette / colour key with
+transparency) are composited on white first, so that transparent pixels become white rather than the colour they
+happen to store (often black), and 16-bit grey is scaled to 8 bits; then convert to RGB (or grey for a one-channel
+tokenizer), resize the shorter side to the tokenizer's resolution (repeated 2x box reductions, then bicubic, as in
+ADM/DiT) and center-crop a square; pixels map to ``[-1, 1]``. Square images already at the resolution are left
+untouched.
 :class:`ConversionLog` says once per distinct input (size, mode) what the preprocessing does to it.
 """
 
