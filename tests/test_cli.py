@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from purrception.cli import COMMAND_MODULES, build_parser, main
+from purrception.errors import PurrError
+from purrception.training.config import TrainConfig
 
 
 def test_console_script_lists_every_subcommand():
@@ -120,8 +122,16 @@ def test_bad_input_gives_one_line_and_overwrites_nothing(tiny_checkpoint, tiny_t
     assert main(["sample", str(tiny_checkpoint), "--out", str(keep)]) == 2
     assert "not empty" in _error_line(capsys) and (keep / "precious.png").read_bytes() == b"mine"
 
-    for flag, value in (("--tau", "0"), ("--steps", "0"), ("--tau", "-1")):
+    for flag, value in (("--tau", "0"), ("--steps", "0"), ("--tau", "-1"), ("--seed", "-1")):
         with pytest.raises(SystemExit) as exit_info:
             main(["sample", str(tiny_checkpoint), "--out", str(tmp_path / "o5"), flag, value])
         assert exit_info.value.code == 2
+    assert "a seed must be an integer from 0" in capsys.readouterr().err
     assert not (tmp_path / "o5").exists()
+    for args in (["study", "convergence", "--out", str(tmp_path / "s"), "--seeds", "0,-2"],
+                 ["study", "zloss", "--out", str(tmp_path / "s"), "--seeds", "1,1"]):
+        with pytest.raises(SystemExit):
+            main(args)
+    assert "names a seed twice" in capsys.readouterr().err and not (tmp_path / "s").exists()
+    with pytest.raises(PurrError, match="seed must be >= 0"):
+        TrainConfig(seed=-1)

@@ -11,7 +11,7 @@ from purrception.sampling.settings import SamplerSettings
 from purrception.sampling.solvers import SOLVERS
 from purrception.tokenizers.pretrained import PRETRAINED_KINDS
 
-__all__ = ["positive_int", "positive_float", "schedule_arg", "add_sampler_args", "sampler_from_args",
+__all__ = ["positive_int", "positive_float", "seed_int", "schedule_arg", "add_sampler_args", "sampler_from_args",
            "add_tokenizer_kind_arg", "refuse_existing"]
 
 
@@ -22,6 +22,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """A random seed: an integer from 0 to 2**63 - 1 (what numpy's and torch's seeding both take)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"a seed must be an integer from 0 to 2**63 - 1, got {value}")
     return value
 
 

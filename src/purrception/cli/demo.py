@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from purrception.cli.common import positive_float, positive_int
+from purrception.cli.common import positive_float, positive_int, seed_int
 from purrception.demo import DEMO_DATA, DemoSettings, run_demo
 
 
@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--per-class", type=positive_int, default=10, help="samples per class and temperature")
     p.add_argument("--steps", type=positive_int, default=50, help="Euler steps (default 50)")
     p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (default 1 = off)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--tokenizer-steps", type=positive_int, default=None,
                    help="training steps of the tokenizer, on first use (default 1000 for mnist, 1500 for emoji)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")

@@ -10,7 +10,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from purrception.cli.common import add_sampler_args, add_tokenizer_kind_arg, positive_int
+from purrception.cli.common import add_sampler_args, add_tokenizer_kind_arg, positive_int, seed_int
 from purrception.distributed import cleanup_distributed, init_distributed
 from purrception.evaluation.evaluate import PROTOCOLS, EvalSettings, evaluate_checkpoint, format_table
 from purrception.io import atomic_save_json
@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-n", "--num-samples", type=positive_int, default=1000, help="samples in total (default 1000)")
     p.add_argument("--fid-subsets", type=positive_int, nargs="*", default=[], metavar="N",
                    help="also report FID on the first N samples (e.g. 10000 with -n 50000)")
-    p.add_argument("--seed", type=int, default=0, help="sample i uses noise seeded by (seed, i)")
+    p.add_argument("--seed", type=seed_int, default=0, help="sample i uses noise seeded by (seed, i)")
     p.add_argument("--batch-size", type=positive_int, default=100, help="sampling batch per process")
     p.add_argument("--feature-batch-size", type=positive_int, default=100, help="feature-extraction batch")
     p.add_argument("--raw-weights", action="store_true", help="sample with the raw weights instead of the EMA")

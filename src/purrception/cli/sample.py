@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from purrception.cli.common import add_sampler_args, add_tokenizer_kind_arg, positive_int
+from purrception.cli.common import add_sampler_args, add_tokenizer_kind_arg, positive_int, seed_int
 from purrception.errors import PurrError
 from purrception.generation.generate import balanced_labels, check_labels, repeat_labels
 from purrception.generation.uncertainty import entropy_heatmap
@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="new folder for PNGs, grid.png and samples.npz")
     p.add_argument("--classes", default="all", help="comma-separated class ids, or 'all' (balanced; default)")
     p.add_argument("--num", type=positive_int, default=None, help="number of images (default: 8 per class)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--method", default=None, help="assert the checkpoint's method")
     p.add_argument("--tokenizer", default=None, help="tokenizer path (default: the one recorded in the checkpoint)")
     add_tokenizer_kind_arg(p)

@@ -8,7 +8,7 @@ import argparse
 import json
 from dataclasses import dataclass
 
-from purrception.cli.common import positive_float, positive_int
+from purrception.cli.common import positive_float, positive_int, seed_int
 from purrception.data.embedded_shards import ensure_embedded_shards, ensure_embedded_tokenizer
 from purrception.distributed import init_distributed, main_process_first
 from purrception.errors import PurrError
@@ -32,6 +32,15 @@ def _floats(text: str) -> list[float]:
     return values
 
 
+def _seeds(text: str) -> tuple[int, ...]:
+    seeds = tuple(seed_int(s.strip()) for s in text.split(",") if s.strip())
+    if not seeds:
+        raise argparse.ArgumentTypeError("the list is empty")
+    if len(set(seeds)) < len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r} names a seed twice")
+    return seeds
+
+
 #: ``--data``: the embedded data sets a study can run on, and the protocol that scores each
 DATA_PROTOCOLS = {"mnist": "digits", "emoji": "folder"}
 
@@ -44,7 +53,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-samples", type=positive_int, default=500, help="samples per evaluation (default 500)")
     p.add_argument("--sample-steps", type=positive_int, default=50, help="Euler steps when sampling (default 50)")
     p.add_argument("--cfg-scale", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--seed", type=seed_int, default=0, help="sampling seed")
     p.add_argument("--device", default="cpu")
 
 
@@ -53,7 +62,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="TrainConfig field shared by every run, e.g. --set steps=3000")
     p.add_argument("--eval-every", type=positive_int, default=500, help="evaluate every N training steps")
-    p.add_argument("--seeds", default="0", help="comma-separated training seeds (default 0)")
+    p.add_argument("--seeds", type=_seeds, default=(0,), help="comma-separated training seeds (default 0)")
     p.add_argument("--tau", type=positive_float, default=1.0,
                    help="sampling temperature for methods with logits (paper Fig. 3 samples at 0.9)")
     p.add_argument("--data", choices=sorted(DATA_PROTOCOLS), default="mnist",
@@ -154,7 +163,7 @@ def run_tracked(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(tokenizer_path)
     evaluation = _eval_settings(args, data.protocol, data.reference)
     base = resolve_config(args.preset, overrides=args.overrides).to_dict()
-    seeds = tuple(int(s) for s in args.seeds.split(","))
+    seeds = args.seeds
     track = TrackSettings(base=base, eval_every=args.eval_every, seeds=seeds, eval=evaluation,
                           tau_for=lambda m: args.tau if get_method(m).has_temperature else 1.0)
     settings = {"study": args.study, "train": base, "eval_every": args.eval_every, "seeds": list(seeds),

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from purrception.cli.common import add_tokenizer_kind_arg, positive_float, positive_int, refuse_existing
+from purrception.cli.common import add_tokenizer_kind_arg, positive_float, positive_int, refuse_existing, seed_int
 from purrception.data.embedded import load_embedded_mnist
 from purrception.data.embedded_shards import encode_array
 from purrception.data.tokenizer_folder import FOLDER_DEFAULTS, FOLDER_STEPS, train_tokenizer_on_folder
@@ -70,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--checkpoint-every", type=positive_int, default=TokenizerTrainConfig.checkpoint_every,
                    metavar="N", help="write the resumable state every N steps (default "
                                      f"{TokenizerTrainConfig.checkpoint_every})")
-    t.add_argument("--seed", type=int, default=0, help="seeds the weights, the batches and the held-out split")
+    t.add_argument("--seed", type=seed_int, default=0, help="seeds the weights, the batches and the held-out split")
     t.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     t.add_argument("--workers", type=int, default=0, help="image-reading worker processes (default 0)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")

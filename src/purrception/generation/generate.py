@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 def noise_for(indices: Iterable[int], seed: int, shape: tuple[int, ...]) -> torch.Tensor:
     """Standard normal noise ``(len(indices), *shape)``; row ``j`` depends only on ``(seed, indices[j])``."""
+    if seed < 0:
+        raise PurrError(f"a sampling seed must be >= 0, got {seed}")
     rows = []
     for i in indices:
         gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, int(i)]).generate_state(1)[0]))

@@ -79,7 +79,7 @@ class TrainConfig:
         for name in ("steps", "batch_size", "log_every", "ckpt_every", "sample_images", "sample_steps"):
             if int(getattr(self, name)) <= 0:
                 raise PurrError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("micro_batch_size", "keep_last", "keep_every", "sample_every", "warmup_steps"):
+        for name in ("micro_batch_size", "keep_last", "keep_every", "sample_every", "warmup_steps", "seed"):
             if int(getattr(self, name)) < 0:
                 raise PurrError(f"{name} must be >= 0, got {getattr(self, name)}")
 
