@@ -15,6 +15,7 @@ from purrception.evaluation.evaluate import reference_features
 from purrception.evaluation.extractors import FolderFeatures
 from purrception.evaluation.fid import feature_stats, frechet_distance
 from purrception.evaluation.folder_judge import split_folder
+from purrception.pipeline import PurrceptionPipeline
 
 
 @pytest.fixture(autouse=True)
@@ -147,3 +148,26 @@ def test_studies_score_with_the_folder_protocol_as_purr_eval_does(shape_run, tmp
                  "--sample-steps", "2"]) == 0
     assert "folder protocol" in (conv / "convergence.md").read_text()
     assert np.isfinite(json.loads((conv / "results.json").read_text())["points"]["purrception|seed=0|step=2"]["fid"])
+
+
+def test_an_exported_pipeline_scores_as_its_run_on_the_cli_and_in_python(shape_run, tmp_path, capsys):
+    images, run = shape_run
+    assert _eval(run, images, tmp_path / "run.json") == 0
+    expected = json.loads((tmp_path / "run.json").read_text())
+    assert main(["export", str(run), "--out", str(tmp_path / "pipe")]) == 0
+    assert _eval(tmp_path / "pipe", images, tmp_path / "pipe.json") == 0
+    report = json.loads((tmp_path / "pipe.json").read_text())
+    assert report["metrics"]["fid"] == pytest.approx(expected["metrics"]["fid"])
+    assert report["metrics"]["class_accuracy"] == expected["metrics"]["class_accuracy"]
+    assert report["checkpoint"]["path"] == str((tmp_path / "pipe").resolve())
+    assert report["checkpoint"]["step"] == expected["checkpoint"]["step"]
+
+    pipe = PurrceptionPipeline.from_pretrained(tmp_path / "pipe")
+    scored = pipe.evaluate(protocol="folder", reference=str(images), num_samples=12, steps=2)
+    assert scored["metrics"]["fid"] == pytest.approx(expected["metrics"]["fid"])
+
+    capsys.readouterr()
+    assert _eval(tmp_path / "pipe", images, tmp_path / "raw.json", "--raw-weights") == 2
+    err = capsys.readouterr().err
+    assert "holds only the EMA weights" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "raw.json").exists()

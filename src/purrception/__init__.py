@@ -33,6 +33,8 @@ _EXPORTS = {
     "load_checkpoint": "purrception.training.checkpoint",
     # evaluation
     "evaluate_checkpoint": "purrception.evaluation.evaluate",
+    "evaluate_generator": "purrception.evaluation.evaluate",
+    "Generator": "purrception.evaluation.evaluate",
     "EvalSettings": "purrception.evaluation.evaluate",
     # tokenizers
     "VQTokenizer": "purrception.tokenizers.base",

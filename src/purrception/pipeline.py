@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,10 +25,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from purrception.distributed import DistInfo
 from purrception.errors import PurrError
+from purrception.evaluation.evaluate import EvalSettings, Generator, evaluate_generator
 from purrception.flows.base import FlowMethod, get_method
 from purrception.generation.generate import check_labels, generate_codes
 from purrception.generation.uncertainty import UncertaintyTrace, candidate_codes, trace_labels
+from purrception.hashing import sha256_file
 from purrception.io import atomic_save_json, atomic_write, load_json
 from purrception.models.dit import DiT, DiTConfig
 from purrception.pixels import tensor_to_images
@@ -40,7 +43,8 @@ from purrception.tokenizers.store import load_matching_tokenizer
 from purrception.training.checkpoint import Checkpoint, load_checkpoint
 from purrception.training.loop import latest_checkpoint
 
-__all__ = ["PurrceptionPipeline", "PipelineOutput", "PIPELINE_FORMAT", "resolve_checkpoint", "checkpoint_tokenizer"]
+__all__ = ["PurrceptionPipeline", "PipelineOutput", "PIPELINE_FORMAT", "resolve_checkpoint", "checkpoint_tokenizer",
+           "is_saved_pipeline"]
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +160,7 @@ class PurrceptionPipeline:
         p = Path(path)
         if not p.exists():
             raise PurrError(f"{p} not found; pass a run folder, a checkpoint or a saved pipeline folder")
-        if p.is_dir() and (p / CONFIG_NAME).is_file() and _is_pipeline_config(p / CONFIG_NAME):
+        if is_saved_pipeline(p):
             return cls._from_folder(p, device, tokenizer, tokenizer_kind, method)
         return cls.from_checkpoint(resolve_checkpoint(p, method), device, tokenizer, tokenizer_kind)
 
@@ -315,6 +319,31 @@ class PurrceptionPipeline:
                  for i in range(0, len(codes), batch_size)]
         return np.concatenate(parts) if parts else np.zeros((0,), dtype=np.uint8)
 
+    # -- scoring ------------------------------------------------------------------------------------------------
+
+    def generator(self) -> Generator:
+        """What :func:`~purrception.evaluation.evaluate.evaluate_generator` samples from: this pipeline's method,
+        network and classes, recorded in the report by where they were loaded from."""
+        source = Path(self.info.get("source") or "")
+        weights = source / WEIGHTS_NAME if source.is_dir() else source
+        return Generator(self.method, self.model, self.num_classes,
+                         {"path": str(source), "step": self.info.get("step"), "method": self.method.name,
+                          "sha256": sha256_file(weights, length=16) if weights.is_file() else None,
+                          "weights": "ema", "num_classes": self.num_classes})
+
+    def evaluate(self, settings: EvalSettings | None = None, **fields: Any) -> dict[str, Any]:
+        """Score this generator in one process (FID, class accuracy, precision / recall; the protocol's report).
+
+        Args:
+            settings: an :class:`~purrception.evaluation.evaluate.EvalSettings`; or give its fields as keywords,
+                e.g. ``pipe.evaluate(protocol="folder", reference="my_images/", num_samples=500)``.
+        """
+        settings = replace(settings or EvalSettings(), **fields)
+        info = DistInfo(rank=0, world_size=1, local_rank=0, device=self.device)
+        report = evaluate_generator(self.generator(), self.tokenizer, settings, info)
+        assert report is not None  # one process: it is rank 0
+        return report
+
     # -- saving ---------------------------------------------------------------------------------------------------
 
     def save_pretrained(self, folder: str | Path, metrics: dict[str, Any] | None = None) -> Path:
@@ -361,9 +390,13 @@ class PurrceptionPipeline:
         return entry
 
 
-def _is_pipeline_config(path: Path) -> bool:
-    config = load_json(path, "config")
-    return isinstance(config, dict) and config.get("format") == PIPELINE_FORMAT
+def is_saved_pipeline(path: str | Path) -> bool:
+    """Whether ``path`` is a folder written by :meth:`PurrceptionPipeline.save_pretrained`."""
+    config = Path(path) / CONFIG_NAME
+    if not config.is_file():
+        return False
+    data = load_json(config, "config")
+    return isinstance(data, dict) and data.get("format") == PIPELINE_FORMAT
 
 
 def _read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:

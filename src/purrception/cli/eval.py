@@ -1,4 +1,5 @@
-"""``purr eval CHECKPOINT``: FID (and IS, precision/recall, class accuracy) with every setting in a JSON report.
+"""``purr eval CHECKPOINT | RUN | PIPELINE``: FID (and IS, precision/recall, class accuracy), every setting in a
+JSON report.
 
 Multi-GPU / multi-process: ``torchrun --nproc-per-node 8 -m purrception eval CKPT ...`` (gloo on CPU, nccl on GPU);
 exactly ``--num-samples`` images are generated in total and the numbers do not depend on the world size.
@@ -10,12 +11,16 @@ import argparse
 import logging
 from pathlib import Path
 
+import torch
+
 from purrception.cli.common import add_sampler_args, add_tokenizer_kind_arg, positive_int, seed_int
 from purrception.distributed import cleanup_distributed, init_distributed
-from purrception.evaluation.evaluate import PROTOCOLS, EvalSettings, evaluate_checkpoint, format_table
+from purrception.errors import PurrError
+from purrception.evaluation.evaluate import PROTOCOLS, EvalSettings, Generator, evaluate_generator, format_table
 from purrception.io import atomic_save_json
-from purrception.pipeline import checkpoint_tokenizer, resolve_checkpoint
+from purrception.pipeline import PurrceptionPipeline, checkpoint_tokenizer, is_saved_pipeline, resolve_checkpoint
 from purrception.sampling.schedules import as_spec
+from purrception.tokenizers.base import VQTokenizer
 
 __all__ = ["register", "run"]
 
@@ -25,7 +30,8 @@ log = logging.getLogger(__name__)
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("eval", help="FID & co. of a checkpoint's samples, with a reproducible JSON report",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="checkpoint file, or a run folder (its newest checkpoint)")
+    p.add_argument("checkpoint", help="checkpoint file, run folder (its newest checkpoint), or a pipeline folder "
+                                      "written by purr export")
     p.add_argument("--method", default=None, help="assert the checkpoint's method (it is read from the checkpoint)")
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default=None,
                    help="; ".join(f"{k}: {v.summary}" for k, v in PROTOCOLS.items())
@@ -65,8 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     info = init_distributed(args.device)
     try:
-        ckpt = resolve_checkpoint(args.checkpoint, args.method)
-        tokenizer = checkpoint_tokenizer(ckpt, args.tokenizer, args.tokenizer_kind)
+        generator, tokenizer, stem = _generator(args, info.device)
         settings = EvalSettings(
             num_samples=args.num_samples, seed=args.seed, batch_size=args.batch_size, steps=args.steps,
             tau=args.tau, cfg_scale=args.cfg_scale, solver=args.solver, ema=not args.raw_weights,
@@ -74,11 +79,11 @@ def run(args: argparse.Namespace) -> int:
             reference_labels=args.reference_labels or "",
             precision_recall=not args.no_precision_recall, inception_path=args.inception or "",
             cache_dir=str(args.cache_dir or default_cache_dir()), feature_batch_size=args.feature_batch_size)
-        report = evaluate_checkpoint(ckpt, tokenizer, settings, info, export_npz=args.export_npz, progress=True)
+        report = evaluate_generator(generator, tokenizer, settings, info, export_npz=args.export_npz, progress=True)
         if report is None:
             return 0
-        out = Path(args.out) if args.out else ckpt.path.with_name(
-            f"{ckpt.path.stem}.eval-{report['protocol']}-n{args.num_samples}.json")
+        out = Path(args.out) if args.out else stem.with_name(
+            f"{stem.name}.eval-{report['protocol']}-n{args.num_samples}.json")
         report["command"] = {k: as_spec(v) for k, v in vars(args).items() if k != "func"}
         atomic_save_json(out, report)
         print(format_table(report))
@@ -86,3 +91,17 @@ def run(args: argparse.Namespace) -> int:
         return 0
     finally:
         cleanup_distributed()
+
+
+def _generator(args: argparse.Namespace, device: torch.device) -> tuple[Generator, VQTokenizer, Path]:
+    """What to sample from, its tokenizer, and the path the default report is named after (beside it)."""
+    if is_saved_pipeline(args.checkpoint):
+        if args.raw_weights:
+            raise PurrError(f"{args.checkpoint} is a saved pipeline, which holds only the EMA weights; drop "
+                            "--raw-weights or evaluate the run it was exported from")
+        pipe = PurrceptionPipeline.from_pretrained(args.checkpoint, device, args.tokenizer, args.tokenizer_kind,
+                                                   args.method)
+        return pipe.generator(), pipe.tokenizer, Path(args.checkpoint).resolve()
+    ckpt = resolve_checkpoint(args.checkpoint, args.method)
+    tokenizer = checkpoint_tokenizer(ckpt, args.tokenizer, args.tokenizer_kind)
+    return Generator.from_checkpoint(ckpt, ema=not args.raw_weights), tokenizer, ckpt.path.with_suffix("")

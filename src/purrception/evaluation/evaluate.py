@@ -1,4 +1,5 @@
-"""The evaluation pipeline: checkpoint -> N class-balanced samples -> features -> scores -> a reproducible JSON.
+"""The evaluation pipeline: generator (a checkpoint, or a saved pipeline) -> N class-balanced samples -> features ->
+scores -> a reproducible JSON.
 
 Sample ``i`` (``0 <= i < N``) is generated for class ``i mod C`` from noise seeded by ``(seed, i)`` only, so the
 samples — and every score — are the same whatever the batch size or the number of processes. Under torchrun, rank
@@ -44,6 +45,7 @@ from purrception.evaluation.fid import ReferenceFeatures, feature_stats, frechet
 from purrception.evaluation.folder_judge import split_folder
 from purrception.evaluation.metrics import class_accuracy, inception_score, precision_recall
 from purrception.evaluation.references import ReferenceSource, open_reference, to_channels
+from purrception.flows.base import FlowMethod
 from purrception.generation.generate import balanced_labels, generate_images
 from purrception.hashing import sha256_file
 from purrception.io import atomic_write
@@ -53,7 +55,7 @@ from purrception.tokenizers.base import VQTokenizer
 from purrception.training.checkpoint import Checkpoint
 
 __all__ = ["EvalSettings", "Protocol", "PROTOCOLS", "default_protocol", "generate_slice", "reference_features",
-           "score", "evaluate_checkpoint", "save_adm_npz", "format_table"]
+           "score", "Generator", "evaluate_checkpoint", "evaluate_generator", "save_adm_npz", "format_table"]
 
 log = logging.getLogger(__name__)
 
@@ -156,15 +158,32 @@ def default_protocol(tokenizer: VQTokenizer) -> str:
     return "digits" if (tokenizer.image_size, tokenizer.image_channels) == (28, 1) else "inception"
 
 
-def generate_slice(ckpt: Checkpoint, tokenizer: VQTokenizer, settings: EvalSettings, info: DistInfo,
+@dataclass(frozen=True)
+class Generator:
+    """What an evaluation samples from: a method with its codebook, its network, the number of classes, and what
+    they were loaded from (recorded in the report's ``checkpoint`` entry: path, step, sha256, method, weights)."""
+
+    method: FlowMethod
+    model: torch.nn.Module
+    num_classes: int
+    source: dict[str, Any]
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: Checkpoint, ema: bool = True) -> "Generator":
+        """A training checkpoint's EMA (or raw) weights."""
+        return cls(ckpt.build_method(), ckpt.build_model(ema=ema), ckpt.num_classes,
+                   {"path": str(ckpt.path), "step": ckpt.step, "sha256": sha256_file(ckpt.path, length=16),
+                    "method": ckpt.method_name, "weights": "ema" if ema else "raw", "num_classes": ckpt.num_classes})
+
+
+def generate_slice(generator: Generator, tokenizer: VQTokenizer, settings: EvalSettings, info: DistInfo,
                    progress: bool = False) -> tuple[range, np.ndarray, np.ndarray]:
     """This rank's indices, their requested labels and their generated uint8 images."""
-    if ckpt.num_classes <= 0:
-        raise PurrError("class-balanced evaluation needs a class-conditional checkpoint (num_classes > 0)")
+    if generator.num_classes <= 0:
+        raise PurrError("class-balanced evaluation needs a class-conditional generator (num_classes > 0)")
     indices = contiguous_slice(settings.num_samples, info.rank, info.world_size)
-    labels = balanced_labels(settings.num_samples, ckpt.num_classes)[indices.start : indices.stop]
-    method = ckpt.build_method().to(info.device)
-    model = ckpt.build_model(ema=settings.ema).to(info.device)
+    labels = balanced_labels(settings.num_samples, generator.num_classes)[indices.start : indices.stop]
+    method, model = generator.method.to(info.device), generator.model.to(info.device)
     images = generate_images(method, model, tokenizer, labels, settings.sampler(), settings.seed,
                              settings.batch_size, first_index=indices.start, device=str(info.device),
                              progress=progress)
@@ -224,11 +243,20 @@ def _versions() -> dict[str, str]:
 
 def evaluate_checkpoint(ckpt: Checkpoint, tokenizer: VQTokenizer, settings: EvalSettings, info: DistInfo,
                         export_npz: str | Path | None = None, progress: bool = False) -> dict[str, Any] | None:
+    """:func:`evaluate_generator` on a training checkpoint (its method and architecture travel inside it), with the
+    EMA weights unless ``settings.ema`` is false."""
+    return evaluate_generator(Generator.from_checkpoint(ckpt, settings.ema), tokenizer, settings, info,
+                              export_npz, progress)
+
+
+def evaluate_generator(generator: Generator, tokenizer: VQTokenizer, settings: EvalSettings, info: DistInfo,
+                       export_npz: str | Path | None = None, progress: bool = False) -> dict[str, Any] | None:
     """Run the whole evaluation on every rank; rank 0 returns the report, the other ranks return None.
 
     Args:
-        ckpt: the checkpoint to sample from (its method and architecture travel inside it).
-        tokenizer: decodes generated codes (the checkpoint's tokenizer).
+        generator: what to sample from (:meth:`Generator.from_checkpoint`, or a saved pipeline's
+            ``PurrceptionPipeline.generator()``).
+        tokenizer: decodes generated codes (the generator's tokenizer).
         settings: sampling, protocol, reference and cache settings.
         info: this process's rank / world size / device (``purrception.distributed.init_distributed``).
         export_npz: also write all N samples as an ADM-suite ``.npz`` (``arr_0`` uint8 N x H x W x 3).
@@ -251,13 +279,13 @@ def evaluate_checkpoint(ckpt: Checkpoint, tokenizer: VQTokenizer, settings: Eval
 
     with main_process_first():  # on first use the extractor trains / caches its classifier
         extractor = protocol.build_extractor(settings, info.device, tokenizer)
-    if extractor.num_classes is not None and extractor.num_classes != ckpt.num_classes:
+    if extractor.num_classes is not None and extractor.num_classes != generator.num_classes:
         raise PurrError(f"the {protocol_name} protocol's classifier knows {extractor.num_classes} classes but the "
-                        f"checkpoint generates {ckpt.num_classes}; pass the labelled folder the generator was "
+                        f"checkpoint generates {generator.num_classes}; pass the labelled folder the generator was "
                         f"trained on as --reference")
 
     t0 = time.perf_counter()
-    indices, labels, images = generate_slice(ckpt, tokenizer, settings, info, progress and info.is_main)
+    indices, labels, images = generate_slice(generator, tokenizer, settings, info, progress and info.is_main)
     sample_seconds = time.perf_counter() - t0
     extracted = extractor.extract(images)
     parts = gather_to_rank0((indices.start, labels, extracted, images if export_npz else None))
@@ -282,9 +310,7 @@ def evaluate_checkpoint(ckpt: Checkpoint, tokenizer: VQTokenizer, settings: Eval
     return {
         "protocol": protocol_name,
         "metrics": metrics,
-        "checkpoint": {"path": str(ckpt.path), "step": ckpt.step, "sha256": sha256_file(ckpt.path, length=16),
-                       "method": ckpt.method_name, "weights": "ema" if settings.ema else "raw",
-                       "num_classes": ckpt.num_classes},
+        "checkpoint": dict(generator.source),
         "tokenizer": tokenizer.identity().to_dict(),
         "sampling": {**sampler, "num_samples": settings.num_samples, "seed": settings.seed,
                      "labels": "class-balanced: sample i has class i mod num_classes",
