@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from purrception.data.shards import codes_dtype_for, write_token_shards
-from purrception.tokenizers.ldm_vq import VQGAN_PRESETS, VQGANTokenizer
+from purrception.tokenizers.ldm_vq import VQGANTokenizer
+from purrception.tokenizers.pretrained import VQGAN_PRESETS
 from purrception.tokenizers.store import load_tokenizer
 
 

@@ -14,7 +14,7 @@ They differ only in the latent width, the codebook width and the quantiser's dis
 The module names below reproduce the LDM layout (``encoder.down.i.block.j``, ``decoder.up.i``, ``mid.block_1``...)
 so that a Lightning ``vq-f8.ckpt`` loads with ``strict=True``; LlamaGen files are renamed into this layout by
 :mod:`purrception.tokenizers.pretrained`, whose kind registry also holds each kind's :class:`VQGANConfig`.
-Written from the published description of the architecture (``/work/shared/reference/vq-checkpoints.md``), not
+Written from the published description of the architecture (the two projects' papers and checkpoint layouts), not
 copied from either project.
 """
 
@@ -76,16 +76,6 @@ class VQGANConfig:
         d["ch_mult"] = tuple(d["ch_mult"])
         d["attn_resolutions"] = tuple(d["attn_resolutions"])
         return cls(**d)
-
-
-def __getattr__(name: str) -> Any:
-    """``VQGAN_PRESETS`` (the pretrained kinds' architectures) now lives with the kind registry; still importable
-    from here."""
-    if name == "VQGAN_PRESETS":
-        from purrception.tokenizers.pretrained import VQGAN_PRESETS
-
-        return VQGAN_PRESETS
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---- blocks ------------------------------------------------------------------------------------------------
