@@ -97,10 +97,11 @@ class EvalSettings:
                 raise PurrError(f"{name} must be a number or a Schedule (see parse_schedule) so that the report can "
                                 f"record it, got {type(value).__name__}")
         if self.num_samples < 2:
-            raise PurrError(f"--num-samples must be at least 2 for FID, got {self.num_samples}")
+            raise PurrError(f"{_named('num_samples')} must be at least 2 for FID, got {self.num_samples}")
         bad = [n for n in self.fid_subsets if not 2 <= n <= self.num_samples]
         if bad:
-            raise PurrError(f"--fid-subsets {bad[0]} is outside 2..{self.num_samples} (--num-samples)")
+            raise PurrError(f"{_named('fid_subsets')} {bad[0]} is outside 2..{self.num_samples} (the number of "
+                            "samples)")
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def _folder(settings: EvalSettings, device: torch.device, tokenizer: VQTokenizer
 
 def _inception(settings: EvalSettings, device: torch.device, tokenizer: VQTokenizer) -> FeatureExtractor:
     if not settings.inception_path:
-        raise PurrError("the inception protocol needs torch-fidelity's weights: pass --inception "
+        raise PurrError(f"the inception protocol needs torch-fidelity's weights: pass {_named('inception_path')} "
                         "PATH/pt_inception-2015-12-05-6726825d.pth (nothing is downloaded)")
     return InceptionFeatures(settings.inception_path, device, settings.feature_batch_size)
 
@@ -150,7 +151,15 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 
 #: protocol-specific settings and the flag that sets each
-_PROTOCOL_OPTIONS = {"inception_path": "--inception", "reference_labels": "--reference-labels"}
+_PROTOCOL_OPTIONS = ("inception_path", "reference_labels")
+#: the ``purr eval`` flag of each EvalSettings field whose name differs from the flag's
+_FLAGS = {"inception_path": "--inception"}
+
+
+def _named(field: str) -> str:
+    """An EvalSettings field as errors name it: the ``purr eval`` flag, then the field, e.g. ``--reference
+    (reference=)``, so that the message serves the command line and Python alike."""
+    return f"{_FLAGS.get(field, '--' + field.replace('_', '-'))} ({field}=)"
 
 
 def default_protocol(tokenizer: VQTokenizer) -> str:
@@ -268,12 +277,13 @@ def evaluate_generator(generator: Generator, tokenizer: VQTokenizer, settings: E
     if protocol_name not in PROTOCOLS:
         raise PurrError(f"unknown protocol {protocol_name!r}; choose one of: {', '.join(PROTOCOLS)}")
     protocol = PROTOCOLS[protocol_name]
-    for option, flag in _PROTOCOL_OPTIONS.items():
+    for option in _PROTOCOL_OPTIONS:
         if getattr(settings, option) and option not in protocol.reads:
-            raise PurrError(f"{flag} is not used by the {protocol_name} protocol; drop it or pick another --protocol")
+            raise PurrError(f"{_named(option)} is not used by the {protocol_name} protocol; drop it or pick another "
+                            f"{_named('protocol')}")
     reference_spec = settings.reference or protocol.default_reference
     if not reference_spec:
-        raise PurrError(f"the {protocol_name} protocol has no default reference: pass --reference "
+        raise PurrError(f"the {protocol_name} protocol has no default reference: pass {_named('reference')} "
                         f"{protocol.reference_hint}")
     tokenizer.to(info.device)
 
@@ -282,7 +292,7 @@ def evaluate_generator(generator: Generator, tokenizer: VQTokenizer, settings: E
     if extractor.num_classes is not None and extractor.num_classes != generator.num_classes:
         raise PurrError(f"the {protocol_name} protocol's classifier knows {extractor.num_classes} classes but the "
                         f"checkpoint generates {generator.num_classes}; pass the labelled folder the generator was "
-                        f"trained on as --reference")
+                        f"trained on as {_named('reference')}")
 
     t0 = time.perf_counter()
     indices, labels, images = generate_slice(generator, tokenizer, settings, info, progress and info.is_main)
