@@ -81,7 +81,7 @@ def test_bad_tokenizer_settings_are_one_line_errors(tmp_path, capsys, flags, mes
     assert len(err) == 1 and message in err[0] and not (tmp_path / "t").exists()
 
 
-@pytest.mark.parametrize("case", ["empty", "corrupted", "one-class", "junk-file", "mixed-sizes"])
+@pytest.mark.parametrize("case", ["empty", "corrupted", "one-class", "junk-file", "mixed-sizes", "mixed-formats"])
 def test_bad_folders_give_one_line_errors_or_logged_skips_never_a_traceback(tmp_path, capsys, caplog, case):
     caplog.set_level(logging.INFO, logger="purrception")
     root = tmp_path / "images"
@@ -100,6 +100,11 @@ def test_bad_folders_give_one_line_errors_or_logged_skips_never_a_traceback(tmp_
         (root / "disc" / "notes.txt").write_text("not an image")
     elif case == "mixed-sizes":
         Image.new("RGB", (24, 20), "red").save(root / "bar" / "big.png")
+    elif case == "mixed-formats":  # what a folder gathered from elsewhere holds beside plain RGB PNGs
+        Image.new("CMYK", (16, 16), (0, 255, 0, 0)).save(root / "disc" / "print.jpg")
+        Image.new("RGB", (16, 16), "blue").convert("P").save(root / "square" / "palette.gif")
+        Image.fromarray(np.full((16, 16), 40000, dtype=np.uint16)).save(root / "bar" / "scan16.png")
+        Image.new("LA", (16, 16), (90, 128)).save(root / "bar" / "grey-alpha.png")
     code = main(["tokenizer", "train", "--images", str(root), "--out", str(tmp_path / "t"), "--steps", "1",
                  "--codebook-size", "16", "--width", "8", "--batch-size", "4", "--resolution", "16",
                  "--no-progress"])
@@ -113,5 +118,8 @@ def test_bad_folders_give_one_line_errors_or_logged_skips_never_a_traceback(tmp_
     else:
         assert code == 0
         logged = caplog.text
-        expected = {"one-class": "unconditional", "junk-file": "notes.txt", "mixed-sizes": "24x20"}[case]
+        expected = {"one-class": "unconditional", "junk-file": "notes.txt", "mixed-sizes": "24x20",
+                    "mixed-formats": "16-bit grey scaled to 8 bits"}[case]
         assert expected in logged, logged
+        if case == "mixed-formats":  # every one of them read (12 + 4), each kind of conversion said once
+            assert "16 images in 3 classes" in logged and logged.count("CMYK images") == 1
