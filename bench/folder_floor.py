@@ -36,8 +36,10 @@ def draw(labels: np.ndarray, part: np.ndarray, n: int, num_classes: int, seed: i
     rng = np.random.default_rng(seed)
     pools = {c: list(rng.permutation(np.flatnonzero(part & (labels == c)))) for c in range(num_classes)}
     wanted = balanced_labels(n, num_classes)
-    if any(len(pools[c]) < int((wanted == c).sum()) for c in range(num_classes)):
-        raise SystemExit(f"a class of this part has fewer than {n // num_classes + 1} images; lower -n")
+    short = [c for c in range(num_classes) if len(pools[c]) < int((wanted == c).sum())]
+    if short:
+        raise SystemExit(f"class {short[0]} has {len(pools[short[0]])} images in this part, fewer than -n {n} asks "
+                         f"for ({int((wanted == short[0]).sum())}); lower -n")
     return np.array([pools[int(c)].pop() for c in wanted])
 
 
@@ -66,10 +68,8 @@ def main() -> None:
     settings = EvalSettings(num_samples=args.num_images)
     wanted = balanced_labels(args.num_images, split.num_classes)
     parts = {"judge part": split.judge_mask, "rest": ~split.judge_mask}
-    rows = {}
-    for name, mask in parts.items():
-        rows[name] = draw(split.labels, mask, args.num_images, split.num_classes)
-    images = {name: split.images[idx] for name, idx in rows.items()}
+    images = {name: split.images[draw(split.labels, mask, args.num_images, split.num_classes)]
+              for name, mask in parts.items()}
     if args.tokenizer:
         images["rest, tokenizer round trip"] = round_trip(load_tokenizer(args.tokenizer), images["rest"])
     for name, batch in images.items():

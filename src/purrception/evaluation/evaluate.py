@@ -150,7 +150,7 @@ PROTOCOLS: dict[str, Protocol] = {
                           reads=frozenset({"inception_path"})),
 }
 
-#: protocol-specific settings and the flag that sets each
+#: protocol-specific settings: refused by the protocols that do not read them
 _PROTOCOL_OPTIONS = ("inception_path", "reference_labels")
 #: the ``purr eval`` flag of each EvalSettings field whose name differs from the flag's
 _FLAGS = {"inception_path": "--inception"}

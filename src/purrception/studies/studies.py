@@ -194,9 +194,11 @@ def head(store: StudyStore, track: TrackSettings, ranks: list[int], shards: str,
     return store.data["equal_wall_time"]
 
 
-def _sweep_cell(values: list[float]) -> float | str:
-    """One table cell: the value itself for one checkpoint, else "mean ± std" over the checkpoints."""
-    return values[0] if len(values) == 1 else f"{np.mean(values):.3f} ± {np.std(values):.3f}"
+def _sweep_cell(point: dict[str, Any], metric: str) -> float | str:
+    """One table cell of a sweep point: the value itself for one checkpoint, else "mean ± std" over the
+    checkpoints."""
+    mean = point[metric]
+    return mean if point["checkpoints"] == 1 else f"{mean:.3f} ± {point[f'{metric}_std']:.3f}"
 
 
 def sampler_sweep(store: StudyStore, checkpoints: list[tuple[Checkpoint, Any]], base: EvalSettings, field: str,
@@ -220,8 +222,7 @@ def sampler_sweep(store: StudyStore, checkpoints: list[tuple[Checkpoint, Any]], 
         points.append({field: value, **summary, "checkpoints": len(measured)})
     best = min(points, key=lambda p: p["fid"])
     label = {"tau": "temperature tau", "cfg_scale": "CFG scale"}[field]
-    rows = [[value, *(_sweep_cell([runs[i].get(m, np.nan) for runs in per_ckpt.values()]) for m in metrics)]
-            for i, value in enumerate(values)]
+    rows = [[p[field], *(_sweep_cell(p, m) for m in metrics)] for p in points]
     shown = "; ".join(f"{c.method_name} checkpoint {c.path} (step {c.step})" for c, _ in checkpoints)
     caption = (f"{store.command} | {shown}; {_protocol(base)}, N={base.num_samples}, Euler {base.steps} steps, "
                f"seed {base.seed}; "
