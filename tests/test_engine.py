@@ -209,9 +209,10 @@ def test_paper_presets_mirror_appendix_c():
     assert {"mnist-demo", "mnist-study"} <= set(TRAIN_PRESETS)
 
 
-def test_the_folder_preset_is_the_cpu_demo_trained_twice_as_long():
+def test_the_folder_preset_is_the_cpu_demo_on_2x2_patches_trained_four_times_as_long():
     demo, folder = resolve_config("mnist-demo").to_dict(), resolve_config("folder-cpu").to_dict()
-    assert folder.pop("steps") == 2 * demo.pop("steps") and folder == demo
+    assert (demo.pop("model"), folder.pop("model")) == ("DiT-T/1", "DiT-T/2")
+    assert folder.pop("steps") == 4 * demo.pop("steps") and folder == demo
 
 
 def test_config_resolution_order_and_type_checks(tmp_path):
@@ -227,3 +228,11 @@ def test_config_resolution_order_and_type_checks(tmp_path):
         resolve_config(None, None, ["precision=fp16"])
     with pytest.raises(PurrError, match="steps must be a positive integer"):
         resolve_config(None, None, ["steps=0"])
+
+
+def test_a_patch_that_does_not_divide_the_code_grid_names_the_fix(tiny_shards_dir, tmp_path):
+    side = TokenShards.open(tiny_shards_dir).latent_shape[0]
+    patch = next(p for p in (2, 3, 4) if side % p)
+    with pytest.raises(PurrError, match=rf"{patch}x{patch} patches .* {side}x{side}; pass --set model=DiT-T/1"):
+        train(tiny_config(model=f"DiT-T/{patch}"), tiny_shards_dir, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()
