@@ -16,10 +16,10 @@ from purrception.io import default_cache_dir
 from purrception.training.config import TRAIN_PRESETS, explicit_fields, resolve_config
 from purrception.training.loop import train
 
-_PRESET_HELP = ("named run (default mnist-demo). mnist-*: the embedded digits on CPU; folder-cpu: mnist-demo's small "
-                "DiT on 2x2 patches (DiT-T/2), 6,000 steps, for your own folder at 32x32 on CPU; paper-dit-b2 / -l2 / -xl2: "
-                "paper App. C (batch 256, AdamW 1e-4, EMA 0.9999, bf16) on 32x32 codes; the tokenizer (vq-f8 or "
-                "vq-ds8-c2i) comes with the --shards, so one preset per backbone serves both")
+_PRESET_HELP = ("named run (default mnist-demo). mnist-*: the embedded digits on CPU; folder-cpu: mnist-demo's "
+                "small DiT on 2x2 patches (DiT-T/2), 6,000 steps, for your own folder at 32x32 on CPU; "
+                "paper-dit-b2 / -l2 / -xl2: paper App. C (batch 256, AdamW 1e-4, EMA 0.9999, bf16) on 32x32 codes; "
+                "the tokenizer (vq-f8 or vq-ds8-c2i) comes with the --shards, so one preset per backbone serves both")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

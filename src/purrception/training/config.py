@@ -115,9 +115,10 @@ _PAPER = {
 #: The tokenizer (``vq-f8`` or ``vq-ds8-c2i``) is a property of the shards, so one preset per backbone serves both.
 #: Steps: DiT-L/2 2M and DiT-XL/2 3.5M iterations as in the paper (Fig. 3a, Table 1); DiT-B/2 is not trained in the
 #: paper, it takes the DiT paper's 400k.
-#: ``folder-cpu`` is ``mnist-demo`` on 2x2 patches of codes (DiT-T/2: a quarter of the tokens, so a step costs about a
-#: quarter) trained four times as long: on a 32x32 colour folder of about 2,000 images 1,500 steps of DiT-T/1 give
-#: mostly unrecognisable samples, and at equal class accuracy DiT-T/2 needs less time (BENCHMARKS.md, "Your own images").
+#: ``folder-cpu`` is ``mnist-demo`` on 2x2 patches of codes (DiT-T/2: a quarter of the tokens, so a step costs about
+#: a quarter) trained four times as long: on a 32x32 colour folder of about 2,000 images 1,500 steps of DiT-T/1 give
+#: mostly unrecognisable samples, and at equal class accuracy DiT-T/2 takes less time (BENCHMARKS.md, "Your own
+#: images"). The code grid's side must be even.
 _CPU_SMALL = {
     "model": "DiT-T/1", "steps": 1500, "batch_size": 64, "lr": 2e-3, "warmup_steps": 100,
     "ema_decay": 0.999, "ema_warmup": True, "grad_clip": 1.0, "log_every": 50, "ckpt_every": 250,
