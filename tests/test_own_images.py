@@ -123,3 +123,18 @@ def test_bad_folders_give_one_line_errors_or_logged_skips_never_a_traceback(tmp_
         assert expected in logged, logged
         if case == "mixed-formats":  # every one of them read (12 + 4), each kind of conversion said once
             assert "16 images in 3 classes" in logged and logged.count("CMYK images") == 1
+
+
+def test_16_bit_grey_of_either_byte_order_is_inferred_as_one_channel(tmp_path):
+    from purrception.data.images import folder_source
+    from purrception.data.tokenizer_folder import infer_image_format
+
+    ramp = np.arange(24 * 24).reshape(24, 24) * 100
+    for name, dtype in (("big", ">u2"), ("little", "<u2")):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            Image.fromarray((ramp + i).astype(dtype)).save(tmp_path / name / f"{i}.tif")
+    assert Image.open(tmp_path / "big" / "0.tif").mode == "I;16B"
+    assert infer_image_format(folder_source(tmp_path), downsample=4) == (24, 1)
+    Image.new("RGB", (24, 24), (200, 10, 10)).save(tmp_path / "little" / "colour.png")
+    assert infer_image_format(folder_source(tmp_path), downsample=4) == (24, 3)

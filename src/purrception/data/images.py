@@ -35,7 +35,7 @@ from purrception.errors import PurrError
 from purrception.hashing import sha256_lines, sha256_parts
 from purrception.pixels import IMAGE_SUFFIXES, images_to_tensor, is_image_file, scan_image_files
 
-__all__ = ["ImageSource", "folder_source", "embedded_source", "resize_center_crop", "convert_channels",
+__all__ = ["ImageSource", "folder_source", "embedded_source", "resize_center_crop", "convert_channels", "GREY_MODES",
            "prepare_image",
            "image_to_tensor", "ImageOrigin", "image_origin", "describe_conversion", "ConversionLog"]
 
@@ -217,6 +217,9 @@ def _target_mode(channels: int) -> str:
 
 #: integer grey modes holding 16-bit values (16-bit PNGs open as ``I;16``; some readers give 32-bit ``I``)
 _WIDE_GREY_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+#: every PIL mode whose pixels carry no colour: one channel (bilevel, 8-bit, 16/32-bit integer, float), with or
+#: without alpha
+GREY_MODES = frozenset({"1", "L", "LA", "La", "F", *_WIDE_GREY_MODES})
 
 
 def _grey_to_8bit(img: Image.Image) -> Image.Image:

@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image
 
-from purrception.data.images import ImageSource, folder_source
+from purrception.data.images import GREY_MODES, ImageSource, folder_source
 from purrception.data.reading import read_images
 from purrception.errors import PurrError
 from purrception.splits import balanced_holdout
@@ -34,7 +34,6 @@ HELDOUT_FRACTION, HELDOUT_MAX = 0.1, 1000
 #: ConvVQConfig defaults and 1,000 steps)
 FOLDER_DEFAULTS: dict[str, Any] = {"codebook_size": 512, "width": 16}
 FOLDER_STEPS = 1500
-_GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
 def infer_image_format(source: ImageSource, downsample: int, sample: int = 256) -> tuple[int, int]:
@@ -49,7 +48,7 @@ def infer_image_format(source: ImageSource, downsample: int, sample: int = 256) 
     for i in range(0, len(source), step):
         size, mode = _header(source, i)
         sides[min(size)] += 1
-        grey &= mode in _GREY_MODES
+        grey &= mode in GREY_MODES
     side = sides.most_common(1)[0][0]
     size = max(MIN_IMAGE_SIZE, min(MAX_IMAGE_SIZE, side)) // downsample * downsample
     return size, 1 if grey else 3
