@@ -138,3 +138,16 @@ def test_16_bit_grey_of_either_byte_order_is_inferred_as_one_channel(tmp_path):
     assert infer_image_format(folder_source(tmp_path), downsample=4) == (24, 1)
     Image.new("RGB", (24, 24), (200, 10, 10)).save(tmp_path / "little" / "colour.png")
     assert infer_image_format(folder_source(tmp_path), downsample=4) == (24, 3)
+
+
+def test_a_code_grid_the_folder_preset_cannot_read_is_named_when_the_tokenizer_is_made(tmp_path, caplog):
+    images = make_shape_folder(tmp_path / "images", 28, "RGB", per_class=4)
+    common = ["--codebook-size", "16", "--width", "8", "--steps", "1", "--batch-size", "4", "--no-progress"]
+    with caplog.at_level(logging.WARNING, logger="purrception"):
+        assert main(["tokenizer", "train", "--images", str(images), "--out", str(tmp_path / "odd"), *common]) == 0
+    assert "makes 7x7 codes" in caplog.text and "retrain with --resolution 32" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="purrception"):
+        assert main(["tokenizer", "train", "--images", str(images), "--out", str(tmp_path / "even"),
+                     "--resolution", "32", *common]) == 0
+    assert "cannot read" not in caplog.text
