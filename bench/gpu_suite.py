@@ -104,12 +104,14 @@ def run_command(argv: list[str], env: dict[str, str], timeout: float, grace: flo
     """Run ``argv`` in its own process group, output to ``log``; ``("ok" | "failed" | "timeout", returncode)``.
 
     At the timeout the group gets SIGINT (the project's commands stop cleanly on it: checkpoints and result files are
-    written atomically), then SIGKILL if it is still there ``grace`` seconds later.
+    written atomically), then SIGKILL if it is still there ``grace`` seconds later. The stage starts with SIGINT's
+    default action even where this suite inherited it ignored (``nohup``, ``cmd &`` in a script), or it could only be
+    killed.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True)
+                                env=env, start_new_session=True, preexec_fn=_default_sigint)
         try:
             code = proc.wait(timeout=max(timeout, 0.1))
             return ("ok" if code == 0 else "failed"), code
@@ -124,6 +126,10 @@ def run_command(argv: list[str], env: dict[str, str], timeout: float, grace: flo
             _signal_group(proc, signal.SIGKILL)
             proc.wait()
             raise
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
