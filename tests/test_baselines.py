@@ -48,9 +48,10 @@ def _codebook(seed: int = 0) -> torch.Tensor:
     return torch.randn(K, D, generator=torch.Generator().manual_seed(seed))
 
 
-def _model(method, random_weights: bool = True, seed: int = 1, patch: int = 1, rank: int = 0) -> DiT:
+def _model(method, random_weights: bool = True, seed: int = 1, patch: int = 1, rank: int = 0,
+           side: int = SIDE) -> DiT:
     """A tiny DiT with the method's I/O; random weights so that every output depends on every input."""
-    model = DiT(DiTConfig(input_size=SIDE, hidden_size=32, depth=1, num_heads=2, num_classes=CLASSES,
+    model = DiT(DiTConfig(input_size=side, hidden_size=32, depth=1, num_heads=2, num_classes=CLASSES,
                           patch_size=patch, head_rank=rank, **method.backbone_io()))
     if random_weights:
         gen = torch.Generator().manual_seed(seed)
@@ -204,6 +205,30 @@ def test_cfg_on_features_equals_cfg_on_outputs(name, scale):
                                _expected_guided_output(method, model, x, 0.4, y, scale), rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("name", ALL_METHODS)
+def test_an_odd_grid_read_in_2x2_patches_trains_guides_and_samples(name):
+    """5x5 codes as 3x3 tokens of 2x2 patches (the grid padded by one row and column): the loss reaches every
+    parameter, CFG on features still equals CFG on outputs, and sampling returns 5x5 codes."""
+    side = 5
+    method = get_method(name)(_codebook())
+    model = _model(method, patch=2, side=side).train()
+    codes = torch.randint(0, K, (4, side, side), generator=torch.Generator().manual_seed(2))
+    out = method.loss(model, codes, torch.tensor([0, 1, 2, 0]), torch.Generator().manual_seed(3))
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and all(p.grad is not None for p in model.parameters())
+    model.eval()
+    gen = torch.Generator().manual_seed(6)
+    x = (torch.randint(0, K + 1, (3, side, side), generator=gen) if method.discrete_input
+         else torch.randn(3, D, side, side, generator=gen))
+    y = torch.tensor([2, 0, 1])
+    with torch.no_grad():
+        torch.testing.assert_close(_guided_output(method, model, x, 0.4, y, 2.5),
+                                   _expected_guided_output(method, model, x, 0.4, y, 2.5), rtol=1e-4, atol=1e-3)
+        got = generate_codes(method, model, np.array([0, 1, 2]), SamplerSettings(steps=3, cfg_scale=1.5), 0,
+                             _snap(method))
+    assert got.shape == (3, side, side) and int(got.min()) >= 0 and int(got.max()) < K
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # DFM
 # ---------------------------------------------------------------------------------------------------------------
@@ -290,14 +315,15 @@ def test_dfm_loss_with_nothing_masked_is_zero_and_reaches_every_parameter():
     assert all(p.grad is not None for p in model.parameters())
 
 
-@pytest.mark.parametrize("patch,rank", HEADS)
+@pytest.mark.parametrize("patch,rank,side", [(p, r, SIDE) for p, r in HEADS] + [(2, 0, 5), (2, 3, 5)])
 @pytest.mark.parametrize("cfg_scale", [1.0, 2.0])
-def test_dfm_chunked_sampler_gives_the_materialised_samplers_codes(patch, rank, cfg_scale):
+def test_dfm_chunked_sampler_gives_the_materialised_samplers_codes(patch, rank, side, cfg_scale):
     """Same noise, same codes: the chunked draws (a budget of a few rows per chunk) and ``DFM.generate`` against
-    the Euler sampler on materialised guided logits (``softmax(l / tau)`` over all B x H x W x K)."""
+    the Euler sampler on materialised guided logits (``softmax(l / tau)`` over all B x H x W x K); also on a
+    5x5 grid padded to 2x2 patches."""
     method = DFM(_codebook(), embed_dim=8)
-    model = _model(method, patch=patch, rank=rank)
-    noise = torch.randn(5, D, SIDE, SIDE, generator=torch.Generator().manual_seed(21))
+    model = _model(method, patch=patch, rank=rank, side=side)
+    noise = torch.randn(5, D, side, side, generator=torch.Generator().manual_seed(21))
     y = torch.tensor([0, 1, 2, 1, 0])
     sampler = SamplerSettings(steps=4, cfg_scale=cfg_scale, tau=0.8)
     budget = 3 * SAMPLE_COPIES_PER_LOGIT * model.head.groups * K * 4          # 3 rows of float32 logits

@@ -224,6 +224,34 @@ def test_guided_velocity_equals_cfg_on_naive_logits(rank, cfg_scale):
                                    mu, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("side,patch,rank", [(5, 2, 0), (5, 2, 4), (7, 3, 0), (3, 2, 0)])
+def test_a_side_that_is_not_a_multiple_of_the_patch_is_padded_and_equals_naive(side, patch, rank):
+    """Losses, their gradients and the posterior mean on a padded grid == the same on materialised logits of the
+    real positions only (the naive references crop through ``DiT.unpatchify``)."""
+    model = make_model(37, patch, rank, side=side)
+    assert model.grid == -(-side // patch) and model.head.padding == model.grid * patch - side > 0
+    h = features(model)
+    codes = torch.randint(0, 37, (3, side, side), generator=torch.Generator().manual_seed(2))
+    for hint in (None, 0.3):
+        want = grads(model, h, lambda: cat.naive_cross_entropy_and_zloss(model, h, codes), (1.0, 0.3))
+        got = grads(model, h, lambda: cat.cross_entropy_and_zloss(model, h, codes, hint, 2000), (1.0, 0.3))
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    mask = torch.rand(3, side, side, generator=torch.Generator().manual_seed(5)) < 0.4
+    want = grads(model, h, lambda: cat.naive_masked_cross_entropy_and_zloss(model, h, codes, mask), (1.0, 0.3))
+    got = grads(model, h, lambda: cat.masked_cross_entropy_and_zloss(model, h, codes, mask, 0.3, 2000), (1.0, 0.3))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    book = torch.randn(37, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    mean = cat.posterior_mean(model, h.detach(), book, 0.7, 2000)
+    assert mean.shape == (3, 3, side, side)
+    torch.testing.assert_close(mean, cat.naive_posterior_mean(model, h.detach(), book, 0.7), rtol=1e-10, atol=1e-12)
+    z = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():  # the timestep embedding is float32
+        out = model.float()(z, torch.full((2,), 0.5), torch.tensor([0, 4]))
+    assert out.shape == (2, side, side, 37)
+
+
 def test_unpatchify_inverts_patchify():
     x = torch.arange(2 * 6 * 6 * 3).reshape(2, 6, 6, 3)
     tokens = patchify_positions(x, 2)                                   # (B, N, p*p, C)

@@ -16,13 +16,11 @@ from purrception.data.embedded import load_embedded_mnist
 from purrception.data.embedded_shards import encode_array
 from purrception.data.tokenizer_folder import FOLDER_DEFAULTS, FOLDER_STEPS, train_tokenizer_on_folder
 from purrception.errors import PurrError
-from purrception.models.dit import dit_config_from_preset
 from purrception.pixels import tensor_to_images
 from purrception.sampling.grid import image_grid, save_png, save_samples_npz
 from purrception.tokenizers.conv_vq import DOWNSAMPLE_FACTORS, MAX_CODEBOOK_SIZE, ConvVQConfig
 from purrception.tokenizers.store import CONFIG_NAME, load_tokenizer
 from purrception.tokenizers.train import RECONSTRUCTION_LOSSES, TokenizerTrainConfig, fit_tokenizer
-from purrception.training.config import TRAIN_PRESETS
 
 log = logging.getLogger(__name__)
 
@@ -117,21 +115,7 @@ def run_train(args: argparse.Namespace) -> int:
                                         workers=max(0, args.workers), progress=progress, device=args.device)
     meta = json.loads((out / CONFIG_NAME).read_text())
     print(json.dumps({"tokenizer": str(out), "config": meta["config"], "metrics": meta["metrics"]}, indent=2))
-    if not embedded:
-        _warn_if_the_folder_preset_cannot_read(load_tokenizer(out).latent_shape[0], meta["config"]["image_size"],
-                                               model_cfg.downsample)
     return 0
-
-
-def _warn_if_the_folder_preset_cannot_read(grid: int, resolution: int, downsample: int) -> None:
-    """Say now, before encoding, when ``purr train --preset folder-cpu`` will refuse this tokenizer's code grid."""
-    model = TRAIN_PRESETS["folder-cpu"]["model"]
-    patch = dit_config_from_preset(model).patch_size
-    if grid % patch:
-        fit = -(-resolution // (patch * downsample)) * patch * downsample
-        log.warning("this tokenizer makes %dx%d codes, which the folder-cpu preset (%s, %dx%d patches) cannot read: "
-                    "retrain with --resolution %d, or train with --set model=%s/1", grid, grid, model, patch, patch,
-                    fit, model.rsplit("/", 1)[0])
 
 
 def _load_npz(path: str) -> dict[str, np.ndarray]:

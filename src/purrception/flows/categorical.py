@@ -341,8 +341,12 @@ def cross_entropy_and_zloss(model: DiT, h: torch.Tensor, codes: torch.Tensor, z_
 
     Equal to :func:`naive_cross_entropy_and_zloss` (values and gradients) without materialising all logits.
     Pass the loss's ``z_loss_weight`` to get the gradients of ``ce + z_loss_weight * z_sq`` at no extra matmul.
+    A grid padded to the patch size (``models.heads``) averages over its real positions only.
     """
     head = model.head
+    if head.padding:
+        every = torch.ones(codes.shape, dtype=torch.bool, device=codes.device)
+        return masked_cross_entropy_and_zloss(model, h, codes, every, z_loss_weight, chunk_bytes)
     return linear_cross_entropy_and_zloss(head.rows(h), head.classifier_weight, head.classifier_bias,
                                           head.row_targets(codes), head.groups, z_loss_weight, chunk_bytes)
 

@@ -49,6 +49,9 @@ def liger_cross_entropy_and_zloss(model: DiT, h: torch.Tensor, codes: torch.Tens
     from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
     head = model.head
+    if head.padding:
+        raise PurrError(f"head_kernel='liger' needs a latent side that is a multiple of the patch size "
+                        f"({head.side} is not a multiple of {head.patch_size}); use the default head_kernel")
     rows, targets = head.rows(h), head.row_targets(codes).long()               # (M, r), (M, G)
     groups, k = head.groups, head.out_channels
     dtype = matmul_dtype(rows)

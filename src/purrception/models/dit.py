@@ -9,7 +9,9 @@ factorised K-way head). Methods with a K-way categorical output (Purrception, DF
 features and run their own head so that the ``K`` logits need never be materialised all at once (DESIGN.md §3).
 
 Input is either continuous latents ``(B, in_channels, H, W)`` or, for discrete methods, token ids ``(B, H, W)``
-embedded by a ``vocab_size`` table (set ``input_vocab_size``).
+embedded by a ``vocab_size`` table (set ``input_vocab_size``). A side ``H`` that is not a multiple of the patch
+size ``p`` is zero-padded on the bottom and right to the next multiple, and the padded positions are cropped from
+every output (the heads' row view skips them too), so e.g. 7x7 codes run as 4x4 tokens of 2x2 patches.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from purrception.models.heads import FactorisedHead, LinearHead, build_head, unpatchify
+from purrception.models.heads import FactorisedHead, LinearHead, build_head, padded_side, unpatchify
 
 __all__ = ["DiTConfig", "DiT", "DIT_PRESETS", "dit_config_from_preset"]
 
@@ -182,11 +184,9 @@ class DiT(nn.Module):
         super().__init__()
         self.config = config
         c, p = config, config.patch_size
-        if c.input_size % p:
-            raise ValueError(f"latent side {c.input_size} is not divisible by patch size {p}")
         if c.hidden_size % c.num_heads:
             raise ValueError(f"hidden size {c.hidden_size} is not divisible by {c.num_heads} heads")
-        self.grid = c.input_size // p
+        self.grid = padded_side(c.input_size, p) // p  # tokens per side; an odd remainder is padded (models.heads)
         if c.input_vocab_size > 0:
             self.token_embed = nn.Embedding(c.input_vocab_size, c.in_channels)
         self.patch_embed = nn.Conv2d(c.in_channels, c.hidden_size, kernel_size=p, stride=p)
@@ -195,7 +195,8 @@ class DiT(nn.Module):
         self.y_embedder = LabelEmbedder(c.num_classes, c.hidden_size)
         self.blocks = nn.ModuleList([DiTBlock(c.hidden_size, c.num_heads, c.mlp_ratio) for _ in range(c.depth)])
         self.final_norm = FinalNorm(c.hidden_size)
-        self.head: LinearHead | FactorisedHead = build_head(c.hidden_size, p, c.out_channels, c.head_rank)
+        self.head: LinearHead | FactorisedHead = build_head(c.hidden_size, p, c.out_channels, c.input_size,
+                                                            c.head_rank)
         self.initialize_weights()
 
     @property
@@ -227,9 +228,12 @@ class DiT(nn.Module):
 
     def features(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Latents ``(B, d, H, W)`` (or token ids ``(B, H, W)``), times ``(B,)``, labels ``(B,)``
-        -> modulated final features ``(B, N, hidden)`` with ``N = (H/p)*(W/p)`` tokens."""
+        -> modulated final features ``(B, N, hidden)`` with ``N = ceil(H/p) * ceil(W/p)`` tokens."""
         if self.config.input_vocab_size > 0:
             x = self.token_embed(x).permute(0, 3, 1, 2)                  # (B, d_in, H, W)
+        extra = self.grid * self.config.patch_size - x.shape[-1]
+        if extra:  # a side that is not a multiple of p: zeros on the bottom and right, cropped from the outputs
+            x = F.pad(x, (0, extra, 0, extra))
         h = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, hidden)
         c = self.t_embedder(t) + self.y_embedder(y)                       # (B, hidden)
         for block in self.blocks:
@@ -237,8 +241,10 @@ class DiT(nn.Module):
         return self.final_norm(h, c)                                       # (B, N, hidden)
 
     def unpatchify(self, out: torch.Tensor, channels: int) -> torch.Tensor:
-        """Per-token outputs ``(B, N, p*p*C)`` -> per-position outputs ``(B, H, W, C)`` (channels last)."""
-        return unpatchify(out, self.config.patch_size, channels)
+        """Per-token outputs ``(B, N, p*p*C)`` -> per-position outputs ``(B, H, W, C)`` (channels last; padded
+        positions dropped)."""
+        side = self.config.input_size
+        return unpatchify(out, self.config.patch_size, channels)[:, :side, :side]
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Full output through the default linear head: ``(B, H, W, out_channels)``."""

@@ -13,6 +13,10 @@ one interface:
   ``row_targets(codes)`` puts per-position targets into the same ``(M, G)`` layout and ``from_rows`` maps a
   per-row-and-group result ``(M, G, D)`` back to positions ``(B, H, W, D)``.
 
+A latent side ``H`` that is not a multiple of ``p`` is padded on the bottom and right to the next multiple
+(:class:`~purrception.models.dit.DiT` pads its input the same way): ``row_targets`` pads per-position values with
+zeros (``False`` for masks), so a padded position is never selected, and ``from_rows`` crops them away again.
+
 For :class:`LinearHead` (the paper's head, App. C) a row is a token (``M = B N``, ``r = hidden``) and ``G = p*p``:
 each sub-position of a patch has its own ``C x hidden`` matrix. For :class:`FactorisedHead` a row is a latent
 position (``M = B H W``, ``r = rank``) and ``G = 1``: each token is first projected to its ``p*p`` sub-positions at
@@ -25,7 +29,23 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["unpatchify", "patchify_positions", "LinearHead", "FactorisedHead", "build_head"]
+__all__ = ["unpatchify", "patchify_positions", "padded_side", "pad_grid", "LinearHead", "FactorisedHead", "build_head"]
+
+
+def padded_side(side: int, patch: int) -> int:
+    """The smallest multiple of ``patch`` that is at least ``side``: the grid side the DiT's tokens cover."""
+    return -(-side // patch) * patch
+
+
+def pad_grid(x: torch.Tensor, side: int) -> torch.Tensor:
+    """Per-position values ``(B, H, W, *rest)`` zero-padded (``False`` for masks) on the bottom and right to
+    ``side x side``; unchanged when already that size."""
+    extra = side - x.shape[1]
+    if extra == 0:
+        return x
+    out = x.new_zeros((x.shape[0], side, side, *x.shape[3:]))
+    out[:, :x.shape[1], :x.shape[2]] = x
+    return out
 
 
 def unpatchify(out: torch.Tensor, patch: int, channels: int) -> torch.Tensor:
@@ -52,11 +72,13 @@ class LinearHead(nn.Linear):
     Row view: rows are tokens, ``G = p*p`` groups (one ``C x hidden`` matrix per sub-position).
     """
 
-    def __init__(self, hidden_size: int, patch_size: int, out_channels: int):
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int, side: int):
         super().__init__(hidden_size, patch_size * patch_size * out_channels)
         self.patch_size = patch_size
         self.out_channels = out_channels
         self.groups = patch_size * patch_size
+        self.side = side
+        self.padding = padded_side(side, patch_size) - side
 
     @property
     def classifier_weight(self) -> torch.Tensor:
@@ -72,13 +94,14 @@ class LinearHead(nn.Linear):
         return h.reshape(-1, h.shape[-1])
 
     def row_targets(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes ``(B, H, W)`` -> ``(B*N, p*p)`` in the row/group layout."""
-        return patchify_positions(codes, self.patch_size).reshape(-1, self.groups)
+        """Codes ``(B, H, W)`` -> ``(B*N, p*p)`` in the row/group layout (padded positions hold 0 / ``False``)."""
+        padded = pad_grid(codes, self.side + self.padding)
+        return patchify_positions(padded, self.patch_size).reshape(-1, self.groups)
 
     def from_rows(self, out: torch.Tensor, batch: int) -> torch.Tensor:
-        """``(M, G, D)`` -> ``(B, H, W, D)``."""
+        """``(M, G, D)`` -> ``(B, H, W, D)`` (padded positions dropped)."""
         d = out.shape[-1]
-        return unpatchify(out.reshape(batch, -1, self.groups * d), self.patch_size, d)
+        return unpatchify(out.reshape(batch, -1, self.groups * d), self.patch_size, d)[:, :self.side, :self.side]
 
     def zero_init_output(self) -> None:
         """DiT's zero-initialised final layer: all outputs start at 0."""
@@ -97,14 +120,17 @@ class FactorisedHead(nn.Module):
         patch_size: ``p``.
         out_channels: ``C`` (``K`` for categorical methods).
         rank: ``r``, the width shared by all sub-positions.
+        side: the latent grid's side ``H`` (padded to a multiple of ``p`` as the module docstring says).
     """
 
-    def __init__(self, hidden_size: int, patch_size: int, out_channels: int, rank: int):
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int, rank: int, side: int):
         super().__init__()
         self.patch_size = patch_size
         self.out_channels = out_channels
         self.rank = rank
         self.groups = 1
+        self.side = side
+        self.padding = padded_side(side, patch_size) - side
         self.proj = nn.Linear(hidden_size, patch_size * patch_size * rank)
         self.classifier = nn.Linear(rank, out_channels)
 
@@ -123,8 +149,9 @@ class FactorisedHead(nn.Module):
         return self.classifier(sub).reshape(b, n, -1)
 
     def rows(self, h: torch.Tensor) -> torch.Tensor:
-        """Features ``(B, N, hidden)`` -> per-position features ``(B*H*W, r)``."""
-        return unpatchify(self.proj(h), self.patch_size, self.rank).reshape(-1, self.rank)
+        """Features ``(B, N, hidden)`` -> per-position features ``(B*H*W, r)`` (padded positions dropped)."""
+        positions = unpatchify(self.proj(h), self.patch_size, self.rank)[:, :self.side, :self.side]
+        return positions.reshape(-1, self.rank)
 
     def row_targets(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes ``(B, H, W)`` -> ``(B*H*W, 1)``."""
@@ -142,10 +169,12 @@ class FactorisedHead(nn.Module):
         nn.init.zeros_(self.classifier.bias)
 
 
-def build_head(hidden_size: int, patch_size: int, out_channels: int, rank: int = 0) -> LinearHead | FactorisedHead:
-    """The full linear head (``rank == 0``) or a :class:`FactorisedHead` of width ``rank``."""
+def build_head(hidden_size: int, patch_size: int, out_channels: int, side: int,
+               rank: int = 0) -> LinearHead | FactorisedHead:
+    """The full linear head (``rank == 0``) or a :class:`FactorisedHead` of width ``rank``, for a latent grid of
+    ``side x side`` positions."""
     if rank < 0:
         raise ValueError(f"head_rank must be >= 0 (0 = full linear head), got {rank}")
     if rank == 0:
-        return LinearHead(hidden_size, patch_size, out_channels)
-    return FactorisedHead(hidden_size, patch_size, out_channels, rank)
+        return LinearHead(hidden_size, patch_size, out_channels, side)
+    return FactorisedHead(hidden_size, patch_size, out_channels, rank, side)

@@ -118,7 +118,7 @@ _PAPER = {
 #: ``folder-cpu`` is ``mnist-demo`` on 2x2 patches of codes (DiT-T/2: a quarter of the tokens, so a step costs about
 #: a quarter) trained four times as long: on a 32x32 colour folder of about 2,000 images 1,500 steps of DiT-T/1 give
 #: mostly unrecognisable samples, and at equal class accuracy DiT-T/2 takes less time (BENCHMARKS.md, "Your own
-#: images"). The code grid's side must be even.
+#: images"). An odd code grid is padded to whole patches inside the DiT (``models.heads``).
 _CPU_SMALL = {
     "model": "DiT-T/1", "steps": 1500, "batch_size": 64, "lr": 2e-3, "warmup_steps": 100,
     "ema_decay": 0.999, "ema_warmup": True, "grad_clip": 1.0, "log_every": 50, "ckpt_every": 250,

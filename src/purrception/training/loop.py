@@ -113,17 +113,8 @@ def build_model_for(config: TrainConfig, method: FlowMethod, shards: TokenShards
     try:
         model_config = dit_config_from_preset(config.model, **{**config.model_overrides, **method.backbone_io(),
                                                                "input_size": h, "num_classes": shards.num_classes})
-    except (ValueError, TypeError) as err:
-        raise PurrError(f"cannot build model {config.model!r}: {err}") from None
-    patch = model_config.patch_size
-    if h % patch:
-        raise PurrError(
-            f"model {config.model} groups codes in {patch}x{patch} patches but these shards' code grid is {h}x{w}; "
-            f"pass --set model={config.model.rsplit('/', 1)[0]}/1 (slower per step), or tokenize at a resolution "
-            f"that is a multiple of {patch} x the tokenizer's downsample factor")
-    try:
         return DiT(model_config)
-    except ValueError as err:
+    except (ValueError, TypeError) as err:
         raise PurrError(f"cannot build model {config.model!r}: {err}") from None
 
 
