@@ -68,3 +68,14 @@ def test_liger_kernel_is_refused_clearly_where_it_cannot_run(monkeypatch):
         method.loss(model, torch.randint(0, 8, (2, 4, 4)), torch.zeros(2, dtype=torch.long))
     with pytest.raises(PurrError, match="unknown head_kernel 'fast'"):
         Purrception(torch.randn(8, 3), head_kernel="fast")
+
+
+def test_liger_kernel_is_refused_on_a_grid_padded_to_the_patch(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # past the device check: the padding is what refuses it
+    from purrception.models.dit import DiT, DiTConfig
+
+    method = Purrception(torch.randn(8, 3), head_kernel="liger")
+    model = DiT(DiTConfig(input_size=5, in_channels=3, out_channels=8, patch_size=2, hidden_size=16, depth=1,
+                          num_heads=2, num_classes=5))
+    with pytest.raises(PurrError, match=r"\(5 is not a multiple of 2\); use head_kernel='chunked'"):
+        method.loss(model, torch.randint(0, 8, (2, 5, 5)), torch.zeros(2, dtype=torch.long))

@@ -45,13 +45,13 @@ def liger_cross_entropy_and_zloss(model: DiT, h: torch.Tensor, codes: torch.Tens
                                   z_loss_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(loss, ce, z_sq)``: ``loss = ce + z_loss_weight * z_sq`` with gradients; ``ce`` and ``z_sq`` detached
     (``z_sq`` is None when ``z_loss_weight == 0``: Liger then does not compute it)."""
-    _check_usable(h.device)
-    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
-
     head = model.head
     if head.padding:
         raise PurrError(f"head_kernel='liger' needs a latent side that is a multiple of the patch size "
-                        f"({head.side} is not a multiple of {head.patch_size}); use the default head_kernel")
+                        f"({head.side} is not a multiple of {head.patch_size}); use head_kernel='chunked'")
+    _check_usable(h.device)
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
     rows, targets = head.rows(h), head.row_targets(codes).long()               # (M, r), (M, G)
     groups, k = head.groups, head.out_channels
     dtype = matmul_dtype(rows)
