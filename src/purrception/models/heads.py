@@ -14,8 +14,9 @@ one interface:
   per-row-and-group result ``(M, G, D)`` back to positions ``(B, H, W, D)``.
 
 A latent side ``H`` that is not a multiple of ``p`` is padded on the bottom and right to the next multiple
-(:class:`~purrception.models.dit.DiT` pads its input the same way): ``row_targets`` pads per-position values with
-zeros (``False`` for masks), so a padded position is never selected, and ``from_rows`` crops them away again.
+(:class:`~purrception.models.dit.DiT` pads its input the same way). :class:`LinearHead`'s ``row_targets`` pads
+per-position values with zeros (``False`` for masks), so a padded position is never selected, and ``from_rows``
+crops them away again; :class:`FactorisedHead`'s rows are positions, so its ``rows`` leaves the padded ones out.
 
 For :class:`LinearHead` (the paper's head, App. C) a row is a token (``M = B N``, ``r = hidden``) and ``G = p*p``:
 each sub-position of a patch has its own ``C x hidden`` matrix. For :class:`FactorisedHead` a row is a latent
