@@ -160,8 +160,7 @@ class FactorisedHead(nn.Module):
 
     def from_rows(self, out: torch.Tensor, batch: int) -> torch.Tensor:
         """``(M, 1, D)`` -> ``(B, H, W, D)``."""
-        side = int(round((out.shape[0] // batch) ** 0.5))
-        return out.reshape(batch, side, side, out.shape[-1])
+        return out.reshape(batch, self.side, self.side, out.shape[-1])
 
     def zero_init_output(self) -> None:
         """Zero the classifier only: outputs start at 0 as in DiT, and the projection still receives gradient
