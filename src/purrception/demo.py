@@ -34,7 +34,7 @@ from purrception.data.shards import TokenShards
 from purrception.errors import PurrError
 from purrception.evaluation.classifier import ImageJudge, classifier_info, load_or_train_classifier
 from purrception.generation.generate import generate_images
-from purrception.io import atomic_save_json, default_cache_dir
+from purrception.io import atomic_save_json, cache_root
 from purrception.sampling.grid import image_grid, save_png, save_samples_npz
 from purrception.sampling.settings import SamplerSettings
 from purrception.tokenizers.store import CONFIG_NAME, load_tokenizer
@@ -125,7 +125,7 @@ def run_demo(settings: DemoSettings, progress: bool = True) -> dict[str, Any]:
     if settings.data not in DEMO_DATA:
         raise PurrError(f"unknown demo data {settings.data!r}; choose one of: {', '.join(DEMO_DATA)}")
     out = Path(settings.out_dir)
-    cache = Path(settings.cache_dir) if settings.cache_dir else default_cache_dir()
+    cache = cache_root(settings.cache_dir)
     data = DEMO_DATA[settings.data](settings, cache, progress)
     timings = dict(data.timings)
     tok_dir, shards, classifier = data.tokenizer_dir, data.shards, data.judge

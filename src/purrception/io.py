@@ -15,7 +15,7 @@ import torch
 from purrception.errors import PurrError
 from purrception.hashing import sha256_tensor as sha256_of_tensor  # the name older code imports from here
 
-__all__ = ["default_cache_dir", "atomic_write", "current_umask", "partial_writes", "atomic_save_json",
+__all__ = ["default_cache_dir", "cache_root", "atomic_write", "current_umask", "partial_writes", "atomic_save_json",
            "atomic_torch_save", "load_json", "safe_torch_load", "why_unreadable", "sha256_of_tensor"]
 
 #: suffix of atomic_write's temporary files (their names are ``.<target name>.<random>.tmp``)
@@ -119,3 +119,12 @@ def default_cache_dir() -> Path:
     if os.environ.get("PURR_CACHE"):
         return Path(os.environ["PURR_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "purrception"
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cache folder to use: ``cache_dir`` when given (non-empty), else the user cache (:func:`default_cache_dir`).
+
+    Every cache of the library goes through this, so nothing is ever cached in the current working directory unless
+    the caller names it.
+    """
+    return Path(cache_dir) if cache_dir else default_cache_dir()

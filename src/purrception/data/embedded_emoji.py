@@ -15,6 +15,7 @@ from pathlib import Path
 from purrception.data.embedded_shards import cached_tokenizer
 from purrception.data.shards import MANIFEST, TokenShards
 from purrception.hashing import sha256_parts
+from purrception.io import cache_root
 from purrception.tokenizers.store import load_tokenizer
 
 __all__ = ["EMOJI_SIZE", "EmojiFolder", "ensure_emoji_folder", "ensure_emoji_tokenizer", "ensure_emoji_shards"]
@@ -40,7 +41,7 @@ def ensure_emoji_folder(cache_dir: Path) -> EmojiFolder:
     from purrception.data.export_folder import export_image_folder
 
     data = load_embedded_emoji()
-    root = Path(cache_dir) / f"emoji-{EMOJI_SIZE}-{sha256_parts(data.images, data.labels, length=12)}"
+    root = cache_root(cache_dir) / f"emoji-{EMOJI_SIZE}-{sha256_parts(data.images, data.labels, length=12)}"
     images = root / "images"
     if not images.is_dir():
         log.info("exporting the emoji as a %dx%d image folder (once; %s)", EMOJI_SIZE, EMOJI_SIZE, images)

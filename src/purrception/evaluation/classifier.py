@@ -20,7 +20,7 @@ from torch import nn
 from purrception.data.embedded import load_embedded_mnist
 from purrception.errors import PurrError
 from purrception.hashing import sha256_parts
-from purrception.io import atomic_save_json, atomic_write, load_json
+from purrception.io import atomic_save_json, atomic_write, cache_root, load_json
 
 __all__ = ["ImageJudge", "MnistClassifier", "fit_judge", "train_classifier", "load_or_train_classifier",
            "classifier_info", "CLASSIFIER_VERSION"]
@@ -140,7 +140,7 @@ def _cache_key(heldout_labels: np.ndarray, heldout_images: np.ndarray) -> str:
 def _classifier_folder(cache_dir: str | Path) -> Path:
     """Where the classifier for the current held-out split and recipe is cached."""
     heldout = load_embedded_mnist("heldout")
-    return Path(cache_dir) / f"classifier-{_cache_key(heldout.labels, heldout.images)}"
+    return cache_root(cache_dir) / f"classifier-{_cache_key(heldout.labels, heldout.images)}"
 
 
 def load_or_train_classifier(cache_dir: str | Path) -> MnistClassifier:

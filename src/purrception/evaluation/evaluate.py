@@ -84,7 +84,7 @@ class EvalSettings:
     neighbours: int = 3                         # k of the k-NN manifolds
     inception_path: str = ""                    # torch-fidelity's weight file (inception protocol)
     reference_labels: str = ""                  # labels file of a flat reference folder (folder protocol)
-    cache_dir: str = ""                         # reference statistics and the judges live here
+    cache_dir: str = ""                         # reference statistics and judges; "" = the user cache (cache_root)
     feature_batch_size: int = 100
 
     def sampler(self) -> SamplerSettings:

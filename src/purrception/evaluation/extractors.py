@@ -30,6 +30,7 @@ from purrception.evaluation.inception import (
 )
 from purrception.evaluation.references import ArrayReference, ReferenceSource
 from purrception.hashing import sha256_module, sha256_parts
+from purrception.io import cache_root
 
 __all__ = ["Extracted", "FeatureExtractor", "DigitFeatures", "FolderFeatures", "InceptionFeatures"]
 
@@ -87,7 +88,7 @@ class DigitFeatures(FeatureExtractor):
     channels = 1
 
     def __init__(self, cache_dir: str | Path):
-        self.cache_dir = Path(cache_dir)
+        self.cache_dir = cache_root(cache_dir)
         self.classifier = load_or_train_classifier(self.cache_dir)
         self._fingerprint = sha256_module(self.classifier, f"digits-classifier-v{CLASSIFIER_VERSION}")
 

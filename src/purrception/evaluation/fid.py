@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from purrception.errors import PurrError
-from purrception.io import atomic_write
+from purrception.io import atomic_write, cache_root
 
 __all__ = ["FeatureStats", "feature_stats", "frechet_distance", "fid_from_features", "ReferenceFeatures",
            "reference_cache_path", "save_reference", "load_reference", "load_or_compute_reference"]
@@ -88,7 +88,7 @@ class ReferenceFeatures:
 
 def reference_cache_path(cache_dir: str | Path, source_fingerprint: str, extractor_fingerprint: str) -> Path:
     """Where the reference of ``source`` under ``extractor`` is cached (both fingerprints name the file)."""
-    return Path(cache_dir) / CACHE_SUBDIR / f"{source_fingerprint}-{extractor_fingerprint}.npz"
+    return cache_root(cache_dir) / CACHE_SUBDIR / f"{source_fingerprint}-{extractor_fingerprint}.npz"
 
 
 def save_reference(path: str | Path, ref: ReferenceFeatures) -> None:

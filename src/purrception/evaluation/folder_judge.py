@@ -32,7 +32,7 @@ from purrception.data.reading import read_images
 from purrception.errors import PurrError
 from purrception.evaluation.classifier import ImageJudge, fit_judge
 from purrception.hashing import sha256_parts
-from purrception.io import atomic_save_json, atomic_write, load_json
+from purrception.io import atomic_save_json, atomic_write, cache_root, load_json
 from purrception.splits import balanced_holdout
 
 __all__ = ["FolderJudge", "FolderSplit", "split_folder", "load_or_train_judge", "JUDGE_SHARE", "JUDGE_MAX",
@@ -144,7 +144,7 @@ def _cache_folder(split: FolderSplit, cache_dir: str | Path) -> Path:
     part = split.judge_mask
     key = sha256_parts(f"v{JUDGE_VERSION}-steps{JUDGE_STEPS}-s{_SEED}", split.images[part], split.labels[part],
                        "\0".join(split.class_names), length=12)
-    return Path(cache_dir) / f"folder-judge-{key}"
+    return cache_root(cache_dir) / f"folder-judge-{key}"
 
 
 def load_or_train_judge(split: FolderSplit, cache_dir: str | Path) -> tuple[FolderJudge, dict[str, Any]]:
