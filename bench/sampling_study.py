@@ -24,6 +24,7 @@ import time
 import numpy as np
 import torch
 
+from purrception.checkpoint import load_checkpoint
 from purrception.data.embedded import load_embedded_mnist
 from purrception.evaluation.evaluate import reference_features
 from purrception.evaluation.extractors import DigitFeatures
@@ -33,7 +34,6 @@ from purrception.generation.generate import balanced_labels, generate_images
 from purrception.sampling.schedules import parse_schedule
 from purrception.sampling.settings import SamplerSettings
 from purrception.tokenizers.store import load_tokenizer
-from purrception.training.checkpoint import load_checkpoint
 
 # Sized for a shared 2-core CPU (one network evaluation of 500 digits: ~2 s on one thread).
 SOLVER_GRID = [("euler", s) for s in (2, 4, 8, 16, 32)] + \

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from purrception.checkpoint import load_checkpoint
 from purrception.data.shards import write_token_shards
 from purrception.errors import PurrError
 from purrception.flows import CFM, DFM, CFMEndpoint, Purrception, get_method
@@ -31,7 +32,6 @@ from purrception.models.dit import DiT, DiTConfig
 from purrception.sampling.guidance import guided_features
 from purrception.sampling.settings import SamplerSettings
 from purrception.tokenizers.base import TokenizerIdentity, nearest_code
-from purrception.training.checkpoint import load_checkpoint
 from purrception.training.config import TrainConfig
 from purrception.training.loop import train
 

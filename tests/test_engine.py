@@ -18,11 +18,11 @@ import torch
 import torch.multiprocessing as mp
 from conftest import TIMINGS, TINY_MODEL, tiny_config
 
+from purrception.checkpoint import latest_checkpoint, load_checkpoint
 from purrception.data.shards import TokenShards
 from purrception.errors import PurrError
-from purrception.training.checkpoint import load_checkpoint
 from purrception.training.config import TRAIN_PRESETS, TrainConfig, resolve_config
-from purrception.training.loop import build_model_for, latest_checkpoint, slots_of_rank, train
+from purrception.training.loop import build_model_for, slots_of_rank, train
 
 
 def _curve(run: Path) -> list[dict]:

@@ -237,8 +237,9 @@ def test_purr_eval_single_and_two_gloo_processes_agree(tiny_checkpoint, tmp_path
     assert proc.returncode == 0, proc.stderr[-2000:]
     two = json.loads(out2.read_text())
     assert two["distributed"]["world_size"] == 2 and two["sampling"]["num_samples"] == 30
+    # the samples are the same images; the feature sums run in another order with another thread count per process
     for key, value in one["metrics"].items():
-        assert two["metrics"][key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+        assert two["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
 
 
 def test_purr_eval_refuses_bad_requests(tiny_checkpoint, tmp_path, capsys):

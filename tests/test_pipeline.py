@@ -14,10 +14,10 @@ from PIL import Image
 
 import purrception
 from purrception import PurrceptionPipeline, PurrError
+from purrception.checkpoint import load_checkpoint
 from purrception.cli import main
 from purrception.generation.generate import generate_codes
 from purrception.sampling.settings import SamplerSettings
-from purrception.training.checkpoint import load_checkpoint
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

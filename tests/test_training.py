@@ -11,9 +11,10 @@ import pytest
 import torch
 from conftest import TIMINGS, TINY_MODEL, tiny_config
 
+from purrception.checkpoint import latest_checkpoint, load_checkpoint
 from purrception.errors import PurrError
-from purrception.training.checkpoint import load_checkpoint
-from purrception.training.loop import latest_checkpoint, train
+from purrception.training.config import TrainConfig
+from purrception.training.loop import train
 
 
 def test_short_training_lowers_the_loss(tiny_shards_dir, tmp_path):
@@ -132,7 +133,7 @@ def test_checkpoint_in_the_original_layout_loads_and_resumes_exactly(tiny_shards
     torch.save(original, tmp_path / "old" / "checkpoints" / "step_00000002.pt")
     ckpt = load_checkpoint(tmp_path / "old" / "checkpoints" / "step_00000002.pt")
     assert (ckpt.step, ckpt.method_name, ckpt.num_classes, ckpt.train_seconds) == (2, "purrception", 10, 0.5)
-    assert ckpt.tokenizer_path == str(tiny_tokenizer_dir) and ckpt.train_config == config
+    assert ckpt.tokenizer_path == str(tiny_tokenizer_dir) and TrainConfig.from_dict(ckpt.state.config) == config
     assert ckpt.build_model(ema=False).state_dict().keys() == s.model.keys()
     assert ckpt.build_method().name == "purrception"
     train(config, tiny_shards_dir, tmp_path / "old", resume=True, progress=False)
@@ -143,7 +144,7 @@ def test_checkpoint_in_the_original_layout_loads_and_resumes_exactly(tiny_shards
 
 
 def test_incomplete_or_foreign_checkpoint_dicts_are_refused_by_name(tiny_checkpoint, tmp_path):
-    from purrception.training.checkpoint import CheckpointState
+    from purrception.checkpoint import CheckpointState
 
     entries = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
     del entries["ema"]
@@ -160,7 +161,8 @@ def test_resume_takes_steps_and_cadence_from_the_caller(tiny_shards_dir, tmp_pat
     more = train(tiny_config(steps=6, ckpt_every=3, log_every=2), tiny_shards_dir, run, resume=True, progress=False)
     assert (more.step, more.start_step) == (6, 2) and math.isfinite(more.last_loss)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000003.pt", "step_00000006.pt"]
-    assert load_checkpoint(more.checkpoint).train_config == tiny_config(steps=6, ckpt_every=3, log_every=2)
+    resumed = TrainConfig.from_dict(load_checkpoint(more.checkpoint).state.config)
+    assert resumed == tiny_config(steps=6, ckpt_every=3, log_every=2)
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 4, 6]
 
 
@@ -173,7 +175,7 @@ def test_resume_refuses_an_asked_for_change_of_what_defines_the_run(tiny_shards_
     # the same config, with only steps asked for by name: the run's own lr stays, nothing is refused
     result = train(tiny_config(steps=3, lr=1e-2), tiny_shards_dir, run, resume=True, progress=False,
                    explicit={"steps"})
-    assert result.step == 3 and load_checkpoint(result.checkpoint).train_config.lr == 1e-3
+    assert result.step == 3 and load_checkpoint(result.checkpoint).state.config["lr"] == 1e-3
 
 
 def test_resume_at_or_past_the_asked_steps_reports_the_run_as_it_is(tiny_shards_dir, tmp_path, caplog):
@@ -200,7 +202,7 @@ def test_cli_resume_compares_only_what_the_command_line_asks_for(tiny_shards_dir
     # the preset's batch_size, lr and model size differ from the run's but were not asked for: the run's stay
     assert main([*base, "--resume", "--set", "steps=3"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["step"] == 3
-    kept = load_checkpoint(run / "checkpoints" / "step_00000003.pt").train_config
+    kept = TrainConfig.from_dict(load_checkpoint(run / "checkpoints" / "step_00000003.pt").state.config)
     assert (kept.batch_size, kept.lr, kept.model_overrides, kept.steps) == (8, 1e-3, TINY_MODEL, 3)
     (tmp_path / "c.json").write_text(json.dumps({"steps": 4, "seed": 5}))
     assert main([*base, "--resume", "--config", str(tmp_path / "c.json")]) == 2

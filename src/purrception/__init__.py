@@ -30,7 +30,7 @@ _EXPORTS = {
     # training
     "train": "purrception.training.loop",
     "TrainConfig": "purrception.training.config",
-    "load_checkpoint": "purrception.training.checkpoint",
+    "load_checkpoint": "purrception.checkpoint",
     # evaluation
     "evaluate_checkpoint": "purrception.evaluation.evaluate",
     "evaluate_generator": "purrception.evaluation.evaluate",

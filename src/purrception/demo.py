@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from purrception.checkpoint import Checkpoint, load_checkpoint
 from purrception.data.embedded import NUM_CLASSES
 from purrception.data.embedded_shards import ensure_embedded_shards, ensure_embedded_tokenizer
 from purrception.data.shards import TokenShards
@@ -38,7 +39,6 @@ from purrception.io import atomic_save_json, cache_root
 from purrception.sampling.grid import image_grid, save_png, save_samples_npz
 from purrception.sampling.settings import SamplerSettings
 from purrception.tokenizers.store import CONFIG_NAME, load_tokenizer
-from purrception.training.checkpoint import Checkpoint, load_checkpoint
 from purrception.training.config import TrainConfig, config_differences, explicit_fields, resolve_config
 from purrception.training.loop import train
 
@@ -189,7 +189,7 @@ def run_demo(settings: DemoSettings, progress: bool = True) -> dict[str, Any]:
 
 def _reused_run_differences(ckpt: Checkpoint, asked: TrainConfig, run_dir: Path) -> dict[str, dict[str, Any]]:
     """Where the config of the run in ``run_dir`` differs from the one asked for; a warning names them."""
-    differs = config_differences(ckpt.train_config, asked)
+    differs = config_differences(TrainConfig.from_dict(ckpt.state.config), asked)
     if differs:
         shown = ", ".join(f"{k} is {v['run']!r} in the run, {v['asked']!r} asked" for k, v in differs.items())
         log.warning("reusing the model in %s, whose training config differs from the one asked for: %s; "

@@ -25,11 +25,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from purrception.checkpoint import Checkpoint, resolve_checkpoint
 from purrception.distributed import DistInfo
 from purrception.errors import PurrError
-from purrception.evaluation.evaluate import EvalSettings, Generator, evaluate_generator
+from purrception.evaluation.evaluate import EvalSettings, evaluate_generator
 from purrception.flows.base import FlowMethod, get_method
 from purrception.generation.generate import check_labels, generate_codes
+from purrception.generation.generator import Generator
 from purrception.generation.uncertainty import UncertaintyTrace, candidate_codes, trace_labels
 from purrception.hashing import sha256_file
 from purrception.io import atomic_save_json, atomic_write, load_json
@@ -40,11 +42,8 @@ from purrception.sampling.settings import SamplerSettings
 from purrception.tokenizers.base import TokenizerIdentity, VQTokenizer
 from purrception.tokenizers.store import CONFIG_NAME as TOKENIZER_CONFIG
 from purrception.tokenizers.store import load_matching_tokenizer
-from purrception.training.checkpoint import Checkpoint, load_checkpoint
-from purrception.training.loop import latest_checkpoint
 
-__all__ = ["PurrceptionPipeline", "PipelineOutput", "PIPELINE_FORMAT", "resolve_checkpoint", "checkpoint_tokenizer",
-           "is_saved_pipeline"]
+__all__ = ["PurrceptionPipeline", "PipelineOutput", "PIPELINE_FORMAT", "is_saved_pipeline"]
 
 log = logging.getLogger(__name__)
 
@@ -80,32 +79,11 @@ class PipelineOutput:
     candidates: np.ndarray | None = None
 
 
-def resolve_checkpoint(path: str | Path, expect_method: str | None = None) -> Checkpoint:
-    """A checkpoint file, or the newest checkpoint of a run folder."""
-    p = Path(path)
-    if p.is_dir():
-        newest = latest_checkpoint(p)
-        if newest is None:
-            raise PurrError(f"run folder {p} has no checkpoints yet; train it first or pass a checkpoint file")
-        p = newest
-    return load_checkpoint(p, expect_method)
-
-
 def _positive_int(value: Any, name: str) -> int:
     """``value`` as a positive ``int`` (bools and non-integers refused), or a :class:`PurrError` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise PurrError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
-
-
-def checkpoint_tokenizer(ckpt: Checkpoint, path: str | Path | None = None, kind: str | None = None) -> VQTokenizer:
-    """The tokenizer that decodes ``ckpt``'s codes (``path``, else the one it records), checked to be the one the
-    model was trained on."""
-    path = path or ckpt.tokenizer_path
-    if not path:
-        raise PurrError(f"checkpoint {ckpt.path} records no tokenizer path; pass the tokenizer's path "
-                        "(--tokenizer on the command line)")
-    return load_matching_tokenizer(path, ckpt.tokenizer_identity, kind)
 
 
 def _knob(value: Knob, name: str, positive: bool) -> float | Schedule:
@@ -168,7 +146,7 @@ class PurrceptionPipeline:
     def from_checkpoint(cls, ckpt: Checkpoint, device: str | torch.device = "cpu", tokenizer: str | Path | None = None,
                         tokenizer_kind: str | None = None) -> "PurrceptionPipeline":
         """A pipeline from a loaded training checkpoint (EMA weights) and its tokenizer."""
-        tok = checkpoint_tokenizer(ckpt, tokenizer, tokenizer_kind)
+        tok = ckpt.load_tokenizer(tokenizer, tokenizer_kind)
         tok_path = tokenizer or ckpt.tokenizer_path
         run = _run_description(ckpt.path)
         info = {"step": ckpt.step, "source": str(ckpt.path), "train": dict(ckpt.state.config),

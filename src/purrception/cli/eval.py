@@ -13,12 +13,14 @@ from pathlib import Path
 
 import torch
 
+from purrception.checkpoint import resolve_checkpoint
 from purrception.cli.common import add_sampler_args, add_tokenizer_kind_arg, positive_int, seed_int
 from purrception.distributed import cleanup_distributed, init_distributed
 from purrception.errors import PurrError
-from purrception.evaluation.evaluate import PROTOCOLS, EvalSettings, Generator, evaluate_generator, format_table
+from purrception.evaluation.evaluate import PROTOCOLS, EvalSettings, evaluate_generator, format_table
+from purrception.generation.generator import Generator
 from purrception.io import atomic_save_json
-from purrception.pipeline import PurrceptionPipeline, checkpoint_tokenizer, is_saved_pipeline, resolve_checkpoint
+from purrception.pipeline import PurrceptionPipeline, is_saved_pipeline
 from purrception.sampling.schedules import as_spec
 from purrception.tokenizers.base import VQTokenizer
 
@@ -103,5 +105,5 @@ def _generator(args: argparse.Namespace, device: torch.device) -> tuple[Generato
                                                    args.method)
         return pipe.generator(), pipe.tokenizer, Path(args.checkpoint).resolve()
     ckpt = resolve_checkpoint(args.checkpoint, args.method)
-    tokenizer = checkpoint_tokenizer(ckpt, args.tokenizer, args.tokenizer_kind)
+    tokenizer = ckpt.load_tokenizer(args.tokenizer, args.tokenizer_kind)
     return Generator.from_checkpoint(ckpt, ema=not args.raw_weights), tokenizer, ckpt.path.with_suffix("")

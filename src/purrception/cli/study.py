@@ -8,6 +8,7 @@ import argparse
 import json
 from dataclasses import dataclass
 
+from purrception.checkpoint import resolve_checkpoint
 from purrception.cli.common import positive_float, positive_int, seed_int
 from purrception.data.embedded_shards import ensure_embedded_shards, ensure_embedded_tokenizer
 from purrception.distributed import init_distributed, main_process_first
@@ -15,7 +16,6 @@ from purrception.errors import PurrError
 from purrception.evaluation.evaluate import EvalSettings
 from purrception.flows.base import METHODS, get_method
 from purrception.io import default_cache_dir
-from purrception.pipeline import checkpoint_tokenizer, resolve_checkpoint
 from purrception.studies import studies
 from purrception.studies.core import StudyStore, TrackSettings
 from purrception.tokenizers.store import load_tokenizer
@@ -203,7 +203,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     base = _eval_settings(args, *_scoring(args, args.data), tau=args.tau)
     store = StudyStore(args.out, {"study": args.field, "checkpoints": paths, "steps": [c.step for c in ckpts],
                                   "eval": vars(base)}, args.command_line)
-    pairs = [(c, checkpoint_tokenizer(c, None, None)) for c in ckpts]
+    pairs = [(c, c.load_tokenizer()) for c in ckpts]
     points = studies.sampler_sweep(store, pairs, base, args.field, args.values, info)
     print(json.dumps([{args.field: p[args.field], "fid": p["fid"], "class_accuracy": p["class_accuracy"]}
                       for p in points], indent=2))

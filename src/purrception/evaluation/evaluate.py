@@ -32,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from purrception.checkpoint import Checkpoint
 from purrception.distributed import DistInfo, barrier, contiguous_slice, gather_to_rank0, main_process_first
 from purrception.errors import PurrError
 from purrception.evaluation.extractors import (
@@ -45,17 +46,15 @@ from purrception.evaluation.fid import ReferenceFeatures, feature_stats, frechet
 from purrception.evaluation.folder_judge import split_folder
 from purrception.evaluation.metrics import class_accuracy, inception_score, precision_recall
 from purrception.evaluation.references import ReferenceSource, open_reference, to_channels
-from purrception.flows.base import FlowMethod
 from purrception.generation.generate import balanced_labels, generate_images
-from purrception.hashing import sha256_file
+from purrception.generation.generator import Generator
 from purrception.io import atomic_write
 from purrception.sampling.schedules import Schedule, as_spec
 from purrception.sampling.settings import SamplerSettings
 from purrception.tokenizers.base import VQTokenizer
-from purrception.training.checkpoint import Checkpoint
 
 __all__ = ["EvalSettings", "Protocol", "PROTOCOLS", "default_protocol", "generate_slice", "reference_features",
-           "score", "Generator", "evaluate_checkpoint", "evaluate_generator", "save_adm_npz", "format_table"]
+           "score", "evaluate_checkpoint", "evaluate_generator", "save_adm_npz", "format_table"]
 
 log = logging.getLogger(__name__)
 
@@ -165,24 +164,6 @@ def _named(field: str) -> str:
 def default_protocol(tokenizer: VQTokenizer) -> str:
     """``digits`` for 28x28 grey images (the embedded data), ``inception`` otherwise."""
     return "digits" if (tokenizer.image_size, tokenizer.image_channels) == (28, 1) else "inception"
-
-
-@dataclass(frozen=True)
-class Generator:
-    """What an evaluation samples from: a method with its codebook, its network, the number of classes, and what
-    they were loaded from (recorded in the report's ``checkpoint`` entry: path, step, sha256, method, weights)."""
-
-    method: FlowMethod
-    model: torch.nn.Module
-    num_classes: int
-    source: dict[str, Any]
-
-    @classmethod
-    def from_checkpoint(cls, ckpt: Checkpoint, ema: bool = True) -> "Generator":
-        """A training checkpoint's EMA (or raw) weights."""
-        return cls(ckpt.build_method(), ckpt.build_model(ema=ema), ckpt.num_classes,
-                   {"path": str(ckpt.path), "step": ckpt.step, "sha256": sha256_file(ckpt.path, length=16),
-                    "method": ckpt.method_name, "weights": "ema" if ema else "raw", "num_classes": ckpt.num_classes})
 
 
 def generate_slice(generator: Generator, tokenizer: VQTokenizer, settings: EvalSettings, info: DistInfo,

@@ -15,12 +15,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from purrception.checkpoint import Checkpoint, load_checkpoint
 from purrception.distributed import DistInfo
 from purrception.errors import PurrError
 from purrception.evaluation.evaluate import EvalSettings, evaluate_checkpoint
 from purrception.io import atomic_save_json, atomic_write, load_json
 from purrception.sampling.grid import save_png
-from purrception.training.checkpoint import Checkpoint, load_checkpoint
 from purrception.training.config import TrainConfig
 from purrception.training.loop import train
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from purrception.checkpoint import Checkpoint
 from purrception.distributed import DistInfo
 from purrception.evaluation.evaluate import EvalSettings
 from purrception.flows.base import get_method
@@ -33,7 +34,6 @@ from purrception.studies.core import (
     train_and_track,
     write_markdown,
 )
-from purrception.training.checkpoint import Checkpoint
 
 __all__ = ["convergence", "zloss", "head", "sampler_sweep"]
 

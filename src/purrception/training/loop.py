@@ -44,6 +44,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from purrception.checkpoint import Checkpoint, CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint
 from purrception.data.shards import TokenShards
 from purrception.distributed import (
     DistInfo,
@@ -57,20 +58,13 @@ from purrception.errors import PurrError
 from purrception.flows.base import FlowMethod, LossOutput, get_method
 from purrception.io import atomic_save_json, partial_writes
 from purrception.models.dit import DiT, dit_config_from_preset
-from purrception.training.checkpoint import (
-    Checkpoint,
-    CheckpointState,
-    capture_rng_state,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
 from purrception.training.config import TrainConfig, config_differences, resumed_config
 from purrception.training.data import ShardBatches, slot_generator
 from purrception.training.ema import EMA
 from purrception.training.optimizer import adamw
+from purrception.training.rng_state import capture_rng_state, restore_rng_state
 
-__all__ = ["TrainResult", "train", "latest_checkpoint", "build_model_for", "slots_of_rank", "PRECISION_DTYPES"]
+__all__ = ["TrainResult", "train", "build_model_for", "slots_of_rank", "PRECISION_DTYPES"]
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +84,6 @@ class TrainResult:
     step: int
     last_loss: float | None
     start_step: int = 0
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest ``checkpoints/step_*.pt`` of a run folder, or None (half-written hidden temporaries never count)."""
-    found = sorted((Path(run_dir) / "checkpoints").glob("step_*.pt"))
-    return found[-1] if found else None
 
 
 def _remove_partial_checkpoints(run_dir: Path) -> None:
@@ -287,7 +275,7 @@ def _resume_point(run_dir: Path, resume: bool, info: DistInfo) -> Checkpoint | N
 def _config_to_resume(resumed: Checkpoint, asked: TrainConfig, explicit: Collection[str] | None,
                       info: DistInfo) -> TrainConfig:
     """The checkpoint's config with the caller's asked-for adjustable fields; say which of the run's values stay."""
-    config = resumed_config(resumed.train_config, asked, explicit)
+    config = resumed_config(TrainConfig.from_dict(resumed.state.config), asked, explicit)
     kept = config_differences(config, asked)
     if kept and info.is_main:
         log.info("resuming with the run's own %s (not asked for in this call)",

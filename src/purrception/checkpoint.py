@@ -1,5 +1,9 @@
 """Checkpoints that carry everything needed to sample: configs, method, tokenizer identity and codebook.
 
+The checkpoint format sits below everything that reads checkpoints (training, generation, evaluation, the
+pipeline, the studies): it knows the model, the method registry and the tokenizer's identity, and nothing of how a
+run was trained (``training.config.TrainConfig.from_dict(ckpt.state.config)`` reads the training config).
+
 A checkpoint is a dict of tensors and plain values saved with ``torch.save`` and read back with
 ``weights_only=True`` (no code from the file runs). ``sample`` and ``eval`` need only its path. Its layout is
 :class:`CheckpointState`: one dataclass field per top-level key, written by :meth:`CheckpointState.to_dict` and
@@ -9,23 +13,21 @@ checked by :meth:`CheckpointState.from_dict`, the only two places that know the 
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from purrception.errors import PurrError
 from purrception.flows.base import FlowMethod, get_method
 from purrception.io import atomic_torch_save, safe_torch_load
 from purrception.models.dit import DiT, DiTConfig
-from purrception.tokenizers.base import TokenizerIdentity
-from purrception.training.config import TrainConfig
+from purrception.tokenizers.base import TokenizerIdentity, VQTokenizer
+from purrception.tokenizers.store import load_matching_tokenizer
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CheckpointState", "Checkpoint", "save_checkpoint",
-           "load_checkpoint", "capture_rng_state", "restore_rng_state"]
+           "load_checkpoint", "latest_checkpoint", "resolve_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +115,6 @@ class Checkpoint:
         return DiTConfig.from_dict(self.state.model_config)
 
     @property
-    def train_config(self) -> TrainConfig:
-        """The run's :class:`TrainConfig` (raises :class:`PurrError` for fields this version does not know)."""
-        return TrainConfig.from_dict(self.state.config)
-
-    @property
     def tokenizer_identity(self) -> TokenizerIdentity:
         return TokenizerIdentity.from_dict(self.state.tokenizer["identity"])
 
@@ -141,6 +138,14 @@ class Checkpoint:
     def build_method(self) -> FlowMethod:
         return get_method(self.method_name)(self.codebook, **self.state.method["options"])
 
+    def load_tokenizer(self, path: str | Path | None = None, kind: str | None = None) -> VQTokenizer:
+        """The tokenizer that decodes this checkpoint's codes (``path``, else the one it records), checked to be the
+        one the model was trained on (same kind, codebook size and codebook hash)."""
+        path = path or self.tokenizer_path
+        if not path:
+            raise PurrError(f"checkpoint {self.path} records no tokenizer path; pass the tokenizer's path (tokenizer=)")
+        return load_matching_tokenizer(path, self.tokenizer_identity, kind)
+
     def build_model(self, ema: bool = True) -> DiT:
         """The backbone with EMA weights (``ema=True``, used for sampling) or the raw training weights."""
         model = DiT(self.model_config)
@@ -160,36 +165,22 @@ def load_checkpoint(path: str | Path, expect_method: str | None = None) -> Check
     ckpt = Checkpoint(path, CheckpointState.from_dict(safe_torch_load(path, "checkpoint", _OURS, _FROM), path))
     if expect_method is not None and ckpt.method_name != expect_method:
         raise PurrError(f"checkpoint {path} was trained with method {ckpt.method_name!r}, not {expect_method!r}; "
-                        f"drop --method or pass a {expect_method} checkpoint")
+                        f"pass a {expect_method} checkpoint or do not assert the method")
     return ckpt
 
 
-def capture_rng_state(device: torch.device | None = None) -> dict[str, Any]:
-    """This process's Python, NumPy, torch (and CUDA, for a CUDA ``device``) RNG states as checkpoint-safe values.
-
-    The training loop draws its noise from per-slot generators (``training.data.slot_generator``), so these global
-    states do not affect the trained weights; they are stored so that a resumed process continues any other random
-    stream (user hooks, libraries) where it stopped.
-    """
-    version, words, gauss = random.getstate()
-    name, key, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": [version, torch.tensor(words, dtype=torch.int64), gauss],
-        "numpy": {"name": name, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "torch": torch.get_rng_state(),
-    }
-    if device is not None and device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest ``checkpoints/step_*.pt`` of a run folder, or None (half-written hidden temporaries never count)."""
+    found = sorted((Path(run_dir) / "checkpoints").glob("step_*.pt"))
+    return found[-1] if found else None
 
 
-def restore_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
-    """Inverse of :func:`capture_rng_state`."""
-    version, words, gauss = state["python"]
-    random.setstate((int(version), tuple(int(w) for w in words.tolist()), gauss))
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if device is not None and device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+def resolve_checkpoint(path: str | Path, expect_method: str | None = None) -> Checkpoint:
+    """A checkpoint file, or the newest checkpoint of a run folder."""
+    p = Path(path)
+    if p.is_dir():
+        newest = latest_checkpoint(p)
+        if newest is None:
+            raise PurrError(f"run folder {p} has no checkpoints yet; train it first or pass a checkpoint file")
+        p = newest
+    return load_checkpoint(p, expect_method)
