@@ -21,7 +21,7 @@ import json
 import numpy as np
 import torch
 
-from purrception.data.embedded_emoji import ensure_emoji_folder
+from purrception.data.datasets import get_dataset
 from purrception.evaluation.evaluate import EvalSettings, reference_features, score
 from purrception.evaluation.extractors import FolderFeatures
 from purrception.evaluation.folder_judge import split_folder
@@ -61,7 +61,7 @@ def main() -> None:
     p.add_argument("--tokenizer", default=None, help="also score the rest images after a tokenizer round trip")
     args = p.parse_args()
     cache = default_cache_dir()
-    folder = ensure_emoji_folder(cache).images if args.folder == "emoji" else args.folder
+    folder = get_dataset("emoji").reference(cache) if args.folder == "emoji" else args.folder
     split = split_folder(folder, args.size, args.channels)
     extractor = FolderFeatures(split, cache)
     reference = reference_features(extractor.own_reference(), extractor, cache)

@@ -6,21 +6,24 @@ import argparse
 import json
 
 from purrception.cli.common import positive_float, positive_int, seed_int
-from purrception.demo import DEMO_DATA, DemoSettings, run_demo
+from purrception.data.datasets import DATASETS
+from purrception.demo import DemoSettings, run_demo
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("demo", help="train and sample on embedded data: MNIST digits or emoji (CPU, minutes)",
-                              description="Train (or reuse cached) tokenizer and Purrception model on an embedded "
-                                          "data set; write grid.png, samples.npz and demo.json.")
-    p.add_argument("--data", choices=sorted(DEMO_DATA), default="mnist",
-                   help="mnist: the embedded 28x28 digits (default); emoji: Twemoji at 32x32 RGB, 9 categories "
-                        "(needs pip install 'purrception[colour]')")
+    p = subparsers.add_parser("demo", help="train and sample on a data set: the embedded digits, emoji or a folder "
+                                           "(CPU, minutes)",
+                              description="Train (or reuse cached) tokenizer and Purrception model on a data set; "
+                                          "write grid.png, samples.npz and demo.json.")
+    p.add_argument("--data", default="digits", metavar="NAME|DIR",
+                   help="; ".join(f"{d.name}: {d.summary}" + (f" (pip install 'purrception[{d.extra}]')"
+                                                               if d.extra else "") for d in DATASETS.values())
+                   + "; or a labelled image folder DIR/<class>/*.png (default digits)")
     p.add_argument("--out", default="purr-demo", help="output folder (default ./purr-demo); re-running reuses it")
     p.add_argument("--cache-dir", default="",
                    help="cache for tokenizer/shards/classifier (default ~/.cache/purrception)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a training field of the mnist-demo preset, e.g. --set steps=3000 (on a reused "
+                   help="override a training field of the data set's preset, e.g. --set steps=3000 (on a reused "
                         "--out, more steps train the cached model on)")
     p.add_argument("--tau", dest="temperatures", type=positive_float, nargs="+", default=[0.5, 0.8, 1.0, 1.3],
                    help="temperatures to sample at (default 0.5 0.8 1.0 1.3)")
@@ -29,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (default 1 = off)")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--tokenizer-steps", type=positive_int, default=None,
-                   help="training steps of the tokenizer, on first use (default 1000 for mnist, 1500 for emoji)")
+                   help="training steps of the tokenizer, on first use (default: the data set's recipe, 1000 "
+                        "for digits, 1500 for emoji and folders)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.set_defaults(func=run)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from purrception.checkpoint import resolve_checkpoint
 from purrception.cli.common import positive_float, positive_int, seed_int
-from purrception.data.embedded_shards import ensure_embedded_shards, ensure_embedded_tokenizer
+from purrception.data.datasets import DATASETS, get_dataset
 from purrception.distributed import init_distributed, main_process_first
 from purrception.errors import PurrError
 from purrception.evaluation.evaluate import EvalSettings
@@ -41,10 +41,6 @@ def _seeds(text: str) -> tuple[int, ...]:
     return seeds
 
 
-#: ``--data``: the embedded data sets a study can run on, and the protocol that scores each
-DATA_PROTOCOLS = {"mnist": "digits", "emoji": "folder"}
-
-
 def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="study folder; re-running the same command resumes it")
     p.add_argument("--reference", default=None, metavar="DIR",
@@ -65,9 +61,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=_seeds, default=(0,), help="comma-separated training seeds (default 0)")
     p.add_argument("--tau", type=positive_float, default=1.0,
                    help="sampling temperature for methods with logits (paper Fig. 3 samples at 0.9)")
-    p.add_argument("--data", choices=sorted(DATA_PROTOCOLS), default="mnist",
-                   help="embedded data to train on when no --shards: mnist (28x28 digits, default) or emoji (32x32 "
-                        "RGB Twemoji, needs pip install 'purrception[colour]')")
+    p.add_argument("--data", default="digits", metavar="NAME|DIR",
+                   help=f"data set to train on when no --shards: {', '.join(DATASETS)} (default digits), or a "
+                        "labelled image folder; scored by its own protocol")
     p.add_argument("--shards", default=None, help="token shards (default: the embedded --data)")
     p.add_argument("--tokenizer", default=None, help="tokenizer of --shards (default: the embedded one)")
 
@@ -93,10 +89,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="checkpoint files or run folders (several, e.g. one per training seed: mean ± std)")
         s.add_argument("--values", type=_floats, default=_floats(default), help=f"{help_} (default {default})")
         s.add_argument("--tau", type=positive_float, default=1.0, help="temperature when sweeping CFG")
-        s.add_argument("--data", choices=sorted(DATA_PROTOCOLS), default=None,
-                       help="the embedded data the checkpoint was trained on, to score with its protocol (emoji: "
-                            "the folder protocol against the emoji folder); default: the checkpoint's default "
-                            "protocol, or the folder protocol with --reference")
+        s.add_argument("--data", default=None, metavar="NAME|DIR",
+                       help=f"the data set the checkpoint was trained on ({', '.join(DATASETS)}, or its image "
+                            "folder), to score with its protocol; default: the checkpoint's default protocol, or "
+                            "the folder protocol with --reference")
         _eval_args(s)
         s.set_defaults(func=run_sweep, field=field)
 
@@ -111,43 +107,29 @@ class StudyData:
     reference: str
 
 
-def _scoring(args: argparse.Namespace, data: str | None, emoji=None) -> tuple[str, str]:
-    """The protocol and reference for ``--reference`` / ``--data`` ("" = the protocol's default); ``emoji``: the
-    emoji folder when the caller has already exported it."""
+def _scoring(args: argparse.Namespace, data: str | None) -> tuple[str, str]:
+    """The protocol and reference: ``--reference`` (the folder protocol), else the data set's own ("" = the
+    protocol's default), else the checkpoint's default protocol."""
     if args.reference:
         return "folder", args.reference
-    if data == "emoji":
-        return "folder", str((emoji or _emoji_folder()).images)
-    return (DATA_PROTOCOLS[data], "") if data else ("", "")
-
-
-def _emoji_folder():
-    from purrception.data.embedded_emoji import ensure_emoji_folder
-
-    with main_process_first():
-        return ensure_emoji_folder(default_cache_dir())
+    if data is None:
+        return "", ""
+    dataset = get_dataset(data)
+    with main_process_first():  # rank 0 makes an exported reference folder first
+        return dataset.protocol, dataset.reference()
 
 
 def _data(args: argparse.Namespace) -> StudyData:
-    """The shards and tokenizer to train on (the given ones, or the embedded cache: rank 0 builds it first) and the
+    """The shards and tokenizer to train on (the given ones, or the data set's, which rank 0 prepares first) and the
     protocol that scores them."""
     if args.shards:
         if not args.tokenizer:
             raise PurrError("--shards needs --tokenizer (to decode samples for evaluation)")
         return StudyData(args.shards, args.tokenizer, *_scoring(args, None))
-    cache = default_cache_dir()
-    if args.data == "emoji":
-        from purrception.data.embedded_emoji import ensure_emoji_shards, ensure_emoji_tokenizer
-
-        folder = _emoji_folder()
-        with main_process_first():
-            tok_dir = ensure_emoji_tokenizer(folder, device=args.device)
-            shards = ensure_emoji_shards(folder, tok_dir)
-        return StudyData(str(shards.folder), str(tok_dir), *_scoring(args, args.data, folder))
     with main_process_first():
-        tok_dir = ensure_embedded_tokenizer(cache, device=args.device)
-        shards = ensure_embedded_shards(cache, tok_dir)
-    return StudyData(str(shards.folder), str(tok_dir), *_scoring(args, args.data))
+        prepared = get_dataset(args.data).prepare(device=args.device)
+    protocol, reference = ("folder", args.reference) if args.reference else (prepared.protocol, prepared.reference)
+    return StudyData(str(prepared.shards.folder), str(prepared.tokenizer_dir), protocol, reference)
 
 
 def _eval_settings(args: argparse.Namespace, protocol: str, reference: str, tau: float = 1.0) -> EvalSettings:

@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from purrception.data.embedded_shards import ensure_embedded_shards, ensure_embedded_tokenizer
+from purrception.data.datasets import DATASETS, get_dataset
 from purrception.distributed import cleanup_distributed, init_distributed, main_process_first
 from purrception.flows.base import METHODS
-from purrception.io import default_cache_dir
 from purrception.training.config import TRAIN_PRESETS, explicit_fields, resolve_config
 from purrception.training.loop import train
 
@@ -27,7 +26,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Fields resolve as: defaults <- --preset <- --config <- --method/--set. "
                                           "Multi-GPU: launch the same command with torchrun.")
     p.add_argument("--out", required=True, help="run folder (config.json, metrics.jsonl, checkpoints/)")
-    p.add_argument("--shards", default=None, help="token shard folder from `purr encode` (default: embedded digits)")
+    data = p.add_mutually_exclusive_group()
+    data.add_argument("--shards", default=None, help="token shard folder from `purr encode`")
+    data.add_argument("--data", default=None, metavar="NAME|DIR",
+                      help=f"a data set ({', '.join(DATASETS)}) or a labelled image folder, tokenized and encoded "
+                           "once into the cache (default: digits when no --shards)")
     p.add_argument("--preset", default="mnist-demo", choices=sorted(TRAIN_PRESETS), help=_PRESET_HELP)
     p.add_argument("--config", default=None, help="YAML / TOML / JSON file of TrainConfig fields")
     p.add_argument("--method", default=None, choices=sorted(METHODS), help="training objective (default purrception)")
@@ -52,10 +55,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         shards, tokenizer = args.shards, args.tokenizer
         if shards is None:
-            cache = default_cache_dir()
-            with main_process_first():  # rank 0 builds the embedded cache; the others then find it
-                tok_dir = ensure_embedded_tokenizer(cache, progress=info.is_main)
-                shards, tokenizer = str(ensure_embedded_shards(cache, tok_dir).folder), tokenizer or str(tok_dir)
+            with main_process_first():  # rank 0 prepares the data set in the cache; the others then find it
+                prepared = get_dataset(args.data or "digits").prepare(progress=info.is_main, device=str(info.device))
+            shards, tokenizer = str(prepared.shards.folder), tokenizer or str(prepared.tokenizer_dir)
         result = train(config, shards, args.out, tokenizer_path=tokenizer, resume=args.resume,
                        progress=args.progress, device=str(info.device),
                        explicit=explicit_fields(args.config, overrides))

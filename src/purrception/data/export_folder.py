@@ -27,7 +27,7 @@ from purrception.data.images import resize_center_crop
 from purrception.errors import PurrError
 from purrception.io import current_umask
 
-__all__ = ["export_image_folder", "safe_folder_name", "CLASSES_FILE"]
+__all__ = ["exported_class_names", "export_image_folder", "safe_folder_name", "CLASSES_FILE"]
 
 log = logging.getLogger(__name__)
 
@@ -108,3 +108,16 @@ def export_image_folder(images: np.ndarray, labels: np.ndarray, class_names: Seq
         raise
     log.info("wrote %d images in %d class folders to %s", len(labels), len(class_names), out)
     return out
+
+
+def exported_class_names(folder: str | Path, folders: Sequence[str]) -> list[str] | None:
+    """The class names an export recorded in ``folder/classes.json`` for the class sub-folders ``folders`` (in that
+    order), or None when the folder has no such record (or it does not name every one of them)."""
+    record = Path(folder) / CLASSES_FILE
+    if not record.is_file():
+        return None
+    try:
+        names = {c["folder"]: str(c["name"]) for c in json.loads(record.read_text())["classes"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return [names[f] for f in folders] if all(f in names for f in folders) else None

@@ -80,6 +80,11 @@ class FeatureExtractor(abc.ABC):
         """The reference set that belongs to this extractor (the folder protocol's rest), or None."""
         return None
 
+    @property
+    def judge_facts(self) -> dict[str, Any] | None:
+        """What the classifier behind the predictions was trained on and how well it reads real images, or None."""
+        return None
+
 
 class DigitFeatures(FeatureExtractor):
     """The embedded protocol's judge: the cached digit classifier (trained on the held-out split on first use)."""
@@ -106,6 +111,10 @@ class DigitFeatures(FeatureExtractor):
     def num_classes(self) -> int:
         return NUM_CLASSES
 
+    @property
+    def judge_facts(self) -> dict[str, Any]:
+        return classifier_info(self.cache_dir)
+
 
 class FolderFeatures(FeatureExtractor):
     """The folder protocol's judge (trained on a part of the folder on first use, cached) and the rest as reference."""
@@ -131,6 +140,10 @@ class FolderFeatures(FeatureExtractor):
     @property
     def num_classes(self) -> int:
         return self.split.num_classes
+
+    @property
+    def judge_facts(self) -> dict[str, Any]:
+        return self.facts
 
     def own_reference(self) -> ReferenceSource:
         rest = ~self.split.judge_mask
