@@ -9,12 +9,13 @@ share them; the folder is also what the folder evaluation protocol takes as its 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from purrception.data.embedded_shards import cached_tokenizer
 from purrception.data.shards import MANIFEST, TokenShards
 from purrception.hashing import sha256_parts
+from purrception.tokenizers.recipe import TokenizerRecipe
 from purrception.tokenizers.store import load_tokenizer
 
 __all__ = ["EMOJI_SIZE", "EmojiFolder", "ensure_emoji_folder", "ensure_emoji_tokenizer", "ensure_emoji_shards"]
@@ -49,16 +50,23 @@ def ensure_emoji_folder(cache_dir: Path) -> EmojiFolder:
 
 
 def ensure_emoji_tokenizer(folder: EmojiFolder, steps: int | None = None, progress: bool = True,
-                           device: str = "cpu") -> Path:
-    """The folder tokenizer (``FOLDER_DEFAULTS``, ``steps`` or ``FOLDER_STEPS``) of the exported emoji: trained once,
-    then reused."""
-    from purrception.data.tokenizer_folder import FOLDER_DEFAULTS, FOLDER_STEPS, train_tokenizer_on_folder
-    from purrception.tokenizers.conv_vq import ConvVQConfig
-    from purrception.tokenizers.train import TokenizerTrainConfig
+                           device: str = "cpu", recipe: TokenizerRecipe | None = None) -> Path:
+    """The tokenizer of the exported emoji, at ``EMOJI_SIZE`` RGB: trained once on the folder, then reused.
 
-    model_cfg = replace(ConvVQConfig(**FOLDER_DEFAULTS), image_size=EMOJI_SIZE, image_channels=3)
-    train_cfg = TokenizerTrainConfig(steps=steps or FOLDER_STEPS)
-    return cached_tokenizer(folder.root, model_cfg, train_cfg, lambda out: train_tokenizer_on_folder(
+    Args:
+        folder: the exported emoji.
+        steps: training steps; ``None`` (or 0): the recipe's.
+        progress: show progress bars.
+        device: where to train.
+        recipe: the tokenizer to make; ``None``: an image folder's (``FOLDER_RECIPE``).
+    """
+    from purrception.data.tokenizer_folder import FOLDER_RECIPE, train_tokenizer_on_folder
+
+    recipe = (recipe or FOLDER_RECIPE).with_overrides(image_size=EMOJI_SIZE, image_channels=3)
+    if steps:
+        recipe = recipe.with_train(steps=steps)
+    model_cfg, train_cfg = recipe.model_config(), recipe.train
+    return cached_tokenizer(folder.root, recipe, lambda out: train_tokenizer_on_folder(
         folder.images, out, model_cfg, train_cfg, resolution=EMOJI_SIZE, channels=3, progress=progress,
         device=device))
 
