@@ -14,6 +14,7 @@ from conftest import TINY_MODEL
 import purrception
 from purrception.cli import main
 from purrception.data.datasets import DATASETS, ImageFolderData, LabelledImages, exported_folder, register_dataset
+from purrception.data.tokenizer_folder import FOLDER_RECIPE
 from purrception.demo import DemoSettings, run_demo
 from purrception.pipeline import PurrceptionPipeline
 
@@ -62,7 +63,8 @@ def bars_dataset():
     """The fifth data set, registered in one entry (and unregistered afterwards)."""
     entry = register_dataset(ImageFolderData(
         name="bars", summary="generated bars, horizontal or vertical", preset="mnist-demo", protocol="folder",
-        tokenizer_steps=3, folder=exported_folder("bars", 16, _bars), size=16, channels=1, make_images=_bars))
+        tokenizer=FOLDER_RECIPE.with_train(steps=3), folder=exported_folder("bars", 16, _bars), size=16, channels=1,
+        make_images=_bars))
     yield entry
     del DATASETS[entry.name]
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from purrception.data.embedded_shards import _key
 from purrception.data.images import embedded_source, folder_source
 from purrception.evaluation.classifier import _cache_key
 from purrception.evaluation.references import EmbeddedReference, ImageFolderReference
 from purrception.hashing import sha256_file, sha256_lines, sha256_module, sha256_parts, sha256_tensor
 from purrception.io import sha256_of_tensor
+from purrception.tokenizers.recipe import _key
 
 
 def test_tensor_and_file_digests_are_pinned(tmp_path):

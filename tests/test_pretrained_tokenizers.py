@@ -20,7 +20,6 @@ from purrception.cli import build_parser, main
 from purrception.errors import PurrError
 from purrception.tokenizers.ldm_vq import VQGANTokenizer
 from purrception.tokenizers.pretrained import (
-    PRETRAINED_KINDS,
     VQGAN_PRESETS,
     InertForeignObject,
     get_pretrained_kind,
@@ -28,7 +27,8 @@ from purrception.tokenizers.pretrained import (
     llamagen_to_ldm_keys,
     read_checkpoint,
 )
-from purrception.tokenizers.store import TRAINABLE_KINDS, load_tokenizer
+from purrception.tokenizers.registry import pretrained_kinds, trainable_kinds
+from purrception.tokenizers.store import load_tokenizer
 
 REFERENCE = Path(__file__).parent / "data"
 SD, LG = "sd-vq-f8", "llamagen-vq-ds8-c2i"
@@ -49,7 +49,7 @@ def models() -> dict[str, VQGANTokenizer]:
     out = {}
     for seed, kind in enumerate((SD, LG)):
         torch.manual_seed(seed)
-        out[kind] = VQGANTokenizer(PRETRAINED_KINDS[kind].config, kind).eval()
+        out[kind] = VQGANTokenizer(VQGAN_PRESETS[kind], kind).eval()
     return out
 
 
@@ -124,8 +124,9 @@ def test_llamagen_state_dict_in_llamagen_names_matches_reference_exactly(models)
 
 
 def test_registered_kinds():
-    assert list(PRETRAINED_KINDS) == [SD, LG]
-    assert all(name == kind.name and VQGAN_PRESETS[name] is kind.config for name, kind in PRETRAINED_KINDS.items())
+    assert list(pretrained_kinds()) == [SD, LG]
+    assert all(name == kind.name and VQGAN_PRESETS[name] is kind.file.config and kind.model_class is VQGANTokenizer
+               for name, kind in pretrained_kinds().items())
 
 
 def _tokenizer_kind_options(parser: argparse.ArgumentParser, command: str = "purr") -> dict[str, argparse.Action]:
@@ -144,18 +145,18 @@ def test_tokenizer_kind_choices_are_the_registry_and_unknown_kinds_are_listed(tm
     options = _tokenizer_kind_options(build_parser())
     assert {"purr encode", "purr eval", "purr sample", "purr tokenizer encode", "purr tokenizer decode"} <= set(options)
     for command, action in options.items():
-        assert list(action.choices) == list(PRETRAINED_KINDS), command
-        assert all(kind.file_name in action.help for kind in PRETRAINED_KINDS.values()), command
+        assert list(action.choices) == list(pretrained_kinds()), command
+        assert all(kind.file.file_name in action.help for kind in pretrained_kinds().values()), command
     with pytest.raises(SystemExit):
         main(["encode", "--tokenizer", "x.pt", "--embedded", "train", "--out", str(tmp_path), "--tokenizer-kind", "vq"])
-    assert f"choose from {', '.join(repr(k) for k in PRETRAINED_KINDS)}" in capsys.readouterr().err
+    assert f"choose from {', '.join(repr(k) for k in pretrained_kinds())}" in capsys.readouterr().err
     (tmp_path / "x.pt").write_bytes(b"")
     for kind in ("vq", "sd-vq-f16"):
         with pytest.raises(PurrError, match=f"unknown tokenizer kind '{kind}'; known: {SD}, {LG} .*conv-vq"):
             load_tokenizer(tmp_path / "x.pt", kind=kind)
         with pytest.raises(PurrError, match=f"unknown pretrained tokenizer kind '{kind}'; known: {SD}, {LG}$"):
             get_pretrained_kind(kind)
-    assert list(TRAINABLE_KINDS) == ["conv-vq"]
+    assert list(trainable_kinds()) == ["conv-vq"]
 
 
 # ---- loading the real file layouts -------------------------------------------------------------------------------
@@ -199,7 +200,7 @@ def test_malicious_pickle_is_refused_without_running(via, tmp_path):
 def _fake_state(kind: str, **replace: tuple[int, ...]) -> dict[str, torch.Tensor]:
     """Every key of ``kind`` as a zero-stride tensor (tiny on disk), some shapes replaced."""
     with torch.device("meta"):
-        state = VQGANTokenizer(PRETRAINED_KINDS[kind].config, kind).state_dict()
+        state = VQGANTokenizer(VQGAN_PRESETS[kind], kind).state_dict()
         shapes = {k: tuple(v.shape) for k, v in state.items()}
     shapes.update(replace)
     return {k: torch.zeros(1).expand(s) if s else torch.zeros(()) for k, s in shapes.items()}

@@ -9,7 +9,7 @@ from purrception.errors import PurrError
 from purrception.sampling.schedules import SHAPES, Schedule, parse_schedule
 from purrception.sampling.settings import SamplerSettings
 from purrception.sampling.solvers import SOLVERS
-from purrception.tokenizers.pretrained import PRETRAINED_KINDS
+from purrception.tokenizers.registry import pretrained_kinds
 
 __all__ = ["positive_int", "positive_float", "seed_int", "schedule_arg", "add_sampler_args", "sampler_from_args",
            "add_tokenizer_kind_arg", "refuse_existing"]
@@ -77,9 +77,11 @@ def sampler_from_args(args: argparse.Namespace) -> SamplerSettings:
 
 
 def add_tokenizer_kind_arg(parser: argparse.ArgumentParser) -> None:
-    """``--tokenizer-kind``, choosing among the pretrained kinds of ``tokenizers.pretrained.PRETRAINED_KINDS``."""
-    files = ", ".join(f"{name}: {kind.file_name}" for name, kind in PRETRAINED_KINDS.items())
-    parser.add_argument("--tokenizer-kind", choices=list(PRETRAINED_KINDS), default=None,
+    """``--tokenizer-kind``, choosing among the pretrained kinds of the tokenizer registry
+    (``tokenizers.registry.pretrained_kinds``)."""
+    kinds = pretrained_kinds()
+    files = ", ".join(f"{name}: {kind.file.file_name}" for name, kind in kinds.items())
+    parser.add_argument("--tokenizer-kind", choices=list(kinds), default=None,
                         help=f"kind of a pretrained tokenizer checkpoint file ({files})")
 
 

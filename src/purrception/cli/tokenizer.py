@@ -13,16 +13,26 @@ import torch
 
 from purrception.cli.common import add_tokenizer_kind_arg, positive_float, positive_int, refuse_existing, seed_int
 from purrception.data.embedded import load_embedded_mnist
-from purrception.data.embedded_shards import encode_array
-from purrception.data.tokenizer_folder import FOLDER_DEFAULTS, FOLDER_STEPS, train_tokenizer_on_folder
+from purrception.data.embedded_shards import DIGITS_RECIPE, encode_array
+from purrception.data.tokenizer_folder import FOLDER_RECIPE, train_tokenizer_on_folder
 from purrception.errors import PurrError
 from purrception.pixels import tensor_to_images
 from purrception.sampling.grid import image_grid, save_png, save_samples_npz
-from purrception.tokenizers.conv_vq import DOWNSAMPLE_FACTORS, MAX_CODEBOOK_SIZE, ConvVQConfig
+from purrception.tokenizers.recipe import TokenizerRecipe
+from purrception.tokenizers.registry import DEFAULT_TRAINABLE_KIND, trainable_kinds
 from purrception.tokenizers.store import CONFIG_NAME, load_tokenizer
 from purrception.tokenizers.train import RECONSTRUCTION_LOSSES, TokenizerTrainConfig, fit_tokenizer
 
 log = logging.getLogger(__name__)
+
+#: architecture options of ``purr tokenizer train``: config field -> flag (each applies to the kinds that have it)
+ARCHITECTURE_FLAGS = {"downsample": "--downsample", "codebook_size": "--codebook-size", "latent_dim": "--latent-dim",
+                      "width": "--width"}
+
+
+def _default(recipe: TokenizerRecipe, name: str) -> object:
+    """A recipe's value of a config setting, for help texts."""
+    return getattr(recipe.model_config(check=False), name, "?")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,10 +43,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     t = sub.add_parser(
         "train", help="train a VQ tokenizer on an image folder (or, without --images, the embedded digits)",
-        description="Train a convolutional VQ tokenizer (EMA codebook on the sphere, dead-code restarts) on an "
-                    "image folder, resumably: re-running the same command continues a killed run. The folder OUT "
-                    "gets config.json (architecture, held-out metrics) and model.safetensors, which purr encode, "
-                    "train, sample and eval take.")
+        description="Train a VQ tokenizer (by default conv-vq: a convolutional VQ autoencoder with an EMA codebook "
+                    "on the sphere and dead-code restarts) on an image folder, resumably: re-running the same "
+                    "command continues a killed run. The folder OUT gets config.json (architecture, held-out "
+                    "metrics) and model.safetensors, which purr encode, train, sample and eval take.")
+    kinds = "; ".join(f"{name} = {kind.summary}" for name, kind in trainable_kinds().items())
+    t.add_argument("--kind", choices=list(trainable_kinds()), default=DEFAULT_TRAINABLE_KIND, metavar="NAME",
+                   help=f"tokenizer architecture (default {DEFAULT_TRAINABLE_KIND}): {kinds}. The defaults below are "
+                        f"{DEFAULT_TRAINABLE_KIND}'s; another kind keeps those of its settings it shares and takes its "
+                        "own defaults for the rest")
     t.add_argument("--images", default=None, metavar="DIR",
                    help="image folder: DIR/<class>/*.png|jpg|..., or a flat folder with --labels; without it, the "
                         "embedded MNIST train split (28x28 grey)")
@@ -48,19 +63,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(shorter side) and centre-cropped to it (default: the folder's most common shorter side)")
     t.add_argument("--channels", type=int, choices=(1, 3), default=None,
                    help="1 = grey, 3 = RGB (default: 1 if every image is grey, else 3)")
-    t.add_argument("--downsample", type=int, choices=DOWNSAMPLE_FACTORS, default=4, metavar="F",
-                   help=f"downsampling factor, one of {', '.join(map(str, DOWNSAMPLE_FACTORS))}: an RxR image "
-                        "becomes (R/F)x(R/F) codes (default 4)")
+    t.add_argument("--downsample", type=positive_int, default=None, metavar="F",
+                   help=f"downsampling factor: an RxR image becomes (R/F)x(R/F) codes (default "
+                        f"{_default(FOLDER_RECIPE, 'downsample')}; --kind lists what each kind takes)")
     t.add_argument("--codebook-size", type=positive_int, default=None, metavar="K",
-                   help=f"number of codes K, at most {MAX_CODEBOOK_SIZE} (default {FOLDER_DEFAULTS['codebook_size']}"
-                        f"; {ConvVQConfig.codebook_size} for the embedded digits)")
+                   help=f"number of codes K (default {_default(FOLDER_RECIPE, 'codebook_size')}; "
+                        f"{_default(DIGITS_RECIPE, 'codebook_size')} for the embedded digits)")
     t.add_argument("--latent-dim", type=positive_int, default=None, metavar="D",
-                   help=f"dimension d of each code vector (default {ConvVQConfig.latent_dim})")
+                   help=f"dimension d of each code vector (default {_default(FOLDER_RECIPE, 'latent_dim')})")
     t.add_argument("--width", type=positive_int, default=None,
                    help=f"channels of the first convolution; later stages have 2x and 4x (default "
-                        f"{FOLDER_DEFAULTS['width']}; {ConvVQConfig.width} for the embedded digits)")
+                        f"{_default(FOLDER_RECIPE, 'width')}; {_default(DIGITS_RECIPE, 'width')} for the embedded "
+                        "digits)")
     t.add_argument("--steps", type=positive_int, default=None, metavar="N",
-                   help=f"training steps (default {FOLDER_STEPS}; 1000 for the embedded digits)")
+                   help=f"training steps (default {FOLDER_RECIPE.train.steps}; {DIGITS_RECIPE.train.steps} for the "
+                        "embedded digits)")
     t.add_argument("--batch-size", type=positive_int, default=TokenizerTrainConfig.batch_size,
                    help=f"images per step (default {TokenizerTrainConfig.batch_size})")
     t.add_argument("--lr", type=positive_float, default=TokenizerTrainConfig.lr,
@@ -97,13 +114,16 @@ def run_train(args: argparse.Namespace) -> int:
     embedded = args.images is None
     if embedded and (args.labels or args.resolution or args.channels):
         raise PurrError("--labels, --resolution and --channels go with --images (the embedded digits are 28x28 grey)")
-    defaults = {} if embedded else FOLDER_DEFAULTS
-    given = {"codebook_size": args.codebook_size, "latent_dim": args.latent_dim, "width": args.width}
-    model_cfg = ConvVQConfig(downsample=args.downsample,
-                             **{**defaults, **{k: v for k, v in given.items() if v is not None}})
-    steps = args.steps or (1000 if embedded else FOLDER_STEPS)
-    train_cfg = TokenizerTrainConfig(steps=steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                     loss=args.loss, checkpoint_every=args.checkpoint_every)
+    recipe = (DIGITS_RECIPE if embedded else FOLDER_RECIPE).for_kind(args.kind)
+    given = {name: getattr(args, name) for name in ARCHITECTURE_FLAGS if getattr(args, name) is not None}
+    foreign = [ARCHITECTURE_FLAGS[name] for name in given if name not in recipe.entry.config_fields]
+    if foreign:
+        raise PurrError(f"{', '.join(foreign)} does not apply to tokenizer kind {args.kind} (its settings: "
+                        f"{', '.join(recipe.entry.config_fields)}); drop it")
+    recipe = recipe.with_overrides(**given).with_train(
+        steps=args.steps or recipe.train.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        loss=args.loss, checkpoint_every=args.checkpoint_every)
+    model_cfg, train_cfg = recipe.model_config(check=embedded), recipe.train
     progress = not args.no_progress
     if embedded:
         out = fit_tokenizer(load_embedded_mnist("train").images, load_embedded_mnist("heldout").images, args.out,

@@ -33,11 +33,18 @@ from typing import Any, Callable
 import numpy as np
 
 from purrception.data.embedded import NUM_CLASSES, load_embedded_mnist
-from purrception.data.embedded_shards import cached_tokenizer, ensure_embedded_shards, ensure_embedded_tokenizer
+from purrception.data.embedded_shards import (
+    DIGITS_RECIPE,
+    cached_tokenizer,
+    ensure_embedded_shards,
+    ensure_embedded_tokenizer,
+)
 from purrception.data.shards import MANIFEST, TokenShards
+from purrception.data.tokenizer_folder import FOLDER_RECIPE, infer_image_format, train_tokenizer_on_folder
 from purrception.errors import PurrError
 from purrception.hashing import sha256_parts
 from purrception.io import cache_root
+from purrception.tokenizers.recipe import TokenizerRecipe
 from purrception.tokenizers.store import load_tokenizer
 
 __all__ = ["LabelledImages", "PreparedData", "DataSet", "EmbeddedDigits", "ImageFolderData", "DATASETS",
@@ -92,7 +99,7 @@ class DataSet(abc.ABC):
         summary: one line for help texts and reports.
         preset: the training preset sized for it (``training.config.TRAIN_PRESETS``).
         protocol: the evaluation protocol that scores generators trained on it.
-        tokenizer_steps: training steps of its tokenizer recipe when the caller does not choose.
+        tokenizer: its tokenizer recipe (kind, settings, training; ``tokenizers.recipe``), trained once and cached.
         splits: the splits :meth:`load` takes (empty: the data set has none).
         extra: the ``pip install 'purrception[EXTRA]'`` extra it needs, if any.
     """
@@ -101,7 +108,7 @@ class DataSet(abc.ABC):
     summary: str
     preset: str
     protocol: str
-    tokenizer_steps: int
+    tokenizer: TokenizerRecipe
     splits: tuple[str, ...] = ()
     extra: str | None = None
 
@@ -140,8 +147,8 @@ class EmbeddedDigits(DataSet):
     def prepare(self, cache_dir: str | Path | None = None, *, tokenizer_steps: int | None = None,
                 progress: bool = True, device: str = "cpu") -> PreparedData:
         cache, timings = cache_root(cache_dir), {}
-        steps = tokenizer_steps or self.tokenizer_steps
-        tok_dir = _timed(timings, "tokenizer_s", lambda: ensure_embedded_tokenizer(cache, steps, progress, device))
+        tok_dir = _timed(timings, "tokenizer_s", lambda: ensure_embedded_tokenizer(
+            cache, tokenizer_steps, progress, device, recipe=self.tokenizer))
         shards = _timed(timings, "encode_s", lambda: ensure_embedded_shards(cache, tok_dir))
         return PreparedData(tok_dir, shards, [str(i) for i in range(NUM_CLASSES)], self.protocol, "", timings)
 
@@ -188,24 +195,30 @@ class ImageFolderData(DataSet):
         fingerprint = folder_source(images).description["fingerprint"]
         return cache / f"folder-{sha256_parts(fingerprint, self.size, self.channels, length=12)}"
 
+    def ensure_tokenizer(self, cache_dir: str | Path | None = None, *, tokenizer_steps: int | None = None,
+                         progress: bool = True, device: str = "cpu") -> Path:
+        """The folder's tokenizer: :attr:`tokenizer` at :attr:`size` and :attr:`channels`, trained once on the folder
+        (``tokenizer_steps`` replaces the recipe's steps), then reused from the cache."""
+        cache = cache_root(cache_dir)
+        images = Path(self.folder(cache))
+        recipe = self.tokenizer.with_overrides(image_size=self.size, image_channels=self.channels)
+        if tokenizer_steps:
+            recipe = recipe.with_train(steps=tokenizer_steps)
+        return cached_tokenizer(self.work_dir(cache, images), recipe, lambda out: train_tokenizer_on_folder(
+            images, out, recipe.model_config(), recipe.train, resolution=self.size, channels=self.channels,
+            progress=progress, device=device))
+
     def prepare(self, cache_dir: str | Path | None = None, *, tokenizer_steps: int | None = None,
                 progress: bool = True, device: str = "cpu") -> PreparedData:
         from purrception.data.encode import EncodeOptions, encode_images
         from purrception.data.export_folder import exported_class_names
         from purrception.data.images import folder_source
-        from purrception.data.tokenizer_folder import FOLDER_DEFAULTS, train_tokenizer_on_folder
-        from purrception.tokenizers.conv_vq import ConvVQConfig
-        from purrception.tokenizers.train import TokenizerTrainConfig
 
         cache, timings = cache_root(cache_dir), {}
         images = Path(self.folder(cache))
         root = self.work_dir(cache, images)
-        model_cfg = ConvVQConfig(**{**FOLDER_DEFAULTS, "image_size": self.size, "image_channels": self.channels})
-        train_cfg = TokenizerTrainConfig(steps=tokenizer_steps or self.tokenizer_steps)
-        tok_dir = _timed(timings, "tokenizer_s", lambda: cached_tokenizer(
-            root, model_cfg, train_cfg, lambda out: train_tokenizer_on_folder(
-                images, out, model_cfg, train_cfg, resolution=self.size, channels=self.channels, progress=progress,
-                device=device)))
+        tok_dir = _timed(timings, "tokenizer_s", lambda: self.ensure_tokenizer(
+            cache, tokenizer_steps=tokenizer_steps, progress=progress, device=device))
         shard_dir = root / f"shards-{load_tokenizer(tok_dir).identity().codebook_sha256}"
 
         def encode() -> TokenShards:
@@ -279,13 +292,12 @@ def get_dataset(name: str, *, size: int | None = None, channels: int | None = No
 
 def _folder_dataset(path: Path, size: int | None, channels: int | None) -> ImageFolderData:
     from purrception.data.images import folder_source
-    from purrception.data.tokenizer_folder import FOLDER_STEPS, infer_image_format
 
     if channels is None:
-        channels = infer_image_format(folder_source(path), 4)[1]
+        channels = infer_image_format(folder_source(path), FOLDER_RECIPE.model_config().downsample)[1]
     resolved = path.resolve()
     return ImageFolderData(name=str(path), summary=f"the image folder {path}", preset="folder-cpu",
-                           protocol="folder", tokenizer_steps=FOLDER_STEPS, folder=lambda cache: resolved,
+                           protocol="folder", tokenizer=FOLDER_RECIPE, folder=lambda cache: resolved,
                            size=size or 32, channels=channels)
 
 
@@ -304,8 +316,9 @@ EMOJI_SIZE = 32
 
 register_dataset(EmbeddedDigits(
     name="digits", summary="the 5,000 embedded 28x28 grey MNIST digits (10 classes)", preset="mnist-demo",
-    protocol="digits", tokenizer_steps=1000, splits=("train", "heldout", "all")))
+    protocol="digits", tokenizer=DIGITS_RECIPE, splits=("train", "heldout", "all")))
 register_dataset(ImageFolderData(
     name="emoji", summary=f"the embedded Twemoji at {EMOJI_SIZE}x{EMOJI_SIZE} RGB (9 categories)", preset="mnist-demo",
-    protocol="folder", tokenizer_steps=1500, extra="colour", folder=exported_folder("emoji", EMOJI_SIZE, _emoji_images),
-    size=EMOJI_SIZE, channels=3, make_images=_emoji_images))
+    protocol="folder", tokenizer=FOLDER_RECIPE, extra="colour",
+    folder=exported_folder("emoji", EMOJI_SIZE, _emoji_images), size=EMOJI_SIZE, channels=3,
+    make_images=_emoji_images))

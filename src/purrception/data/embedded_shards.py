@@ -6,28 +6,29 @@ their configuration, so that ``demo``, ``train`` and ``study`` share them.
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 
 from purrception.data.embedded import NUM_CLASSES, load_embedded_mnist
 from purrception.data.shards import TokenShards, write_token_shards
-from purrception.hashing import sha256_parts
 from purrception.pixels import images_to_tensor
 from purrception.tokenizers.base import VQTokenizer
-from purrception.tokenizers.conv_vq import ConvVQConfig
+from purrception.tokenizers.recipe import TokenizerRecipe
 from purrception.tokenizers.store import CONFIG_NAME, load_tokenizer
 from purrception.tokenizers.train import TokenizerTrainConfig, fit_tokenizer
 
 __all__ = ["encode_array", "write_embedded_shards", "cached_tokenizer", "ensure_embedded_tokenizer",
-           "ensure_embedded_shards"]
+           "ensure_embedded_shards", "DIGITS_RECIPE"]
 
 log = logging.getLogger(__name__)
+
+#: the embedded digits' tokenizer: ``conv-vq`` at its defaults (28x28 grey -> 7x7 codes, K = 128, d = 4, width 16),
+#: 1,000 steps
+DIGITS_RECIPE = TokenizerRecipe("conv-vq", {"image_size": 28, "image_channels": 1}, TokenizerTrainConfig(steps=1000))
 
 
 @torch.no_grad()
@@ -50,27 +51,39 @@ def write_embedded_shards(tokenizer: VQTokenizer, split: str, folder: str | Path
     return TokenShards.open(folder)
 
 
-def _key(obj: Any) -> str:
-    return sha256_parts(json.dumps(obj, sort_keys=True), length=12)
+def cached_tokenizer(cache_dir: Path, recipe: TokenizerRecipe, fit: Callable[[Path], Path]) -> Path:
+    """The tokenizer folder of ``recipe`` under ``cache_dir``: reused once finished, else made by ``fit(folder)``
+    (which resumes an interrupted first training there).
 
-
-def cached_tokenizer(cache_dir: Path, model_cfg: ConvVQConfig, train_cfg: TokenizerTrainConfig,
-                     fit: Callable[[Path], Path]) -> Path:
-    """The tokenizer folder for this architecture and recipe under ``cache_dir``: reused once finished, else made by
-    ``fit(folder)`` (which resumes an interrupted first training there)."""
-    folder = cache_dir / f"tokenizer-{_key([asdict(model_cfg), asdict(train_cfg)])}"
+    Args:
+        cache_dir: where cached tokenizers live.
+        recipe: the kind, architecture and training config; the folder is ``tokenizer-<recipe.cache_key()>``.
+        fit: trains the recipe's tokenizer into the folder it is given and returns that folder.
+    """
+    folder = Path(cache_dir) / f"tokenizer-{recipe.cache_key()}"
     if (folder / CONFIG_NAME).is_file():
         log.info("reusing cached tokenizer %s", folder)
         return folder
-    log.info("training a VQ tokenizer (%d steps; cached in %s)", train_cfg.steps, folder)
+    log.info("training a %s tokenizer (%d steps; cached in %s)", recipe.kind, recipe.train.steps, folder)
     return fit(folder)
 
 
-def ensure_embedded_tokenizer(cache_dir: Path, steps: int = 1000, progress: bool = True, device: str = "cpu") -> Path:
-    """The embedded digits' tokenizer (the :class:`ConvVQConfig` defaults): trained on the train split once (resuming
-    an interrupted first training), measured on the held-out split, then reused."""
-    model_cfg, train_cfg = ConvVQConfig(), TokenizerTrainConfig(steps=steps)
-    return cached_tokenizer(cache_dir, model_cfg, train_cfg, lambda folder: fit_tokenizer(
+def ensure_embedded_tokenizer(cache_dir: Path, steps: int | None = None, progress: bool = True, device: str = "cpu",
+                              recipe: TokenizerRecipe = DIGITS_RECIPE) -> Path:
+    """The embedded digits' tokenizer: trained on the train split once (resuming an interrupted first training),
+    measured on the held-out split, then reused.
+
+    Args:
+        cache_dir: where cached tokenizers live.
+        steps: training steps; ``None``: the recipe's.
+        progress: show a progress bar.
+        device: where to train.
+        recipe: the tokenizer to make (:data:`DIGITS_RECIPE`; its config must take 28x28 grey images).
+    """
+    if steps is not None:
+        recipe = recipe.with_train(steps=steps)
+    model_cfg, train_cfg = recipe.model_config(), recipe.train
+    return cached_tokenizer(cache_dir, recipe, lambda folder: fit_tokenizer(
         load_embedded_mnist("train").images, load_embedded_mnist("heldout").images, folder, model_cfg, train_cfg,
         record={"type": "embedded-mnist", "split": "train"}, progress=progress, device=device))
 

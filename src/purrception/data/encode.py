@@ -275,7 +275,7 @@ def encode_images(tokenizer_path: str | Path, out: str | Path, *, tokenizer_kind
     Args:
         tokenizer_path: a tokenizer folder, or a pretrained checkpoint file with ``tokenizer_kind``.
         out: the shard folder.
-        tokenizer_kind: a name in ``tokenizers.pretrained.PRETRAINED_KINDS``, for pretrained checkpoint files.
+        tokenizer_kind: a pretrained kind of ``tokenizers.registry``, for pretrained checkpoint files.
         images: an image folder (class sub-folders, or flat with ``labels_file``).
         labels_file: ``<path>,<label>`` lines for a flat folder.
         embedded: ``"train"``, ``"heldout"`` or ``"all"`` to encode the embedded MNIST digits instead.

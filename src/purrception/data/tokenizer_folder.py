@@ -20,28 +20,33 @@ from purrception.data.images import GREY_MODES, ImageSource, folder_source
 from purrception.data.reading import read_images
 from purrception.errors import PurrError
 from purrception.splits import balanced_holdout
-from purrception.tokenizers.conv_vq import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, ConvVQConfig
+from purrception.tokenizers.base import TrainableTokenizer
+from purrception.tokenizers.recipe import TokenizerRecipe
+from purrception.tokenizers.registry import kind_for_config
 from purrception.tokenizers.train import TokenizerTrainConfig, fit_tokenizer
 
-__all__ = ["infer_image_format", "train_tokenizer_on_folder", "HELDOUT_FRACTION", "HELDOUT_MAX", "FOLDER_DEFAULTS",
-           "FOLDER_STEPS"]
+__all__ = ["infer_image_format", "train_tokenizer_on_folder", "HELDOUT_FRACTION", "HELDOUT_MAX", "FOLDER_RECIPE",
+           "FOLDER_DEFAULTS", "FOLDER_STEPS"]
 
 log = logging.getLogger(__name__)
 
 #: share of every class held out for the tokenizer's metrics, and the most images held out in all
 HELDOUT_FRACTION, HELDOUT_MAX = 0.1, 1000
-#: architecture defaults and steps for an image folder, sized for 2 CPU cores at 32x32 (the embedded digits use the
-#: ConvVQConfig defaults and 1,000 steps)
-FOLDER_DEFAULTS: dict[str, Any] = {"codebook_size": 512, "width": 16}
-FOLDER_STEPS = 1500
+#: the tokenizer for an image folder, sized for 2 CPU cores at 32x32: ``conv-vq`` with K = 512 and width 16, 1,500
+#: steps (the resolution and channels come from the folder; the embedded digits use ``DIGITS_RECIPE``)
+FOLDER_RECIPE = TokenizerRecipe("conv-vq", {"codebook_size": 512, "width": 16}, TokenizerTrainConfig(steps=1500))
+#: :data:`FOLDER_RECIPE`'s config overrides and steps, by their earlier names
+FOLDER_DEFAULTS: dict[str, Any] = dict(FOLDER_RECIPE.overrides)
+FOLDER_STEPS = FOLDER_RECIPE.train.steps
 
 
-def infer_image_format(source: ImageSource, downsample: int, sample: int = 256) -> tuple[int, int]:
+def infer_image_format(source: ImageSource, downsample: int, sample: int = 256,
+                       size_range: tuple[int, int] = TrainableTokenizer.image_size_range) -> tuple[int, int]:
     """A resolution and channel count that fit the folder: ``(R, C)``.
 
     ``R`` is the most common shorter side among up to ``sample`` images spread over the folder, rounded down to a
-    multiple of ``downsample`` and kept within the tokenizer's range; ``C`` is 1 when every sampled image is grey,
-    else 3. Only image headers are read.
+    multiple of ``downsample`` and kept within the tokenizer's ``size_range`` (inclusive); ``C`` is 1 when every
+    sampled image is grey, else 3. Only image headers are read.
     """
     step = max(1, len(source) // sample)
     sides, grey = Counter(), True
@@ -50,7 +55,7 @@ def infer_image_format(source: ImageSource, downsample: int, sample: int = 256) 
         sides[min(size)] += 1
         grey &= mode in GREY_MODES
     side = sides.most_common(1)[0][0]
-    size = max(MIN_IMAGE_SIZE, min(MAX_IMAGE_SIZE, side)) // downsample * downsample
+    size = max(size_range[0], min(size_range[1], side)) // downsample * downsample
     return size, 1 if grey else 3
 
 
@@ -67,7 +72,7 @@ def _header(source: ImageSource, index: int) -> tuple[tuple[int, int], str]:
         raise PurrError(f"cannot read image {path}: {err}; remove or fix the file") from None
 
 
-def train_tokenizer_on_folder(images: str | Path, out: str | Path, model_config: ConvVQConfig,
+def train_tokenizer_on_folder(images: str | Path, out: str | Path, model_config: Any,
                               train_config: TokenizerTrainConfig, *, labels_file: str | Path | None = None,
                               resolution: int | None = None, channels: int | None = None, workers: int = 0,
                               progress: bool = True, device: str = "cpu") -> Path:
@@ -76,8 +81,8 @@ def train_tokenizer_on_folder(images: str | Path, out: str | Path, model_config:
     Args:
         images: the image folder.
         out: the tokenizer folder to create (or an unfinished run there to resume).
-        model_config: the architecture; its ``image_size`` / ``image_channels`` are replaced by ``resolution`` /
-            ``channels``.
+        model_config: the architecture, a config of any trainable kind (e.g. ``FOLDER_RECIPE.model_config()``); its
+            ``image_size`` / ``image_channels`` are replaced by ``resolution`` / ``channels``.
         train_config: the recipe.
         labels_file: ``<path>,<label>`` lines for a flat folder.
         resolution: the tokenizer's image side; ``None`` infers it from the folder (:func:`infer_image_format`).
@@ -86,8 +91,10 @@ def train_tokenizer_on_folder(images: str | Path, out: str | Path, model_config:
         progress: show progress bars.
         device: where to train.
     """
+    kind = kind_for_config(model_config)
     source = folder_source(images, labels_file)
-    inferred = infer_image_format(source, model_config.downsample) if None in (resolution, channels) else None
+    inferred = (infer_image_format(source, model_config.downsample, size_range=kind.model_class.image_size_range)
+                if None in (resolution, channels) else None)
     if inferred is not None:
         log.info("from the folder's images: resolution %d, %d channel(s) (set --resolution / --channels to choose)",
                  *inferred)

@@ -1,5 +1,7 @@
 """VQ tokenizers behind one interface (see :mod:`purrception.tokenizers.base`).
 
-Pretrained kinds are the entries of :data:`purrception.tokenizers.pretrained.PRETRAINED_KINDS`; folders made by
-``purr tokenizer train`` are read by :func:`purrception.tokenizers.store.load_tokenizer`.
+Every kind, pretrained checkpoint file or trainable architecture, is one entry of the registry in
+:mod:`purrception.tokenizers.registry`; :func:`purrception.tokenizers.store.load_tokenizer` reads a kind's file or a
+folder made by ``purr tokenizer train``, :mod:`purrception.tokenizers.train` trains any trainable kind, and
+:class:`purrception.tokenizers.recipe.TokenizerRecipe` says which tokenizer a data set wants.
 """

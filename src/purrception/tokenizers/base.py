@@ -11,15 +11,16 @@ Latents ``z`` are channels-first ``(B, d, h, w)``; the clean latent of the paper
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from purrception.hashing import sha256_tensor
 
-__all__ = ["TokenizerIdentity", "VQTokenizer"]
+__all__ = ["TokenizerIdentity", "VQTokenizer", "TrainableTokenizer", "ReconstructionLoss"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,47 @@ class VQTokenizer(nn.Module, abc.ABC):
 
     def identity(self) -> TokenizerIdentity:
         return TokenizerIdentity(self.kind, self.codebook_size, self.latent_dim, sha256_tensor(self.codebook))
+
+
+#: a reconstruction loss on pixels in ``[-1, 1]``: ``(reconstruction, images) -> scalar``
+ReconstructionLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class TrainableTokenizer(VQTokenizer):
+    """A VQ tokenizer that :func:`purrception.tokenizers.train.train_tokenizer` can fit, and that is saved as a folder.
+
+    What a trainable kind provides (see :mod:`purrception.tokenizers.registry`):
+
+    * a config dataclass whose every field has a default, with at least ``image_size``, ``image_channels`` and
+      ``downsample`` (the folder trainer sets the first two from the images and reads the third to pick a
+      resolution), and a ``check()`` method that raises :class:`~purrception.errors.PurrError` on settings the
+      architecture cannot take;
+    * this class's subclass, built as ``model_class(config)`` (the trainer seeds torch first, so the same seed gives
+      the same initial weights), with ``kind`` set to the registered name and ``config`` kept on the instance;
+    * :meth:`training_loss`: one batch's loss. Updates that are not gradient steps (e.g. an EMA codebook) happen
+      inside it while the module is in training mode. The generic trainer adds Adam, the learning-rate schedule,
+      resumable state and the metrics.
+    """
+
+    #: the image sides the architecture accepts, inclusive (the folder trainer clamps an inferred side into it)
+    image_size_range: ClassVar[tuple[int, int]] = (16, 256)
+    config: Any
+
+    @abc.abstractmethod
+    def training_loss(self, images: torch.Tensor, reconstruction: ReconstructionLoss
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One training batch.
+
+        Args:
+            images: ``(B, C, H, W)`` in ``[-1, 1]``.
+            reconstruction: the chosen reconstruction loss on pixels.
+
+        Returns:
+            ``(loss, reconstruction term)``: the loss to minimise and the reconstruction part of it (for progress).
+        """
+
+    def config_dict(self) -> dict[str, Any]:
+        return asdict(self.config)
 
 
 def nearest_code(z: torch.Tensor, codebook: torch.Tensor, chunk: int = 4096) -> torch.Tensor:

@@ -17,15 +17,14 @@ latents' scale is then whatever the encoder learns).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from purrception.errors import PurrError
-from purrception.tokenizers.base import VQTokenizer, nearest_code
+from purrception.tokenizers.base import ReconstructionLoss, TrainableTokenizer, nearest_code
 
 __all__ = ["ConvVQConfig", "ConvVQ", "EMAQuantizer", "DOWNSAMPLE_FACTORS", "MAX_CODEBOOK_SIZE"]
 
@@ -143,10 +142,11 @@ class EMAQuantizer(nn.Module):
             self.cluster_size[dead] = 1.0
 
 
-class ConvVQ(VQTokenizer):
+class ConvVQ(TrainableTokenizer):
     """Trainable VQ autoencoder: ``(C, R, R)`` images in ``[-1, 1]`` <-> ``(R/F, R/F)`` codes."""
 
     kind = "conv-vq"
+    image_size_range = (MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
 
     def __init__(self, config: ConvVQConfig):
         super().__init__()
@@ -174,13 +174,18 @@ class ConvVQ(VQTokenizer):
     def codebook(self) -> torch.Tensor:
         return self.quantizer.embedding
 
-    def config_dict(self) -> dict[str, Any]:
-        return asdict(self.config)
-
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Training pass: images -> (reconstruction, codes, commitment term)."""
         q, codes, commit = self.quantizer(self.encoder(images))
         return self.decoder(q), codes, commit
+
+    def training_loss(self, images: torch.Tensor, reconstruction: ReconstructionLoss
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reconstruction plus ``beta`` times the commitment term ``||z_e - sg(q)||^2`` (van den Oord et al. 2017,
+        eq. 3); the codebook itself is learnt by EMA inside the quantiser's training pass."""
+        recon, _, commit = self(images)
+        rec = reconstruction(recon, images)
+        return rec + self.config.commitment * commit, rec
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return nearest_code(self.quantizer.project(self.encoder(images)), self.codebook)

@@ -13,7 +13,7 @@ They differ only in the latent width, the codebook width and the quantiser's dis
 
 The module names below reproduce the LDM layout (``encoder.down.i.block.j``, ``decoder.up.i``, ``mid.block_1``...)
 so that a Lightning ``vq-f8.ckpt`` loads with ``strict=True``; LlamaGen files are renamed into this layout by
-:mod:`purrception.tokenizers.pretrained`, whose kind registry also holds each kind's :class:`VQGANConfig`.
+:mod:`purrception.tokenizers.pretrained`, whose registry entries also hold each kind's :class:`VQGANConfig`.
 Written from the published description of the architecture (the two projects' papers and checkpoint layouts), not
 copied from either project.
 """

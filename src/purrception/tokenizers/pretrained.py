@@ -15,10 +15,13 @@ loading them* (``torch.serialization.get_unsafe_globals_in_checkpoint``) and eac
 stand-in class of ours that records its arguments and runs nothing, so the real class is never imported or
 called. Globals from ``os``/``sys``/``posix``/``nt`` stay refused by torch.
 
-Every kind is one :class:`TokenizerKind` entry of :data:`PRETRAINED_KINDS` (architecture, file name, where the
-weights sit in the file, key renames, how to recognise its layout); the loader, ``load_tokenizer(path, kind=...)``,
-the ``--tokenizer-kind`` choices of every command and the error hints all read that dict, so a new kind is one
-entry there (plus a key-renaming function if its file is not in the LDM layout).
+Every kind is one :class:`~purrception.tokenizers.registry.TokenizerKind` of the tokenizer registry, defined here
+(:data:`SD_VQ_F8`, :data:`LLAMAGEN_VQ_DS8_C2I`) and listed in :mod:`purrception.tokenizers.registry`: its
+:class:`~purrception.tokenizers.registry.CheckpointFile` gives the architecture, the file name and a
+:class:`VQGANLayout` (where the weights sit in the file, key renames, how to recognise the layout). The loader,
+``load_tokenizer(path, kind=...)``, the ``--tokenizer-kind`` choices of every command and the error hints all read
+the registry, so a new VQGAN file kind is one entry (plus a key-renaming function if its file is not in the LDM
+layout).
 """
 
 from __future__ import annotations
@@ -38,10 +41,12 @@ import torch
 from purrception.errors import PurrError
 from purrception.io import why_unreadable
 from purrception.tokenizers.ldm_vq import VQGANConfig, VQGANTokenizer
+from purrception.tokenizers.registry import CheckpointFile, TokenizerKind, pretrained_kinds
 
 __all__ = [
-    "TokenizerKind",
-    "PRETRAINED_KINDS",
+    "VQGANLayout",
+    "SD_VQ_F8",
+    "LLAMAGEN_VQ_DS8_C2I",
     "VQGAN_PRESETS",
     "get_pretrained_kind",
     "load_sd_vq_f8",
@@ -192,40 +197,28 @@ def ldm_to_llamagen_keys(state: Mapping[str, Any], num_levels: int = 4) -> dict[
     return out
 
 
-# ---- the registry ----------------------------------------------------------------------------------------------
+# ---- file layouts --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class TokenizerKind:
-    """One pretrained tokenizer file format: all the loader, the command line and the error hints know about it.
+class VQGANLayout:
+    """How a VQGAN checkpoint file of one kind lays out its weights (the ``layout`` of its
+    :class:`~purrception.tokenizers.registry.CheckpointFile`).
 
     Attributes:
-        name: the kind, as recorded in shards and checkpoints and given to ``--tokenizer-kind``.
-        config: the architecture the file's weights fit (strictly).
-        file_name: the file to pass, e.g. ``vq-f8.ckpt``.
-        origin: where that file comes from (for error messages; may be empty).
         family: how hints name a file laid out like this one, e.g. ``"an LDM / SD VQ file"``.
         container_keys: where the file keeps its weights, in order of preference (else the file is the weights).
-        looks_like: does a file's key list look like this kind's layout? (for "use --tokenizer-kind X" hints)
+        looks_like: does a file's key list look like this layout? (for "use --tokenizer-kind X" hints)
         to_ldm_keys: renames the file's keys into the LDM layout of :mod:`~purrception.tokenizers.ldm_vq`, called
             as ``to_ldm_keys(state, num_levels)``; ``None`` when the file already uses it.
     """
 
-    name: str
-    config: VQGANConfig
-    file_name: str
-    origin: str
     family: str
     container_keys: tuple[str, ...]
     looks_like: Callable[[Iterable[str]], bool]
     to_ldm_keys: Callable[[Mapping[str, Any], int], dict[str, Any]] | None = None
 
-    @property
-    def file_hint(self) -> str:
-        """``file_name (origin)``, for error messages."""
-        return f"{self.file_name} ({self.origin})" if self.origin else self.file_name
-
-    def rename(self, state: Mapping[str, Any]) -> dict[str, Any]:
+    def rename(self, state: Mapping[str, Any], config: VQGANConfig) -> dict[str, Any]:
         """The file's state dict in the LDM key layout (values untouched)."""
-        return self.to_ldm_keys(state, len(self.config.ch_mult)) if self.to_ldm_keys else dict(state)
+        return self.to_ldm_keys(state, len(config.ch_mult)) if self.to_ldm_keys else dict(state)
 
 
 def _has_ldm_levels(keys: Iterable[str]) -> bool:
@@ -236,28 +229,19 @@ def _has_llamagen_blocks(keys: Iterable[str]) -> bool:
     return any(".conv_blocks." in k for k in keys)
 
 
-#: every pretrained tokenizer kind, by name (the paper's two, Sec. 4 / App. E)
-PRETRAINED_KINDS: dict[str, TokenizerKind] = {kind.name: kind for kind in (
-    TokenizerKind(name="sd-vq-f8", config=VQGANConfig(z_channels=4, embed_dim=4, n_embed=16384),
-                  file_name="vq-f8.ckpt", origin="from the latent-diffusion vq-f8 model.zip",
-                  family="an LDM / SD VQ file", container_keys=("state_dict", "model"), looks_like=_has_ldm_levels),
-    TokenizerKind(name="llamagen-vq-ds8-c2i",
-                  config=VQGANConfig(z_channels=256, embed_dim=8, n_embed=16384, l2_normalize=True,
-                                     usage_buffer=65536),
-                  file_name="vq_ds8_c2i.pt", origin="", family="a LlamaGen VQ file",
-                  container_keys=("model", "state_dict", "ema"), looks_like=_has_llamagen_blocks,
-                  to_ldm_keys=llamagen_to_ldm_keys),
-)}
-
-#: the architecture of every pretrained kind (derived from :data:`PRETRAINED_KINDS`)
-VQGAN_PRESETS: dict[str, VQGANConfig] = {name: kind.config for name, kind in PRETRAINED_KINDS.items()}
-
-
 def get_pretrained_kind(name: str) -> TokenizerKind:
-    """The registry entry of ``name``; an unknown name is a :class:`PurrError` listing the known ones."""
-    if name not in PRETRAINED_KINDS:
-        raise PurrError(f"unknown pretrained tokenizer kind {name!r}; known: {', '.join(PRETRAINED_KINDS)}")
-    return PRETRAINED_KINDS[name]
+    """The registry entry of the pretrained kind ``name``; an unknown name is a :class:`PurrError` listing them."""
+    kinds = pretrained_kinds()
+    if name not in kinds:
+        raise PurrError(f"unknown pretrained tokenizer kind {name!r}; known: {', '.join(kinds)}")
+    return kinds[name]
+
+
+def _vqgan_kind(name: str) -> tuple[TokenizerKind, VQGANLayout]:
+    kind = get_pretrained_kind(name)
+    if not isinstance(kind.file.layout, VQGANLayout):
+        raise PurrError(f"tokenizer kind {name} is not a VQGAN checkpoint; load it with load_tokenizer")
+    return kind, kind.file.layout
 
 
 # ---- loading -------------------------------------------------------------------------------------------------
@@ -266,18 +250,18 @@ def _is_tensor_dict(obj: Any) -> bool:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
-def _find_state_dict(obj: Any, path: Path, kind: TokenizerKind) -> dict[str, torch.Tensor]:
+def _find_state_dict(obj: Any, path: Path, kind: TokenizerKind, layout: VQGANLayout) -> dict[str, torch.Tensor]:
     if isinstance(obj, Mapping):
-        for key in kind.container_keys:
+        for key in layout.container_keys:
             if key in obj and _is_tensor_dict(obj[key]):
                 return dict(obj[key])
         if _is_tensor_dict(obj):
             return dict(obj)
         entries = ", ".join(repr(k) for k in list(obj)[:8])
         raise PurrError(f"{path} holds no {kind.name} weights (entries: {entries}); "
-                        f"expected {kind.file_hint} with weights under {kind.container_keys[0]!r}")
+                        f"expected {kind.file.file_hint} with weights under {layout.container_keys[0]!r}")
     raise PurrError(f"{path} is not a {kind.name} checkpoint (it holds a {type(obj).__name__}); "
-                    f"expected {kind.file_hint}")
+                    f"expected {kind.file.file_hint}")
 
 
 def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -291,9 +275,10 @@ def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def _kind_hint(raw_keys: Iterable[str], kind: TokenizerKind) -> str:
     """``"; it looks like a ... file: use --tokenizer-kind OTHER"`` when another kind recognises the keys."""
     keys = list(raw_keys)
-    for other in PRETRAINED_KINDS.values():
-        if other.name != kind.name and other.looks_like(keys):
-            return f"; it looks like {other.family}: use --tokenizer-kind {other.name}"
+    for other in pretrained_kinds().values():
+        layout = other.file.layout
+        if other.name != kind.name and isinstance(layout, VQGANLayout) and layout.looks_like(keys):
+            return f"; it looks like {layout.family}: use --tokenizer-kind {other.name}"
     return ""
 
 
@@ -303,7 +288,7 @@ _EXPECTED_SHAPES: dict[str, dict[str, tuple[int, ...]]] = {}
 def _expected_shapes(kind: TokenizerKind) -> dict[str, tuple[int, ...]]:
     """Key -> shape of the ``kind`` architecture (computed once per process)."""
     if kind.name not in _EXPECTED_SHAPES:
-        model = VQGANTokenizer(kind.config, kind.name)
+        model = VQGANTokenizer(kind.file.config, kind.name)
         _EXPECTED_SHAPES[kind.name] = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     return _EXPECTED_SHAPES[kind.name]
 
@@ -332,25 +317,27 @@ def load_pretrained_vqgan(path: str | Path, kind: str) -> VQGANTokenizer:
     """Build the ``kind`` architecture and load a local checkpoint into it with strict key and shape checks.
 
     Args:
-        path: the checkpoint file (``vq-f8.ckpt``, ``vq_ds8_c2i.pt``: see :data:`PRETRAINED_KINDS`).
-        kind: a name in :data:`PRETRAINED_KINDS`.
+        path: the checkpoint file (``vq-f8.ckpt``, ``vq_ds8_c2i.pt``: see :data:`SD_VQ_F8`,
+            :data:`LLAMAGEN_VQ_DS8_C2I`).
+        kind: the name of a pretrained VQGAN kind of the registry.
 
     Returns:
         The tokenizer in eval mode with gradients disabled.
     """
-    entry = get_pretrained_kind(kind)
+    entry, layout = _vqgan_kind(kind)
     path = Path(path)
     if path.is_dir():
-        raise PurrError(f"{path} is a folder; --tokenizer-kind {kind} expects the checkpoint file {entry.file_hint}")
+        raise PurrError(f"{path} is a folder; --tokenizer-kind {kind} expects the checkpoint file "
+                        f"{entry.file.file_hint}")
     obj = read_checkpoint(path, f"{kind} checkpoint")
-    raw = _strip_prefix(_find_state_dict(obj, path, entry))
-    state = entry.rename(raw)
+    raw = _strip_prefix(_find_state_dict(obj, path, entry, layout))
+    state = layout.rename(raw, entry.file.config)
     dropped = sorted({k.split(".")[0] for k in state if not k.startswith(MODEL_PREFIXES)})
     state = {k: v for k, v in state.items() if k.startswith(MODEL_PREFIXES)}
     if dropped:
         log.info("%s: dropped training-only entries under %s", path.name, ", ".join(p + ".*" for p in dropped))
     _check_keys_and_shapes(state, path, entry, raw)  # before building: a wrong file fails fast
-    model = VQGANTokenizer(entry.config, kind)
+    model = VQGANTokenizer(entry.file.config, kind)
     model.load_state_dict(state, strict=True)
     model.eval().requires_grad_(False)
     log.info("loaded %s tokenizer from %s (K=%d, d=%d)", kind, path, model.codebook_size, model.latent_dim)
@@ -365,3 +352,27 @@ def load_sd_vq_f8(path: str | Path) -> VQGANTokenizer:
 def load_llamagen_vq_ds8_c2i(path: str | Path) -> VQGANTokenizer:
     """LlamaGen ``vq_ds8_c2i.pt`` -> tokenizer (K=16384, d=8 unit-norm rows, 256x256 -> 32x32 codes)."""
     return load_pretrained_vqgan(path, "llamagen-vq-ds8-c2i")
+
+
+# ---- the registry entries (listed in purrception.tokenizers.registry) ---------------------------------------------
+#: latent-diffusion's ``vq-f8`` (paper Sec. 4 / App. E)
+SD_VQ_F8 = TokenizerKind(
+    name="sd-vq-f8", model_class=VQGANTokenizer, config_class=VQGANConfig,
+    summary="latent-diffusion / SD vq-f8 checkpoint (K=16384, d=4)",
+    file=CheckpointFile(file_name="vq-f8.ckpt", origin="from the latent-diffusion vq-f8 model.zip",
+                        config=VQGANConfig(z_channels=4, embed_dim=4, n_embed=16384), read=load_pretrained_vqgan,
+                        layout=VQGANLayout(family="an LDM / SD VQ file", container_keys=("state_dict", "model"),
+                                           looks_like=_has_ldm_levels)))
+#: LlamaGen's ``vq-ds8-c2i`` (paper Sec. 4 / App. E)
+LLAMAGEN_VQ_DS8_C2I = TokenizerKind(
+    name="llamagen-vq-ds8-c2i", model_class=VQGANTokenizer, config_class=VQGANConfig,
+    summary="LlamaGen vq_ds8_c2i checkpoint (K=16384, d=8, unit-norm rows)",
+    file=CheckpointFile(file_name="vq_ds8_c2i.pt", origin="",
+                        config=VQGANConfig(z_channels=256, embed_dim=8, n_embed=16384, l2_normalize=True,
+                                           usage_buffer=65536),
+                        read=load_pretrained_vqgan,
+                        layout=VQGANLayout(family="a LlamaGen VQ file", container_keys=("model", "state_dict", "ema"),
+                                           looks_like=_has_llamagen_blocks, to_ldm_keys=llamagen_to_ldm_keys)))
+
+#: the architectures of the paper's two pretrained kinds
+VQGAN_PRESETS: dict[str, VQGANConfig] = {kind.name: kind.file.config for kind in (SD_VQ_F8, LLAMAGEN_VQ_DS8_C2I)}

@@ -1,8 +1,9 @@
-"""Saving and loading tokenizers: a folder with ``config.json`` + ``model.safetensors``.
+"""Saving and loading tokenizers: a folder with ``config.json`` + ``model.safetensors``, or a pretrained file.
 
-Pretrained foreign checkpoints (SD ``vq-f8``, LlamaGen ``vq-ds8-c2i``) are read by
-:func:`~purrception.tokenizers.pretrained.load_pretrained_vqgan`, one kind per entry of
-:data:`~purrception.tokenizers.pretrained.PRETRAINED_KINDS`.
+Which kinds exist, how each loads and which classes build it is the tokenizer registry's
+(:mod:`purrception.tokenizers.registry`): a folder is rebuilt as ``model_class(config_class(**config))`` of the
+trainable kind it records; a pretrained foreign checkpoint (SD ``vq-f8``, LlamaGen ``vq-ds8-c2i``) is read by its
+kind's :class:`~purrception.tokenizers.registry.CheckpointFile`.
 """
 
 from __future__ import annotations
@@ -16,18 +17,11 @@ from safetensors.torch import load_file, save_file
 from purrception.errors import PurrError
 from purrception.io import atomic_save_json, atomic_write, load_json
 from purrception.tokenizers.base import TokenizerIdentity, VQTokenizer
-from purrception.tokenizers.conv_vq import ConvVQ, ConvVQConfig
-from purrception.tokenizers.pretrained import PRETRAINED_KINDS, load_pretrained_vqgan
+from purrception.tokenizers.registry import find_kind, get_kind, known_kinds, pretrained_kinds, trainable_kinds
 
-__all__ = ["save_tokenizer", "load_tokenizer", "load_matching_tokenizer", "TRAINABLE_KINDS", "known_kinds"]
+__all__ = ["save_tokenizer", "load_tokenizer", "load_matching_tokenizer", "known_kinds", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 log = logging.getLogger(__name__)
-
-#: kinds saved by :func:`save_tokenizer` as a folder: kind -> (class, config class)
-TRAINABLE_KINDS: dict[str, tuple[type[VQTokenizer], type]] = {"conv-vq": (ConvVQ, ConvVQConfig)}
-#: older names of a trainable kind; a folder saved under one loads as its kind and keeps its recorded name, so that
-#: the identities of codes made with it still match
-LEGACY_KINDS = {"small-vq": "conv-vq"}
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -49,36 +43,29 @@ def save_tokenizer(tokenizer: VQTokenizer, folder: str | Path, metrics: dict[str
     return folder
 
 
-def known_kinds() -> str:
-    """Every tokenizer kind, for error messages: the pretrained files', then the folders'."""
-    return (f"{', '.join(PRETRAINED_KINDS)} (pretrained checkpoint files), "
-            f"{', '.join(TRAINABLE_KINDS)} (folders made by `purr tokenizer train`)")
-
-
 def load_tokenizer(path: str | Path, kind: str | None = None) -> VQTokenizer:
     """Load a tokenizer folder written by :func:`save_tokenizer`, or a pretrained checkpoint file of ``kind``.
 
     Args:
         path: a tokenizer folder, or a checkpoint file.
-        kind: a name in :data:`~purrception.tokenizers.pretrained.PRETRAINED_KINDS` for a checkpoint file;
-            ``None`` (or a folder kind such as ``"conv-vq"``) for a folder.
+        kind: a pretrained kind of the registry for a checkpoint file; ``None`` (or the folder's own trainable kind,
+            e.g. ``"conv-vq"``, checked against it) for a folder.
 
     Returns:
         The tokenizer, in eval mode with gradients disabled (tokenizers are frozen, paper App. C).
     """
     path = Path(path)
-    if kind is not None and kind not in PRETRAINED_KINDS and kind not in TRAINABLE_KINDS and kind not in LEGACY_KINDS:
-        raise PurrError(f"unknown tokenizer kind {kind!r}; known: {known_kinds()}")
+    entry = get_kind(kind) if kind is not None else None
     if not path.exists():
         raise PurrError(f"tokenizer not found: {path}")
-    if kind in PRETRAINED_KINDS:
-        tokenizer = load_pretrained_vqgan(path, kind)
+    if entry is not None and entry.pretrained:
+        tokenizer = entry.file.read(path, entry.name)
     elif path.is_dir():
         tokenizer = _load_folder(path)
         if kind is not None and tokenizer.kind != kind:
             raise PurrError(f"{path} holds a {tokenizer.kind} tokenizer, not {kind}; drop the kind or fix the path")
     else:
-        raise PurrError(f"{path} is a file: name its kind with --tokenizer-kind ({', '.join(PRETRAINED_KINDS)}), "
+        raise PurrError(f"{path} is a file: name its kind with --tokenizer-kind ({', '.join(pretrained_kinds())}), "
                         f"or pass a tokenizer folder made by `purr tokenizer train`")
     tokenizer.eval().requires_grad_(False)
     return tokenizer
@@ -89,7 +76,7 @@ def load_matching_tokenizer(path: str | Path, expected: TokenizerIdentity, kind:
 
     A pretrained file's kind defaults to the kind recorded in ``expected`` (a checkpoint's or shards' identity).
     """
-    if kind is None and expected.kind in PRETRAINED_KINDS:
+    if kind is None and expected.kind in pretrained_kinds():
         kind = expected.kind
     tokenizer = load_tokenizer(path, kind)
     if tokenizer.identity() != expected:
@@ -103,12 +90,11 @@ def _load_folder(folder: Path) -> VQTokenizer:
     if not isinstance(meta, dict) or meta.get("format") != "purrception-tokenizer":
         raise PurrError(f"{folder / CONFIG_NAME} is not a purrception tokenizer config")
     recorded = meta.get("kind")
-    kind = LEGACY_KINDS.get(recorded, recorded)
-    if kind not in TRAINABLE_KINDS:
-        raise PurrError(f"unknown tokenizer kind {recorded!r} in {folder}; known: {', '.join(TRAINABLE_KINDS)}")
-    cls, config_cls = TRAINABLE_KINDS[kind]
+    entry = find_kind(recorded) if isinstance(recorded, str) else None
+    if entry is None or not entry.trainable:
+        raise PurrError(f"unknown tokenizer kind {recorded!r} in {folder}; known: {', '.join(trainable_kinds())}")
     try:
-        model = cls(config_cls(**meta["config"]))
+        model = entry.model_class(entry.config_class(**meta["config"]))
     except TypeError as err:
         raise PurrError(f"tokenizer config in {folder} does not match this version: {err}") from None
     weights = folder / WEIGHTS_NAME
@@ -122,7 +108,6 @@ def _load_folder(folder: Path) -> VQTokenizer:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise PurrError(f"tokenizer weights in {weights} do not fit its config: {str(err).splitlines()[0]}") from None
-    if recorded != kind:
+    if recorded != entry.name:
         model.kind = recorded
     return model
-

@@ -1,7 +1,12 @@
-"""Training a :class:`~purrception.tokenizers.conv_vq.ConvVQ` on uint8 images, resumably, and measuring it.
+"""Training any trainable tokenizer kind on uint8 images, resumably, and measuring it.
 
-Loss: a reconstruction term (mean squared or absolute error in ``[-1, 1]`` pixel units) plus ``beta`` times the
-commitment term ``||z_e - sg(q)||^2`` (van den Oord et al. 2017, eq. 3; the codebook itself is learnt by EMA).
+The trainer is generic over the trainable kinds of :mod:`purrception.tokenizers.registry`: the config's class names
+the kind, the model is built as ``model_class(config)`` after seeding, and each batch's loss is the model's
+:meth:`~purrception.tokenizers.base.TrainableTokenizer.training_loss`, given the chosen reconstruction loss (mean
+squared or absolute error in ``[-1, 1]`` pixel units). For ``conv-vq`` that is the reconstruction term plus ``beta``
+times the commitment term ``||z_e - sg(q)||^2`` (van den Oord et al. 2017, eq. 3; the codebook is learnt by EMA).
+The optimiser (Adam), the learning-rate schedule, the batches and the resumable state are the trainer's, shared by
+every kind.
 
 Reported metrics (paper App. E cares about reconstruction quality), on images the tokenizer did not train on:
 mean squared reconstruction error in ``[-1, 1]`` units, PSNR ``10 log10(2^2 / MSE)`` over all pixels, codebook
@@ -30,8 +35,8 @@ from tqdm.auto import tqdm
 from purrception.errors import PurrError
 from purrception.io import atomic_write, safe_torch_load
 from purrception.pixels import images_to_tensor
-from purrception.tokenizers.base import VQTokenizer
-from purrception.tokenizers.conv_vq import ConvVQ, ConvVQConfig
+from purrception.tokenizers.base import TrainableTokenizer, VQTokenizer
+from purrception.tokenizers.registry import TokenizerKind, kind_for_config
 from purrception.tokenizers.store import CONFIG_NAME, save_tokenizer
 
 __all__ = ["TokenizerTrainConfig", "RECONSTRUCTION_LOSSES", "train_tokenizer", "evaluate_tokenizer", "fit_tokenizer",
@@ -66,19 +71,23 @@ class TokenizerTrainConfig:
             raise PurrError("tokenizer steps, batch size, checkpoint interval and learning rate must be positive")
 
 
-def _plan(images: np.ndarray, model_config: ConvVQConfig, train_config: TokenizerTrainConfig) -> dict[str, Any]:
-    """What a saved state must agree with to be resumed (the data's shape and a cheap content digest)."""
-    return {"model": asdict(model_config), "train": asdict(train_config), "images": list(images.shape),
+def _plan(images: np.ndarray, kind: TokenizerKind, model_config: Any,
+          train_config: TokenizerTrainConfig) -> dict[str, Any]:
+    """What a saved state must agree with to be resumed (the kind, the data's shape and a cheap content digest)."""
+    plan = {"kind": kind.name} if kind.keyed_by_name else {}
+    return {**plan, "model": asdict(model_config), "train": asdict(train_config), "images": list(images.shape),
             "images_sum": int(images.sum(dtype=np.int64))}
 
 
-def train_tokenizer(images: np.ndarray, model_config: ConvVQConfig, train_config: TokenizerTrainConfig,
-                    progress: bool = True, device: str = "cpu", work_dir: str | Path | None = None) -> ConvVQ:
-    """Fit a :class:`ConvVQ` to uint8 ``images`` ``(N, R, R)`` or ``(N, R, R, C)``.
+def train_tokenizer(images: np.ndarray, model_config: Any, train_config: TokenizerTrainConfig,
+                    progress: bool = True, device: str = "cpu",
+                    work_dir: str | Path | None = None) -> TrainableTokenizer:
+    """Fit a tokenizer of ``model_config``'s trainable kind to uint8 ``images`` ``(N, R, R)`` or ``(N, R, R, C)``.
 
     Args:
         images: the training images, already at the tokenizer's resolution and channels.
-        model_config: the architecture.
+        model_config: the architecture: a config of a trainable kind (e.g. a
+            :class:`~purrception.tokenizers.conv_vq.ConvVQConfig`), which names the kind.
         train_config: the recipe.
         progress: show a progress bar.
         device: where to train.
@@ -87,6 +96,7 @@ def train_tokenizer(images: np.ndarray, model_config: ConvVQConfig, train_config
     Returns:
         The model on the CPU, in eval mode.
     """
+    kind = kind_for_config(model_config)
     train_config.check()
     model_config.check()
     side, channels = model_config.image_size, model_config.image_channels
@@ -94,11 +104,11 @@ def train_tokenizer(images: np.ndarray, model_config: ConvVQConfig, train_config
         raise PurrError(f"training images have shape {images.shape[1:]}, the tokenizer takes {side}x{side} with "
                         f"{channels} channel(s)")
     torch.manual_seed(train_config.seed)
-    model = ConvVQ(model_config).to(device)
+    model = kind.model_class(model_config).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=train_config.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(train_config.steps))
     gen = torch.Generator().manual_seed(train_config.seed)
-    plan = _plan(images, model_config, train_config)
+    plan = _plan(images, kind, model_config, train_config)
     state_file = Path(work_dir) / STATE_NAME if work_dir is not None else None
     start = _restore(state_file, plan, model, opt, sched, gen) if state_file is not None else 0
     reconstruction = RECONSTRUCTION_LOSSES[train_config.loss]
@@ -108,9 +118,7 @@ def train_tokenizer(images: np.ndarray, model_config: ConvVQConfig, train_config
     for step in range(start, train_config.steps):
         idx = torch.randint(0, images.shape[0], (train_config.batch_size,), generator=gen)
         x = images_to_tensor(images[idx.numpy()]).to(device)
-        recon, _, commit = model(x)
-        rec = reconstruction(recon, x)
-        loss = rec + model_config.commitment * commit
+        loss, rec = model.training_loss(x, reconstruction)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -124,7 +132,7 @@ def train_tokenizer(images: np.ndarray, model_config: ConvVQConfig, train_config
     bar.close()
     seconds = time.perf_counter() - t0
     if train_config.steps > start:
-        log.info("tokenizer: %d steps in %.0f s (%.0f images/s)", train_config.steps - start, seconds,
+        log.info("%s tokenizer: %d steps in %.0f s (%.0f images/s)", kind.name, train_config.steps - start, seconds,
                  (train_config.steps - start) * train_config.batch_size / max(seconds, 1e-9))
     return model.cpu().eval()
 
@@ -135,7 +143,7 @@ def _warmup_cosine(steps: int, warmup_share: float = 0.05):
     return lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
 
 
-def _save(path: Path, plan: dict[str, Any], step: int, model: ConvVQ, opt: torch.optim.Optimizer,
+def _save(path: Path, plan: dict[str, Any], step: int, model: TrainableTokenizer, opt: torch.optim.Optimizer,
           sched: torch.optim.lr_scheduler.LRScheduler, gen: torch.Generator) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"plan": plan, "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -143,7 +151,7 @@ def _save(path: Path, plan: dict[str, Any], step: int, model: ConvVQ, opt: torch
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def _restore(path: Path, plan: dict[str, Any], model: ConvVQ, opt: torch.optim.Optimizer,
+def _restore(path: Path, plan: dict[str, Any], model: TrainableTokenizer, opt: torch.optim.Optimizer,
              sched: torch.optim.lr_scheduler.LRScheduler, gen: torch.Generator) -> int:
     """Load the state at ``path`` into the training objects; return the step to continue from (0 if none)."""
     if not path.is_file():
@@ -186,7 +194,7 @@ def evaluate_tokenizer(tokenizer: VQTokenizer, images: np.ndarray, batch_size: i
     }
 
 
-def fit_tokenizer(train_images: np.ndarray, heldout_images: np.ndarray, out: str | Path, model_config: ConvVQConfig,
+def fit_tokenizer(train_images: np.ndarray, heldout_images: np.ndarray, out: str | Path, model_config: Any,
                   train_config: TokenizerTrainConfig, record: dict[str, Any] | None = None, progress: bool = True,
                   device: str = "cpu") -> Path:
     """Train a tokenizer into the folder ``out`` (resuming an unfinished run there) and measure it.
@@ -196,7 +204,7 @@ def fit_tokenizer(train_images: np.ndarray, heldout_images: np.ndarray, out: str
         heldout_images: uint8 images its metrics are measured on (empty: measured on ``train_images``, and the
             metrics say so).
         out: a new folder, or one holding an unfinished run of the same settings (``out/.train``).
-        model_config: the architecture.
+        model_config: the architecture: a config of a trainable kind, which names the kind.
         train_config: the recipe.
         record: what ``config.json`` records about the data, beside the metrics.
         progress: show a progress bar.
