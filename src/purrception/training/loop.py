@@ -57,6 +57,7 @@ from purrception.errors import PurrError
 from purrception.flows.base import FlowMethod, LossOutput, get_method
 from purrception.io import atomic_save_json, partial_writes
 from purrception.models.dit import DiT, dit_config_from_preset
+from purrception.models.dit_import import import_dit_trunk
 from purrception.training.checkpoint import (
     Checkpoint,
     CheckpointState,
@@ -346,7 +347,8 @@ class _Run:
     def _build(self, resumed: Checkpoint | None) -> None:
         """Method, model (the same initial weights on every rank), AdamW (paper App. C) and EMA.
 
-        A resumed run keeps the position table its checkpoint records (format 1: the legacy one), since the table is
+        A new run with ``init_from`` starts its trunk from that DiT / SiT file (:mod:`purrception.models.dit_import`);
+        a resumed run keeps the position table its checkpoint records (format 1: the legacy one), since the table is
         a fixed buffer that checkpoints do not hold, and its weights come from :meth:`restore`.
         """
         config = self.config
@@ -357,6 +359,10 @@ class _Run:
             layout = resumed.model_config.pos_embed_layout
             if layout != model.config.pos_embed_layout:
                 model = DiT(replace(model.config, pos_embed_layout=layout))
+            if config.init_from and self.info.is_main:
+                log.info("resuming: init_from %s is not read again, the run's own weights continue", config.init_from)
+        elif config.init_from:
+            import_dit_trunk(model, config.init_from)
         self.model = model.to(self.dev)
         _seed_process(config.seed, self.info.rank)
         # lr is set from the schedule (_lr_at) before every step; 0.0 here only satisfies the constructor
