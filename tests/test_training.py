@@ -119,11 +119,15 @@ def test_checkpoint_state_writes_the_original_keys_and_the_loss(tiny_checkpoint)
 
 def test_checkpoint_in_the_original_layout_loads_and_resumes_exactly(tiny_shards_dir, tiny_tokenizer_dir, tmp_path):
     config = tiny_config(steps=4, ckpt_every=2, keep_last=0)
-    full = train(config, tiny_shards_dir, tmp_path / "full", progress=False)
+    # a format-1 run trained with the legacy position table, which format 1 does not record
+    legacy = tiny_config(steps=4, ckpt_every=2, keep_last=0,
+                         model_overrides={**TINY_MODEL, "pos_embed_layout": "row-major"})
+    full = train(legacy, tiny_shards_dir, tmp_path / "full", progress=False)
     s = load_checkpoint(tmp_path / "full" / "checkpoints" / "step_00000002.pt").state  # values only
     original = {  # materialised key by key, as the writer laid them out before the state dataclass
         "format": "purrception-checkpoint", "version": 1, "config": config.to_dict(),
-        "model_config": s.model_config, "method": {"name": "purrception", "options": s.method["options"]},
+        "model_config": {k: v for k, v in s.model_config.items() if k != "pos_embed_layout"},
+        "method": {"name": "purrception", "options": s.method["options"]},
         "tokenizer": {"identity": s.tokenizer["identity"], "path": str(tiny_tokenizer_dir)},
         "codebook": s.codebook, "num_classes": 10, "latent_shape": [7, 7], "step": 2,
         "data_position": {"step": 2, "samples_seen": 16, "seed": 0}, "model": s.model, "ema": s.ema,
@@ -134,6 +138,7 @@ def test_checkpoint_in_the_original_layout_loads_and_resumes_exactly(tiny_shards
     ckpt = load_checkpoint(tmp_path / "old" / "checkpoints" / "step_00000002.pt")
     assert (ckpt.step, ckpt.method_name, ckpt.num_classes, ckpt.train_seconds) == (2, "purrception", 10, 0.5)
     assert ckpt.tokenizer_path == str(tiny_tokenizer_dir) and TrainConfig.from_dict(ckpt.state.config) == config
+    assert ckpt.model_config.pos_embed_layout == "row-major"
     assert ckpt.build_model(ema=False).state_dict().keys() == s.model.keys()
     assert ckpt.build_method().name == "purrception"
     train(config, tiny_shards_dir, tmp_path / "old", resume=True, progress=False)

@@ -8,6 +8,11 @@ A checkpoint is a dict of tensors and plain values saved with ``torch.save`` and
 ``weights_only=True`` (no code from the file runs). ``sample`` and ``eval`` need only its path. Its layout is
 :class:`CheckpointState`: one dataclass field per top-level key, written by :meth:`CheckpointState.to_dict` and
 checked by :meth:`CheckpointState.from_dict`, the only two places that know the keys.
+
+Format versions: 2 records the DiT's position-table orientation in ``model_config["pos_embed_layout"]`` (the table
+is a fixed buffer, not a saved weight). Version 1 files predate that field; every DiT then used the row-first table,
+so :meth:`CheckpointState.from_dict` gives them :data:`~purrception.models.dit.LEGACY_POS_EMBED_LAYOUT` and they
+sample exactly as they did.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import torch
 from purrception.errors import PurrError
 from purrception.flows.base import FlowMethod, get_method
 from purrception.io import atomic_torch_save, safe_torch_load
-from purrception.models.dit import DiT, DiTConfig
+from purrception.models.dit import LEGACY_POS_EMBED_LAYOUT, DiT, DiTConfig
 from purrception.tokenizers.base import TokenizerIdentity, VQTokenizer
 from purrception.tokenizers.store import load_matching_tokenizer
 
@@ -32,13 +37,13 @@ __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CheckpointState", "Checkp
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "purrception-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 _OURS, _FROM = "a checkpoint of this library", "pass one made by `purr train` or `purr demo`"
 
 
 @dataclass
 class CheckpointState:
-    """The contents of one checkpoint file (format version 1), one field per top-level key on disk.
+    """The contents of one checkpoint file (format version 2), one field per top-level key on disk.
 
     Fields without a default are required: a file lacking one is not a complete checkpoint. The optional ones are
     needed only to resume a run exactly (optimizer, EMA count, RNG states) or are facts for reports; they are None
@@ -84,6 +89,7 @@ class CheckpointState:
         if missing:
             raise PurrError(f"{source} is not a complete checkpoint of this library (missing {', '.join(missing)}); "
                             f"use another checkpoint")
+        d = {**d, "model_config": _model_config_of_version(d, source)}
         names = {f.name for f in fields(cls)}
         ignored = sorted(set(d) - names - {"format", "version"})
         if ignored:
@@ -93,6 +99,21 @@ class CheckpointState:
         if state.train_seconds is not None:
             state.train_seconds = float(state.train_seconds)
         return state
+
+
+def _model_config_of_version(d: dict[str, Any], source: str | Path) -> dict[str, Any]:
+    """The checkpoint's ``model_config`` in the current layout: version 1 gets the legacy position table."""
+    version = d.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= CHECKPOINT_VERSION:
+        raise PurrError(f"{source} has checkpoint format version {version!r}, which this library does not read "
+                        f"(it reads 1 to {CHECKPOINT_VERSION}); upgrade purrception or use another checkpoint")
+    model_config = dict(d["model_config"])
+    if version == 1:  # written before the layout was recorded, when every DiT used the legacy table
+        model_config["pos_embed_layout"] = LEGACY_POS_EMBED_LAYOUT
+    elif "pos_embed_layout" not in model_config:
+        raise PurrError(f"{source} is not a complete checkpoint of this library (its model_config lacks "
+                        f"pos_embed_layout); use another checkpoint")
+    return model_config
 
 
 @dataclass

@@ -9,7 +9,9 @@ batch size or device.
 A saved pipeline folder holds no pickle: ``model.safetensors`` (the EMA weights used for sampling),
 ``codebook.safetensors`` (the codebook the flow was trained over), ``config.json`` (model, method, options,
 classes, tokenizer identity), the tokenizer (its own folder, ``tokenizer/``, when it is one of this library's, else
-a pointer to its local file with its codebook hash) and a ``README.md`` model card.
+a pointer to its local file with its codebook hash) and a ``README.md`` model card. ``config.json``'s ``version``
+is :data:`PIPELINE_VERSION`; version 1 folders predate ``model.pos_embed_layout`` and are read with the legacy
+position table they were trained with (:data:`~purrception.models.dit.LEGACY_POS_EMBED_LAYOUT`).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from purrception.generation.uncertainty import UncertaintyTrace, candidate_codes
 from purrception.hashing import sha256_file
 from purrception.io import atomic_save_json, atomic_write, load_json
 from purrception.model_card import model_card
-from purrception.models.dit import DiT, DiTConfig
+from purrception.models.dit import LEGACY_POS_EMBED_LAYOUT, DiT, DiTConfig
 from purrception.pixels import tensor_to_images
 from purrception.sampling.schedules import Schedule, parse_schedule
 from purrception.sampling.settings import SamplerSettings
@@ -44,11 +46,13 @@ from purrception.tokenizers.base import TokenizerIdentity, VQTokenizer
 from purrception.tokenizers.store import CONFIG_NAME as TOKENIZER_CONFIG
 from purrception.tokenizers.store import load_matching_tokenizer
 
-__all__ = ["PurrceptionPipeline", "PipelineOutput", "PIPELINE_FORMAT", "is_saved_pipeline"]
+__all__ = ["PurrceptionPipeline", "PipelineOutput", "PIPELINE_FORMAT", "PIPELINE_VERSION", "is_saved_pipeline"]
 
 log = logging.getLogger(__name__)
 
 PIPELINE_FORMAT = "purrception-pipeline"
+#: 2: ``config.json``'s ``model`` records ``pos_embed_layout``; 1: it does not (legacy position table)
+PIPELINE_VERSION = 2
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CODEBOOK_NAME = "codebook.safetensors"
@@ -160,8 +164,17 @@ class PurrceptionPipeline:
     def _from_folder(cls, folder: Path, device: str | torch.device, tokenizer: str | Path | None,
                      tokenizer_kind: str | None, method: str | None) -> "PurrceptionPipeline":
         config = load_json(folder / CONFIG_NAME, "pipeline config")
+        version = config.get("version")
+        if version not in range(1, PIPELINE_VERSION + 1) or isinstance(version, bool):
+            raise PurrError(f"{folder / CONFIG_NAME} has pipeline version {version!r}, which this library does not "
+                            f"read (it reads 1 to {PIPELINE_VERSION}); upgrade purrception or save the pipeline again")
         try:
-            model_config = DiTConfig.from_dict(config["model"])
+            model_entry = dict(config["model"])
+            if version == 1:  # saved before the layout was recorded, when every DiT used the legacy table
+                model_entry["pos_embed_layout"] = LEGACY_POS_EMBED_LAYOUT
+            elif "pos_embed_layout" not in model_entry:
+                raise KeyError("model.pos_embed_layout")
+            model_config = DiTConfig.from_dict(model_entry)
             method_name, options = str(config["method"]["name"]), dict(config["method"]["options"])
             tok_entry = dict(config["tokenizer"])
             identity = TokenizerIdentity.from_dict(tok_entry["identity"])
@@ -346,7 +359,8 @@ class PurrceptionPipeline:
         info.pop("source", None)
         if metrics:
             info["metrics"] = metrics
-        config = {"format": PIPELINE_FORMAT, "version": 1, **_jsonable(info), "model": self.model.config.to_dict(),
+        config = {"format": PIPELINE_FORMAT, "version": PIPELINE_VERSION, **_jsonable(info),
+                  "model": self.model.config.to_dict(),
                   "method": {"name": self.method.name, "options": self.method.options()},
                   "num_classes": self.num_classes, "class_names": self.class_names}
         card = model_card(config)

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+from pathlib import Path
 
 from purrception.data.datasets import DATASETS, get_dataset
 from purrception.distributed import cleanup_distributed, init_distributed, main_process_first
+from purrception.errors import PurrError
 from purrception.flows.base import METHODS
 from purrception.training.config import TRAIN_PRESETS, explicit_fields, resolve_config
 from purrception.training.loop import train
@@ -38,6 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="override any TrainConfig field, e.g. --set steps=500 --set lr=3e-4 --set precision=bf16")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer path recorded in checkpoints and used for sample grids (default: from shards)")
+    p.add_argument("--init-from", default=None, metavar="DIT_CHECKPOINT",
+                   help="start a new run's trunk from a facebookresearch/DiT or SiT checkpoint of the same size "
+                        "(e.g. DiT-XL-2-256x256.pt with --set model=DiT-XL/2 on vq-f8 shards); the head and any "
+                        "input or label layer of another shape start fresh. Ignored on --resume (the run's weights "
+                        "win); sets init_from")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its newest checkpoint, with its own config; --set may change "
                         "steps and the logging / checkpoint / sample cadence, not what defines the model or the "
@@ -50,6 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"method={args.method}"] if args.method else [])
+    if args.init_from is not None:  # absolute: init_from is pinned, and the same command from elsewhere names one file
+        overrides.append(f"init_from={json.dumps(str(Path(args.init_from).resolve()))}")
     config = resolve_config(args.preset, args.config, overrides)
     info = init_distributed(args.device)
     try:
@@ -61,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
         result = train(config, shards, args.out, tokenizer_path=tokenizer, resume=args.resume,
                        progress=args.progress, device=str(info.device),
                        explicit=explicit_fields(args.config, overrides))
+    except PurrError as err:  # the library names the parameter; name the flag that set it
+        raise PurrError(re.sub(r"(?<![\w-])init_from(?!\w)", "--init-from", str(err))) from None
     finally:
         cleanup_distributed()
     if info.is_main:

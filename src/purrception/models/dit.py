@@ -1,7 +1,8 @@
 """The DiT backbone (Peebles & Xie 2023) as used by the paper (App. C).
 
-adaLN-Zero blocks, fixed 2-D sin-cos positions, a timestep MLP, a label embedding with a learned null class
-(id ``num_classes``) for classifier-free guidance, and a zero-initialised final layer.
+adaLN-Zero blocks, fixed 2-D sin-cos positions (:func:`sincos_pos_embed_2d`, in DiT's orientation unless a config
+records the legacy one), a timestep MLP, a label embedding with a learned null class (id ``num_classes``) for
+classifier-free guidance, and a zero-initialised final layer.
 
 The backbone is split into :meth:`DiT.features` (everything up to the final modulated layer norm) and an
 output head (``hidden -> p*p*out_channels``; ``models.heads``: DiT's full linear layer, or with ``head_rank > 0`` a
@@ -26,7 +27,15 @@ from torch import nn
 
 from purrception.models.heads import FactorisedHead, LinearHead, build_head, padded_side, unpatchify
 
-__all__ = ["DiTConfig", "DiT", "DIT_PRESETS", "dit_config_from_preset"]
+__all__ = ["DiTConfig", "DiT", "DIT_PRESETS", "dit_config_from_preset", "sincos_pos_embed_2d", "POS_EMBED_LAYOUTS",
+           "LEGACY_POS_EMBED_LAYOUT"]
+
+#: ``DiTConfig.pos_embed_layout`` values: ``"dit"`` is facebookresearch/DiT's table (the column's encoding in the
+#: first half of the channels); ``"row-major"`` is the table of models trained before this library matched it (the
+#: row's encoding first). See :func:`sincos_pos_embed_2d`.
+POS_EMBED_LAYOUTS = ("dit", "row-major")
+#: the layout of every DiT config written without a ``pos_embed_layout`` entry (checkpoint and pipeline version 1)
+LEGACY_POS_EMBED_LAYOUT = "row-major"
 
 #: Backbone sizes: DiT paper Table 1 (S/B/L/XL) plus small presets sized for 2 CPU cores.
 DIT_PRESETS: dict[str, dict[str, int]] = {
@@ -54,14 +63,21 @@ class DiTConfig:
     num_classes: int = 10
     input_vocab_size: int = 0      # > 0: input is token ids embedded by a table of this size (DFM)
     head_rank: int = 0             # > 0: factorised head of this width r (models.heads.FactorisedHead)
+    pos_embed_layout: str = "dit"  # which 2-D sin-cos table (POS_EMBED_LAYOUTS); not a weight, so it is recorded here
+
+    def __post_init__(self) -> None:
+        if self.pos_embed_layout not in POS_EMBED_LAYOUTS:
+            raise ValueError(f"pos_embed_layout {self.pos_embed_layout!r} is not one of {', '.join(POS_EMBED_LAYOUTS)}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DiTConfig":
+        """The inverse of :meth:`to_dict`. A dict without ``pos_embed_layout`` was written before the field existed,
+        when every DiT used :data:`LEGACY_POS_EMBED_LAYOUT`, so it gets that layout (not the new default)."""
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown DiT config fields: {sorted(unknown)}")
-        return cls(**d)
+        return cls(**{"pos_embed_layout": LEGACY_POS_EMBED_LAYOUT, **d})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,18 +174,29 @@ class FinalNorm(nn.Module):
         return modulate(self.norm(x), shift, scale)
 
 
-def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
-    """Fixed 2-D sin-cos position embedding ``(grid*grid, dim)`` (MAE / DiT)."""
+def sincos_pos_embed_2d(dim: int, grid: int, layout: str = "dit") -> torch.Tensor:
+    """Fixed 2-D sin-cos position embedding ``(grid*grid, dim)`` (MAE / DiT), tokens in row-major order.
+
+    Token ``n = i * grid + j`` (row ``i``, column ``j``) gets ``[e(a), e(b)]`` where ``e(x)`` is the 1-D table
+    ``[sin(x w_k), cos(x w_k)]`` with ``w_k = 10000^(-k / (dim/4))``, ``k < dim/4``. With ``layout="dit"``
+    ``(a, b) = (j, i)``: the column first, as facebookresearch/DiT's ``get_2d_sincos_pos_embed`` (from MAE, whose
+    ``np.meshgrid(grid_w, grid_h)`` puts the column coordinate in ``grid[0]``), so DiT / SiT trunks read their own
+    table. With ``layout="row-major"`` ``(a, b) = (i, j)``: the table of models trained before this library matched
+    DiT. The two are the same table with rows and columns swapped.
+    """
     assert dim % 4 == 0, "hidden size must be divisible by 4 for 2-D sin-cos positions"
+    if layout not in POS_EMBED_LAYOUTS:
+        raise ValueError(f"pos_embed_layout {layout!r} is not one of {', '.join(POS_EMBED_LAYOUTS)}")
     coords = torch.arange(grid, dtype=torch.float64)
-    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
     omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4.0))
 
     def embed(pos: torch.Tensor) -> torch.Tensor:
         out = pos.reshape(-1)[:, None] * omega[None]
         return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
 
-    return torch.cat([embed(yy), embed(xx)], dim=1).float()
+    first, second = (cols, rows) if layout == "dit" else (rows, cols)
+    return torch.cat([embed(first), embed(second)], dim=1).float()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -190,7 +217,8 @@ class DiT(nn.Module):
         if c.input_vocab_size > 0:
             self.token_embed = nn.Embedding(c.input_vocab_size, c.in_channels)
         self.patch_embed = nn.Conv2d(c.in_channels, c.hidden_size, kernel_size=p, stride=p)
-        self.register_buffer("pos_embed", sincos_pos_embed_2d(c.hidden_size, self.grid)[None], persistent=False)
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(c.hidden_size, self.grid, c.pos_embed_layout)[None],
+                             persistent=False)
         self.t_embedder = TimestepEmbedder(c.hidden_size)
         self.y_embedder = LabelEmbedder(c.num_classes, c.hidden_size)
         self.blocks = nn.ModuleList([DiTBlock(c.hidden_size, c.num_heads, c.mlp_ratio) for _ in range(c.depth)])

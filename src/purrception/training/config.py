@@ -11,6 +11,7 @@ caller's value (:func:`resumed_config`). A preset supplies defaults, not explici
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -33,6 +34,7 @@ class TrainConfig:
     method_options: dict[str, Any] = field(default_factory=dict)
     model: str = "DiT-T/1"                        # preset name, see models.dit.DIT_PRESETS
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    init_from: str = ""                           # DiT / SiT file a new run's trunk starts from (models.dit_import)
     steps: int = 1000
     batch_size: int = 64                          # global batch over all processes and accumulation
     micro_batch_size: int = 0                     # per forward pass; 0 = batch_size / world size
@@ -57,11 +59,12 @@ class TrainConfig:
     sample_steps: int = 50                        # Euler steps for the periodic grids
 
     #: What defines the model and the optimisation trajectory, so what a resumed run keeps from its checkpoint:
-    #: the method and backbone, the global batch and its split into micro-batch slots (each slot draws its own noise,
+    #: the method and backbone, the initial trunk (``init_from``, read only when a run starts: a resumed run's own
+    #: weights win), the global batch and its split into micro-batch slots (each slot draws its own noise,
     #: ``training.data.slot_generator``), the seed, and AdamW, its warm-up, clipping and the EMA. Asking for another
     #: value on resume is refused.
     PINNED: ClassVar[tuple[str, ...]] = (
-        "method", "method_options", "model", "model_overrides", "batch_size", "micro_batch_size", "seed",
+        "method", "method_options", "model", "model_overrides", "init_from", "batch_size", "micro_batch_size", "seed",
         "lr", "warmup_steps", "weight_decay", "betas", "eps", "grad_clip", "ema_decay", "ema_warmup",
     )
     #: What a resumed run takes from the caller when asked: how many steps in all (the lr schedule does not depend on
@@ -73,6 +76,8 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        if isinstance(self.init_from, os.PathLike):
+            self.init_from = os.fspath(self.init_from)
         if self.precision not in PRECISIONS:
             raise PurrError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}; "
                             f"e.g. --set precision=bf16")

@@ -34,7 +34,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Collection, Iterator
 
@@ -58,6 +58,7 @@ from purrception.errors import PurrError
 from purrception.flows.base import FlowMethod, LossOutput, get_method
 from purrception.io import atomic_save_json, partial_writes
 from purrception.models.dit import DiT, dit_config_from_preset
+from purrception.models.dit_import import import_dit_trunk
 from purrception.training.config import TrainConfig, config_differences, resumed_config
 from purrception.training.data import ShardBatches, slot_generator
 from purrception.training.ema import EMA
@@ -311,7 +312,7 @@ class _Run:
         self.last_saved = resumed.path if resumed is not None else None
         self.start_step, self.train_seconds = 0, 0.0
         self._open_data(shards_path, tokenizer_path, resumed)
-        self._build()
+        self._build(resumed)
         if resumed is not None:
             self.restore(resumed)
         self._wrap()
@@ -331,12 +332,26 @@ class _Run:
                                                                        self.info.rank)
         self.batches = ShardBatches(shards, self.config.batch_size, self.micro, self.config.seed)
 
-    def _build(self) -> None:
-        """Method, model (the same initial weights on every rank), AdamW (paper App. C) and EMA."""
+    def _build(self, resumed: Checkpoint | None) -> None:
+        """Method, model (the same initial weights on every rank), AdamW (paper App. C) and EMA.
+
+        A new run with ``init_from`` starts its trunk from that DiT / SiT file (:mod:`purrception.models.dit_import`);
+        a resumed run keeps the position table its checkpoint records (format 1: the legacy one), since the table is
+        a fixed buffer that checkpoints do not hold, and its weights come from :meth:`restore`.
+        """
         config = self.config
         self.method = get_method(config.method)(self.codebook, **config.method_options).to(self.dev)
         torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-        self.model = build_model_for(config, self.method, self.shards).to(self.dev)
+        model = build_model_for(config, self.method, self.shards)
+        if resumed is not None:
+            layout = resumed.model_config.pos_embed_layout
+            if layout != model.config.pos_embed_layout:
+                model = DiT(replace(model.config, pos_embed_layout=layout))
+            if config.init_from and self.info.is_main:
+                log.info("resuming: init_from %s is not read again, the run's own weights continue", config.init_from)
+        elif config.init_from:
+            import_dit_trunk(model, config.init_from)
+        self.model = model.to(self.dev)
         _seed_process(config.seed, self.info.rank)
         # lr is set from the schedule (_lr_at) before every step; 0.0 here only satisfies the constructor
         self.opt = adamw(self.model.parameters(), lr=0.0, betas=config.betas, eps=config.eps,
