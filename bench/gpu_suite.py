@@ -311,7 +311,7 @@ def collect_bench(s: Suite, record: dict) -> None:
 def plan_train_throughput(s: Suite) -> Plan:
     out = s.out / "train_throughput.json"
     if s.dry:
-        shapes = ["--device", "cpu", "--preset", "mnist-demo", "--latent", "7", "--K", "128", "--classes", "10",
+        shapes = ["--device", "cpu", "--preset", "digits-demo", "--latent", "7", "--K", "128", "--classes", "10",
                   "--precision", "fp32", "--warmup", "1", "--steps", "1", "--items", "64",
                   "--set", "batch_size=8", "--set", TINY_MODEL]
     else:

@@ -12,7 +12,7 @@ Examples:
     python bench/train_throughput.py --device cuda --preset paper-dit-b2 --precision bf16
     python bench/train_throughput.py --device cuda --preset paper-dit-b2 --precision bf16 fp32 --micro-batch 128
     python bench/train_throughput.py --device cuda --preset paper-dit-b2 --methods purrception cfm --json tp.json
-    python bench/train_throughput.py --preset mnist-demo --latent 7 --K 128 --classes 10 --precision fp32
+    python bench/train_throughput.py --preset digits-demo --latent 7 --K 128 --classes 10 --precision fp32
 """
 
 from __future__ import annotations

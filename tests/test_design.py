@@ -62,7 +62,7 @@ def _bars(size: int = 16, per_class: int = 12) -> LabelledImages:
 def bars_dataset():
     """The fifth data set, registered in one entry (and unregistered afterwards)."""
     entry = register_dataset(ImageFolderData(
-        name="bars", summary="generated bars, horizontal or vertical", preset="mnist-demo", protocol="folder",
+        name="bars", summary="generated bars, horizontal or vertical", preset="digits-demo", protocol="folder",
         tokenizer=FOLDER_RECIPE.with_train(steps=3), folder=exported_folder("bars", 16, _bars), size=16, channels=1,
         make_images=_bars))
     yield entry

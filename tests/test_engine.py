@@ -94,7 +94,7 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_run(tiny_shards_dir, tmp
     sets = {"model": "DiT-T/1", "model_overrides": {**TINY_MODEL, "hidden_size": 64, "depth": 2}, "steps": steps,
             "batch_size": 32, "lr": 1e-3, "warmup_steps": 5, "ema_decay": 0.9, "log_every": 1, "ckpt_every": 3,
             "keep_last": 1, "seed": 3}
-    argv = ["train", "--shards", str(tiny_shards_dir), "--device", "cpu", "--no-progress", "--preset", "mnist-demo"]
+    argv = ["train", "--shards", str(tiny_shards_dir), "--device", "cpu", "--no-progress", "--preset", "digits-demo"]
     argv += [arg for k, v in sets.items() for arg in ("--set", f"{k}={json.dumps(v)}")]
     run = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "purrception", *argv, "--out", str(run)],
@@ -114,7 +114,7 @@ def test_sigkilled_cli_run_resumes_to_the_uninterrupted_run(tiny_shards_dir, tmp
     from purrception.cli import main
 
     assert main([*argv, "--out", str(run), "--resume"]) == 0
-    reference = train(resolve_config("mnist-demo", overrides=[f"{k}={json.dumps(v)}" for k, v in sets.items()]),
+    reference = train(resolve_config("digits-demo", overrides=[f"{k}={json.dumps(v)}" for k, v in sets.items()]),
                       tiny_shards_dir, tmp_path / "reference", progress=False)
     a = load_checkpoint(reference.checkpoint).state
     b = load_checkpoint(latest_checkpoint(run)).state
@@ -206,11 +206,11 @@ def test_paper_presets_mirror_appendix_c():
         assert (c.model, c.batch_size, c.lr, c.weight_decay, c.betas, c.eps, c.ema_decay, c.precision, c.method) == \
             (model, 256, 1e-4, 0.01, (0.9, 0.999), 1e-6, 0.9999, "bf16", "purrception")
         assert c.warmup_steps == 0 and not c.ema_warmup
-    assert {"mnist-demo", "mnist-study"} <= set(TRAIN_PRESETS)
+    assert {"digits-demo", "digits-study"} <= set(TRAIN_PRESETS)
 
 
 def test_the_folder_preset_is_the_cpu_demo_on_2x2_patches_trained_four_times_as_long():
-    demo, folder = resolve_config("mnist-demo").to_dict(), resolve_config("folder-cpu").to_dict()
+    demo, folder = resolve_config("digits-demo").to_dict(), resolve_config("folder-cpu").to_dict()
     assert (demo.pop("model"), folder.pop("model")) == ("DiT-T/1", "DiT-T/2")
     assert folder.pop("steps") == 4 * demo.pop("steps") and folder == demo
 
@@ -220,7 +220,7 @@ def test_config_resolution_order_and_type_checks(tmp_path):
     (tmp_path / "c.toml").write_text("lr = 5e-4\ncompile = true\n")
     c = resolve_config("paper-dit-b2", tmp_path / "c.yaml", ["steps=9"])
     assert (c.lr, c.steps, c.precision, c.model) == (3e-4, 9, "bf16", "DiT-B/2")
-    c = resolve_config("mnist-demo", tmp_path / "c.toml")
+    c = resolve_config("digits-demo", tmp_path / "c.toml")
     assert (c.lr, c.compile) == (5e-4, True)
     with pytest.raises(PurrError, match="compile must be bool"):
         resolve_config(None, None, ["compile=yes"])

@@ -222,7 +222,7 @@ def test_purr_eval_single_and_two_gloo_processes_agree(tiny_checkpoint, tmp_path
     one = json.loads(out1.read_text())
     assert one["sampling"]["num_samples"] == 30 and one["sampling"]["tau"] == 0.9 and one["sampling"]["seed"] == 7
     assert one["checkpoint"]["step"] == 4 and len(one["checkpoint"]["sha256"]) == 16
-    assert one["reference"]["spec"] == "embedded:train" and one["reference"]["count"] == 4000
+    assert one["reference"]["spec"] == "digits:train" and one["reference"]["count"] == 4000
     assert one["feature_extractor"]["fingerprint"] == digit_features.fingerprint()
     assert set(one["metrics"]) >= {"fid", "fid_first_20", "precision", "recall", "class_accuracy"}
     with np.load(tmp_path / "s.npz") as data:
@@ -247,7 +247,7 @@ def test_purr_eval_refuses_bad_requests(tiny_checkpoint, tmp_path, capsys):
     args = _eval_args(tiny_checkpoint, tmp_path / "x.json", cache)
     assert main([*args, "--protocol", "inception"]) == 2
     assert "no default reference" in capsys.readouterr().err
-    assert main([*args, "--protocol", "inception", "--reference", "embedded:heldout"]) == 2
+    assert main([*args, "--protocol", "inception", "--reference", "digits:heldout"]) == 2
     assert "--inception" in capsys.readouterr().err
     assert main([*args, "--inception", str(tmp_path / "w.pth")]) == 2  # digits protocol does not read it
     assert "not used by the digits protocol" in capsys.readouterr().err

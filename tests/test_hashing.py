@@ -60,7 +60,8 @@ def test_image_folder_and_embedded_fingerprints_are_pinned(tmp_path):
     assert folder_source(root).description["fingerprint"] == "a9db52a83c8a3c61"  # shard manifests
     assert ImageFolderReference(str(root)).fingerprint() == "b666df7ac4d29088"  # FID reference caches
     assert embedded_source("heldout").description["fingerprint"] == "43b5306bfa0f57c2"
-    assert EmbeddedReference("embedded:heldout").fingerprint() == "30a88f6c30c37d4f"
+    assert EmbeddedReference("digits:heldout").fingerprint() == "30a88f6c30c37d4f"
+    assert EmbeddedReference("embedded:heldout").fingerprint() == "30a88f6c30c37d4f"  # the older spelling
     # the digit classifier's cache folder (changes, as it should, when its recipe version changes)
     images = np.random.default_rng(0).integers(0, 256, (5, 4, 4), dtype=np.uint8)
     assert _cache_key(np.arange(5, dtype=np.int64), images) == "d15aae5256fc"

@@ -39,10 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="; ".join(f"{k}: {v.summary}" for k, v in PROTOCOLS.items())
                    + " (default: digits for 28x28 grey models, else inception)")
     p.add_argument("--reference", default=None,
-                   help="reference images: embedded:train|heldout|all, an image folder, an ADM .npz batch (arr_0), "
+                   help="reference images: digits:train|heldout|all, an image folder, an ADM .npz batch (arr_0), "
                         "or a token-shard folder (decoded with the checkpoint's tokenizer); for the folder protocol "
                         "the labelled folder the generator was trained on (class sub-folders, or flat with "
-                        "--reference-labels); default: embedded:train for the digits protocol")
+                        "--reference-labels); default: digits:train for the digits protocol")
     p.add_argument("--reference-labels", default=None, metavar="FILE",
                    help="folder protocol: <path>,<label> lines for a flat --reference folder (as purr encode --labels)")
     p.add_argument("--inception", default=None, metavar="PATH",

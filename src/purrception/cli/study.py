@@ -19,7 +19,7 @@ from purrception.io import default_cache_dir
 from purrception.studies import studies
 from purrception.studies.core import StudyStore, TrackSettings
 from purrception.tokenizers.store import load_tokenizer
-from purrception.training.config import TRAIN_PRESETS, resolve_config
+from purrception.training.config import PRESET_ALIASES, TRAIN_PRESETS, resolve_config
 
 
 def _floats(text: str) -> list[float]:
@@ -54,7 +54,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="mnist-demo", choices=sorted(TRAIN_PRESETS))
+    p.add_argument("--preset", default="digits-demo", choices=[*TRAIN_PRESETS, *PRESET_ALIASES])
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="TrainConfig field shared by every run, e.g. --set steps=3000")
     p.add_argument("--eval-every", type=positive_int, default=500, help="evaluate every N training steps")

@@ -15,13 +15,14 @@ from purrception.data.datasets import DATASETS, get_dataset
 from purrception.distributed import cleanup_distributed, init_distributed, main_process_first
 from purrception.errors import PurrError
 from purrception.flows.base import METHODS
-from purrception.training.config import TRAIN_PRESETS, explicit_fields, resolve_config
+from purrception.training.config import PRESET_ALIASES, TRAIN_PRESETS, explicit_fields, resolve_config
 from purrception.training.loop import train
 
-_PRESET_HELP = ("named run (default mnist-demo). mnist-*: the embedded digits on CPU; folder-cpu: mnist-demo's "
-                "small DiT on 2x2 patches (DiT-T/2), 6,000 steps, for your own folder at 32x32 on CPU; "
-                "paper-dit-b2 / -l2 / -xl2: paper App. C (batch 256, AdamW 1e-4, EMA 0.9999, bf16) on 32x32 codes; "
-                "the tokenizer (vq-f8 or vq-ds8-c2i) comes with the --shards, so one preset per backbone serves both")
+_PRESET_HELP = ("named run (default: the --data set's own, digits-demo with --shards). digits-*: the embedded digits "
+                "on CPU; folder-cpu: digits-demo's small DiT on 2x2 patches (DiT-T/2), 6,000 steps, for your own "
+                "folder at 32x32 on CPU; paper-dit-b2 / -l2 / -xl2: paper App. C (batch 256, AdamW 1e-4, EMA 0.9999, "
+                "bf16) on 32x32 codes; the tokenizer (vq-f8 or vq-ds8-c2i) comes with the --shards, so one preset per "
+                "backbone serves both")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--data", default=None, metavar="NAME|DIR",
                       help=f"a data set ({', '.join(DATASETS)}) or a labelled image folder, tokenized and encoded "
                            "once into the cache (default: digits when no --shards)")
-    p.add_argument("--preset", default="mnist-demo", choices=sorted(TRAIN_PRESETS), help=_PRESET_HELP)
+    p.add_argument("--preset", default=None, choices=[*TRAIN_PRESETS, *PRESET_ALIASES], help=_PRESET_HELP)
     p.add_argument("--config", default=None, help="YAML / TOML / JSON file of TrainConfig fields")
     p.add_argument("--method", default=None, choices=sorted(METHODS), help="training objective (default purrception)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -60,13 +61,15 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"method={args.method}"] if args.method else [])
     if args.init_from is not None:  # absolute: init_from is pinned, and the same command from elsewhere names one file
         overrides.append(f"init_from={json.dumps(str(Path(args.init_from).resolve()))}")
-    config = resolve_config(args.preset, args.config, overrides)
+    dataset = None if args.shards else get_dataset(args.data or "digits")
+    preset = args.preset or (dataset.preset if dataset else "digits-demo")
+    config = resolve_config(preset, args.config, overrides)
     info = init_distributed(args.device)
     try:
         shards, tokenizer = args.shards, args.tokenizer
-        if shards is None:
+        if dataset is not None:
             with main_process_first():  # rank 0 prepares the data set in the cache; the others then find it
-                prepared = get_dataset(args.data or "digits").prepare(progress=info.is_main, device=str(info.device))
+                prepared = dataset.prepare(progress=info.is_main, device=str(info.device))
             shards, tokenizer = str(prepared.shards.folder), tokenizer or str(prepared.tokenizer_dir)
         result = train(config, shards, args.out, tokenizer_path=tokenizer, resume=args.resume,
                        progress=args.progress, device=str(info.device),

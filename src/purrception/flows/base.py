@@ -2,8 +2,8 @@
 
 A method owns the math of one paper objective: how a training pair is built from clean codes, what the loss is,
 and how the backbone's output becomes a velocity (or, for DFM, a token update). It owns no I/O, no logging and no
-distributed code (DESIGN.md §2). Time convention everywhere: ``z0`` noise at ``t = 0``, ``z1`` data at ``t = 1``,
-``z_t = t z1 + (1 - t) z0``.
+distributed code (docs/ARCHITECTURE.md). Time convention everywhere: ``z0`` noise at ``t = 0``, ``z1`` data at
+``t = 1``, ``z_t = t z1 + (1 - t) z0``.
 """
 
 from __future__ import annotations

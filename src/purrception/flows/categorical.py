@@ -5,11 +5,12 @@ its mean ``mu = pi E`` (eq. 13); training minimises ``CE(logits, c)`` (eq. 14) p
 ``lse = logsumexp(logits)`` (App. D).
 
 With the paper's tokenizers ``K = 16384``, so materialising all ``B x H x W x K`` logits in float32 dominates the
-step's memory (DESIGN.md §3). :func:`cross_entropy_and_zloss` and :func:`posterior_mean` never do: they run the
-head's classifier over chunks of rows (see the row view in ``models.heads``), each chunk holding at most a memory
-budget of logits, and keep only ``O(rows)`` per-row results (log-partition, target logit). Every row's ``K``
-logits live in one chunk, so the softmax needs no cross-chunk (online) rescaling and is exact. A chunk's logits are
-held once, transposed (``W x^T``, the faster GEMM for thin chunks), and only ever overwritten in place.
+step's memory (docs/ARCHITECTURE.md, "Where the speed is"). :func:`cross_entropy_and_zloss` and
+:func:`posterior_mean` never do: they run the head's classifier over chunks of rows (see the row view in
+``models.heads``), each chunk holding at most a memory budget of logits, and keep only ``O(rows)`` per-row results
+(log-partition, target logit). Every row's ``K`` logits live in one chunk, so the softmax needs no cross-chunk
+(online) rescaling and is exact. A chunk's logits are held once, transposed (``W x^T``, the faster GEMM for thin
+chunks), and only ever overwritten in place.
 
 Training gradients come from a custom autograd function. Given ``z_loss_weight`` (the weight the caller puts on
 ``z_sq``), it computes the gradients of ``ce + z_loss_weight * z_sq`` during the forward sweep, while each chunk's
@@ -40,10 +41,8 @@ __all__ = ["DEFAULT_CHUNK_BYTES", "CACHE_CHUNK_BYTES", "GEMM_FULL_RATE_ROWS", "F
 DEFAULT_CHUNK_BYTES: dict[str, int] = {"cpu": 32 << 20, "cuda": 1 << 30}
 _FALLBACK_CHUNK_BYTES = 256 << 20
 #: CPU only: chunks of about this many bytes keep the softmax passes in cache, but never fewer than
-#: :data:`GEMM_FULL_RATE_ROWS` rows, which the chunk GEMM needs to run at its full rate. Measured on the 2-core VM
-#: (K=16384): the factorised head's sweep took 140 ms at 128 rows (8 MiB) and 211 ms at 512 (32 MiB); the full
-#: head's (4 x 16384 logits per row) was fastest at 128 rows; the demo's (128 logits per row, 4096 rows) took 28 ms
-#: in 128-row chunks and 15 ms in one.
+#: :data:`GEMM_FULL_RATE_ROWS` rows, which the chunk GEMM needs to run at its full rate (``bench/head.py`` measures
+#: the trade-off; its figures are in BENCHMARKS.md).
 CACHE_CHUNK_BYTES: dict[str, int] = {"cpu": 8 << 20}
 GEMM_FULL_RATE_ROWS = 128
 #: :func:`posterior_mean` folds the bias into the read's values when every group's ``bias / tau`` spans at most this
@@ -125,10 +124,10 @@ def _chunk_logits(xc: torch.Tensor, weight: torch.Tensor, bias_column: torch.Ten
     ``(G, c)``, each row's logits minus its shift.
 
     The transposed product (weight first) is the faster GEMM when the chunk has few rows and ``G K`` is large
-    (measured on CPU: about 1.6x over ``xc W^T`` at 64 rows). The bias and the shift are written first and the
+    (``bench/head.py``). The bias and the shift are written first and the
     product accumulated onto them, the one pass over the chunk a bias add costs anyway. ``buffer`` is a flat float32
     (float64) tensor of at least ``G K c`` elements, reused across chunks: a fresh chunk-sized allocation is a fresh
-    ``mmap`` on CPU, and faulting its pages in cost about a fifth of the GEMM's time here.
+    ``mmap`` on CPU, whose page faults would cost a visible share of the GEMM's time.
     """
     c = xc.shape[0]
     out = buffer[:weight.shape[0] * c].view(weight.shape[0], c)                                  # (G*K, c)
@@ -171,9 +170,8 @@ def _read_in_exp_range(read: torch.Tensor) -> bool:
     """Whether the posterior read ``[E | 1]^T exp(logits)`` (normaliser last), taken without any shift, is exact: it
     is when it is finite (no exponential or product overflowed; overflow never comes back) and every normaliser is at
     least ``tiny^(1/2)`` (see :func:`_sums_in_exp_range`), i.e. for log-partitions up to ~88 in float32. That saves
-    the max and shift passes over every chunk. Log-partitions grow as the model gets confident: the demo's model
-    (``purr sample``, 20 images) stayed in range in 96 of 100 reads at ``tau`` 0.5 and in all at ``tau`` 1. A chunk
-    out of range is recomputed with the max shift, and so is the rest of the read.
+    the max and shift passes over every chunk. Log-partitions grow as the model gets confident, so at low ``tau``
+    some reads leave the range: a chunk out of range is recomputed with the max shift, and so is the rest of the read.
     """
     return bool(torch.isfinite(read).all() and (read[:, -1] >= torch.finfo(read.dtype).tiny ** 0.5).all())
 

@@ -24,9 +24,9 @@ Since ``P(kappa(t) < u <= kappa(t+h) | u > kappa(t)) = (kappa(t+h) - kappa(t)) /
 step rule above in law, and image ``k`` depends only on ``(seed, k)`` like every other method
 (:func:`purrception.generation.generate.generate_codes`).
 
-The K-way head (DESIGN.md §3): at ``K = 16384`` all ``B x H x W x K`` float32 logits of a batch are gigabytes, so
-neither training nor sampling materialises them; both go through the head's row view (``models.heads``) and keep
-only the rows that matter:
+The K-way head (docs/ARCHITECTURE.md, "Where the speed is"): at ``K = 16384`` all ``B x H x W x K`` float32 logits
+of a batch are gigabytes, so neither training nor sampling materialises them; both go through the head's row view
+(``models.heads``) and keep only the rows that matter:
 
 - Training: :func:`purrception.flows.categorical.masked_cross_entropy_and_zloss`, the chunked linear +
   cross-entropy of Purrception restricted to the rows that feed a masked position (with the full head and patch

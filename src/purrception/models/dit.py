@@ -7,7 +7,7 @@ classifier-free guidance, and a zero-initialised final layer.
 The backbone is split into :meth:`DiT.features` (everything up to the final modulated layer norm) and an
 output head (``hidden -> p*p*out_channels``; ``models.heads``: DiT's full linear layer, or with ``head_rank > 0`` a
 factorised K-way head). Methods with a K-way categorical output (Purrception, DFM) read the
-features and run their own head so that the ``K`` logits need never be materialised all at once (DESIGN.md §3).
+features and run their own head so that the ``K`` logits need never be materialised all at once (docs/ARCHITECTURE.md).
 
 Input is either continuous latents ``(B, in_channels, H, W)`` or, for discrete methods, token ids ``(B, H, W)``
 embedded by a ``vocab_size`` table (set ``input_vocab_size``). A side ``H`` that is not a multiple of the patch

@@ -2,7 +2,7 @@
 
 Every method's output head is affine in the final features ``h``, so guiding the features,
 ``h_cfg = h_u + s (h_c - h_u)``, gives exactly ``head(h_cfg) = l_u + s (l_c - l_u)`` (paper: CFG on logits,
-DESIGN.md §1) while the head — the K-way classifier for Purrception — runs once instead of twice.
+docs/ARCHITECTURE.md) while the head — the K-way classifier for Purrception — runs once instead of twice.
 Conditional and unconditional passes share one batched forward.
 """
 

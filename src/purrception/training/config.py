@@ -11,7 +11,9 @@ caller's value (:func:`resumed_config`). A preset supplies defaults, not explici
 from __future__ import annotations
 
 import json
+import logging
 import os
+import warnings
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -19,8 +21,10 @@ from typing import Any, ClassVar
 
 from purrception.errors import PurrError
 
-__all__ = ["TrainConfig", "TRAIN_PRESETS", "PRECISIONS", "resolve_config", "parse_override", "explicit_fields",
-           "resumed_config", "config_differences"]
+__all__ = ["TrainConfig", "TRAIN_PRESETS", "PRESET_ALIASES", "preset_name", "PRECISIONS", "resolve_config",
+           "parse_override", "explicit_fields", "resumed_config", "config_differences"]
+
+log = logging.getLogger(__name__)
 
 #: accepted ``precision`` values (the loop maps them to autocast dtypes)
 PRECISIONS = ("fp32", "bf16")
@@ -116,22 +120,22 @@ _PAPER = {
     "log_every": 100, "ckpt_every": 10_000, "keep_last": 2, "keep_every": 100_000,
 }
 
-#: Named runs. ``mnist-*`` are sized for 2 CPU cores on the embedded data; ``paper-*`` mirror App. C on 32x32 codes.
+#: Named runs. ``digits-*`` are sized for 2 CPU cores on the embedded digits; ``paper-*`` mirror App. C on 32x32
+#: codes.
 #: The tokenizer (``vq-f8`` or ``vq-ds8-c2i``) is a property of the shards, so one preset per backbone serves both.
 #: Steps: DiT-L/2 2M and DiT-XL/2 3.5M iterations as in the paper (Fig. 3a, Table 1); DiT-B/2 is not trained in the
 #: paper, it takes the DiT paper's 400k.
-#: ``folder-cpu`` is ``mnist-demo`` on 2x2 patches of codes (DiT-T/2: a quarter of the tokens, so a step costs about
-#: a quarter) trained four times as long: on a 32x32 colour folder of about 2,000 images 1,500 steps of DiT-T/1 give
-#: mostly unrecognisable samples, and at equal class accuracy DiT-T/2 takes less time (BENCHMARKS.md, "Your own
-#: images"). An odd code grid is padded to whole patches inside the DiT (``models.heads``).
+#: ``folder-cpu`` is ``digits-demo`` on 2x2 patches of codes (DiT-T/2: a quarter of the tokens, so a cheaper step)
+#: trained four times as long, for a colour image folder (why: BENCHMARKS.md, "Your own images"). An odd code grid
+#: is padded to whole patches inside the DiT (``models.heads``).
 _CPU_SMALL = {
     "model": "DiT-T/1", "steps": 1500, "batch_size": 64, "lr": 2e-3, "warmup_steps": 100,
     "ema_decay": 0.999, "ema_warmup": True, "grad_clip": 1.0, "log_every": 50, "ckpt_every": 250,
 }
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    "mnist-demo": _CPU_SMALL,
+    "digits-demo": _CPU_SMALL,
     "folder-cpu": {**_CPU_SMALL, "model": "DiT-T/2", "steps": 6000},
-    "mnist-study": {
+    "digits-study": {
         "model": "DiT-M/1", "steps": 6000, "batch_size": 128, "lr": 1e-3, "warmup_steps": 200,
         "ema_decay": 0.999, "ema_warmup": True, "grad_clip": 1.0, "log_every": 100, "ckpt_every": 1000,
         "keep_every": 2000,
@@ -167,14 +171,38 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+#: older preset names, accepted with a deprecation warning
+PRESET_ALIASES = {"mnist-demo": "digits-demo", "mnist-study": "digits-study"}
+
+
+def _toml() -> Any:
+    """The TOML reader: the standard library's ``tomllib`` (Python 3.11+), else the ``tomli`` it was taken from."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: pyproject.toml installs tomli there
+        import tomli as tomllib
+    return tomllib
+
+
+def preset_name(preset: str) -> str:
+    """The name of a preset of :data:`TRAIN_PRESETS`: ``preset`` itself, or the new name of an old one (with a
+    warning); an unknown name is refused in one line."""
+    if preset in PRESET_ALIASES:
+        new = PRESET_ALIASES[preset]
+        warnings.warn(f"preset {preset!r} is now called {new!r}; the old name will go", FutureWarning, stacklevel=3)
+        log.warning("preset %r is now called %r; the old name will go", preset, new)
+        preset = new
+    if preset not in TRAIN_PRESETS:
+        raise PurrError(f"unknown preset {preset!r}; choose one of: {', '.join(TRAIN_PRESETS)}")
+    return preset
+
+
 def resolve_config(preset: str | None = None, file: str | Path | None = None,
                    overrides: list[str] | None = None) -> TrainConfig:
     """Defaults <- preset <- YAML/JSON file <- ``key=value`` overrides, in that order."""
     values: dict[str, Any] = {}
     if preset is not None:
-        if preset not in TRAIN_PRESETS:
-            raise PurrError(f"unknown preset {preset!r}; choose one of: {', '.join(TRAIN_PRESETS)}")
-        values.update(TRAIN_PRESETS[preset])
+        values.update(TRAIN_PRESETS[preset_name(preset)])
     if file is not None:
         values.update(_read_config_file(Path(file)))
     for item in overrides or []:
@@ -237,9 +265,7 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 
             data = yaml.safe_load(text)
         elif path.suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
+            data = _toml().loads(text)
         else:
             data = json.loads(text)
     except Exception as err:

@@ -2,8 +2,8 @@
 
 The fused kernel updates each tensor in one pass with no temporaries. On CPU (torch >= 2.4) that matters: the
 single-tensor implementation allocates two parameter-sized temporaries per tensor (``sqrt`` and the bias-corrected
-denominator), so with a 25M-weight K-way head the optimizer step, not the head, set a training step's peak memory
-(``bench/step.py``'s step memory; BENCHMARKS.md, issue 9), and it is several times slower.
+denominator), so with a large K-way head the optimizer step, not the head, can set a training step's peak memory,
+and it is slower (``bench/step.py`` measures both).
 """
 
 from __future__ import annotations
