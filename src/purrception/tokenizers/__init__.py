@@ -5,3 +5,10 @@ Every kind, pretrained checkpoint file or trainable architecture, is one entry o
 folder made by ``purr tokenizer train``, :mod:`purrception.tokenizers.train` trains any trainable kind, and
 :class:`purrception.tokenizers.recipe.TokenizerRecipe` says which tokenizer a data set wants.
 """
+
+# every kind's module registers its kinds: importing them here makes the registry complete whatever is imported first;
+# the order is the order help texts list them in
+from purrception.tokenizers import pretrained  # noqa: E402, F401
+
+# isort: split
+from purrception.tokenizers import conv_vq  # noqa: E402, F401

@@ -25,6 +25,7 @@ from torch import nn
 
 from purrception.errors import PurrError
 from purrception.tokenizers.base import ReconstructionLoss, TrainableTokenizer, nearest_code
+from purrception.tokenizers.registry import TokenizerKind, register_kind
 
 __all__ = ["ConvVQConfig", "ConvVQ", "EMAQuantizer", "DOWNSAMPLE_FACTORS", "MAX_CODEBOOK_SIZE"]
 
@@ -192,3 +193,9 @@ class ConvVQ(TrainableTokenizer):
 
     def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z).clamp(-1.0, 1.0)
+
+
+register_kind(TokenizerKind(
+    name="conv-vq", model_class=ConvVQ, config_class=ConvVQConfig, legacy_names=("small-vq",), keyed_by_name=False,
+    summary="convolutional VQ autoencoder, EMA codebook on the sphere with dead-code restarts (F in 2, 4, 8; "
+            "K <= 16384)"), builtin=True)

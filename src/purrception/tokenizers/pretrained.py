@@ -16,7 +16,7 @@ stand-in class of ours that records its arguments and runs nothing, so the real 
 called. Globals from ``os``/``sys``/``posix``/``nt`` stay refused by torch.
 
 Every kind is one :class:`~purrception.tokenizers.registry.TokenizerKind` of the tokenizer registry, defined here
-(:data:`SD_VQ_F8`, :data:`LLAMAGEN_VQ_DS8_C2I`) and listed in :mod:`purrception.tokenizers.registry`: its
+(:data:`SD_VQ_F8`, :data:`LLAMAGEN_VQ_DS8_C2I`) and registered at the bottom of this module: its
 :class:`~purrception.tokenizers.registry.CheckpointFile` gives the architecture, the file name and a
 :class:`VQGANLayout` (where the weights sit in the file, key renames, how to recognise the layout). The loader,
 ``load_tokenizer(path, kind=...)``, the ``--tokenizer-kind`` choices of every command and the error hints all read
@@ -41,7 +41,7 @@ import torch
 from purrception.errors import PurrError
 from purrception.io import why_unreadable
 from purrception.tokenizers.ldm_vq import VQGANConfig, VQGANTokenizer
-from purrception.tokenizers.registry import CheckpointFile, TokenizerKind, pretrained_kinds
+from purrception.tokenizers.registry import CheckpointFile, TokenizerKind, pretrained_kinds, register_kind
 
 __all__ = [
     "VQGANLayout",
@@ -354,7 +354,7 @@ def load_llamagen_vq_ds8_c2i(path: str | Path) -> VQGANTokenizer:
     return load_pretrained_vqgan(path, "llamagen-vq-ds8-c2i")
 
 
-# ---- the registry entries (listed in purrception.tokenizers.registry) ---------------------------------------------
+# ---- the registry entries ----------------------------------------------------------------------------------------
 #: latent-diffusion's ``vq-f8`` (paper Sec. 4 / App. E)
 SD_VQ_F8 = TokenizerKind(
     name="sd-vq-f8", model_class=VQGANTokenizer, config_class=VQGANConfig,
@@ -373,6 +373,9 @@ LLAMAGEN_VQ_DS8_C2I = TokenizerKind(
                         read=load_pretrained_vqgan,
                         layout=VQGANLayout(family="a LlamaGen VQ file", container_keys=("model", "state_dict", "ema"),
                                            looks_like=_has_llamagen_blocks, to_ldm_keys=llamagen_to_ldm_keys)))
+
+register_kind(SD_VQ_F8, builtin=True)
+register_kind(LLAMAGEN_VQ_DS8_C2I, builtin=True)
 
 #: the architectures of the paper's two pretrained kinds
 VQGAN_PRESETS: dict[str, VQGANConfig] = {kind.name: kind.file.config for kind in (SD_VQ_F8, LLAMAGEN_VQ_DS8_C2I)}

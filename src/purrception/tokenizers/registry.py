@@ -14,10 +14,11 @@ Folder kinds are the trainable ones: their model class is a
 :class:`~purrception.tokenizers.base.TrainableTokenizer` (its docstring lists what the config and model must
 provide), and they are trained by the one generic trainer.
 
-Adding a trainable architecture is **one module plus one registration line**: write the module (a config dataclass
-and a ``TrainableTokenizer`` subclass with ``training_loss``), then add one ``TokenizerKind(...)`` line to
-:func:`_builtin_kinds` below. Code outside the package (a plug-in, a test) calls :func:`register_kind` instead and
-:func:`unregister_kind` when done; :func:`register_kind` checks the entry and refuses clashes in one line.
+Adding a trainable architecture is **one module plus one import**: write the module (a config dataclass, a
+``TrainableTokenizer`` subclass with ``training_loss``, and at its bottom ``register_kind(TokenizerKind(...),
+builtin=True)``), then import it in ``tokenizers/__init__.py``, as ``conv_vq`` and ``pretrained`` are. Code outside
+the package (a plug-in, a test) calls :func:`register_kind` itself and :func:`unregister_kind` when done;
+:func:`register_kind` checks the entry and refuses clashes in one line.
 """
 
 from __future__ import annotations
@@ -144,37 +145,10 @@ class TokenizerKind:
         return [self.name, asdict(config)] if self.keyed_by_name else [asdict(config)]
 
 
+#: every registered kind by name, in registration order (the package's own first: tokenizers/__init__.py imports
+#: their modules, each of which registers its kinds)
 _KINDS: dict[str, TokenizerKind] = {}
 _BUILTIN: set[str] = set()
-_LOADED = False
-
-
-def _builtin_kinds() -> tuple[TokenizerKind, ...]:
-    """The kinds this package ships, in the order help texts and error messages list them.
-
-    A new trainable architecture of the package is one line here (after its module is written).
-    """
-    from purrception.tokenizers.conv_vq import ConvVQ, ConvVQConfig
-    from purrception.tokenizers.pretrained import LLAMAGEN_VQ_DS8_C2I, SD_VQ_F8
-
-    return (
-        SD_VQ_F8,
-        LLAMAGEN_VQ_DS8_C2I,
-        TokenizerKind(name="conv-vq", model_class=ConvVQ, config_class=ConvVQConfig, legacy_names=("small-vq",),
-                      keyed_by_name=False, summary="convolutional VQ autoencoder, EMA codebook on the sphere with "
-                                                   "dead-code restarts (F in 2, 4, 8; K <= 16384)"),
-    )
-
-
-def _registry() -> dict[str, TokenizerKind]:
-    global _LOADED
-    if not _LOADED:
-        builtin = _builtin_kinds()
-        _LOADED = True
-        for kind in builtin:
-            _add(kind)
-            _BUILTIN.add(kind.name)
-    return _KINDS
 
 
 def _check_trainable(kind: TokenizerKind) -> None:
@@ -213,21 +187,26 @@ def _add(kind: TokenizerKind) -> None:
     _KINDS[kind.name] = kind
 
 
-def register_kind(kind: TokenizerKind) -> TokenizerKind:
-    """Add ``kind`` to the registry (after the built-in kinds) and return it.
+def register_kind(kind: TokenizerKind, builtin: bool = False) -> TokenizerKind:
+    """Add ``kind`` to the registry and return it.
+
+    Args:
+        kind: the entry.
+        builtin: a kind the package ships (registered by its own module; it cannot be unregistered).
 
     Raises:
         PurrError: its name or a legacy name is taken, or a trainable kind's classes do not provide what
             :class:`~purrception.tokenizers.base.TrainableTokenizer` asks for.
     """
-    _registry()
     _add(kind)
+    if builtin:
+        _BUILTIN.add(kind.name)
     return kind
 
 
 def unregister_kind(name: str) -> None:
     """Remove a kind added by :func:`register_kind` (the built-in kinds stay)."""
-    kinds = _registry()
+    kinds = _KINDS
     if name in _BUILTIN:
         raise PurrError(f"tokenizer kind {name} is built in and cannot be unregistered")
     if name not in kinds:
@@ -237,7 +216,7 @@ def unregister_kind(name: str) -> None:
 
 def find_kind(name: str) -> TokenizerKind | None:
     """The kind called ``name`` (or with ``name`` among its legacy names), or ``None``."""
-    kinds = _registry()
+    kinds = _KINDS
     if name in kinds:
         return kinds[name]
     return next((kind for kind in kinds.values() if name in kind.legacy_names), None)
@@ -253,17 +232,17 @@ def get_kind(name: str) -> TokenizerKind:
 
 def all_kinds() -> dict[str, TokenizerKind]:
     """Every registered kind by name, built-in ones first (a copy: registering later does not change it)."""
-    return dict(_registry())
+    return dict(_KINDS)
 
 
 def pretrained_kinds() -> dict[str, TokenizerKind]:
     """The kinds read from a checkpoint file, by name."""
-    return {name: kind for name, kind in _registry().items() if kind.pretrained}
+    return {name: kind for name, kind in _KINDS.items() if kind.pretrained}
 
 
 def trainable_kinds() -> dict[str, TokenizerKind]:
     """The kinds trained here and saved as folders, by name."""
-    return {name: kind for name, kind in _registry().items() if kind.trainable}
+    return {name: kind for name, kind in _KINDS.items() if kind.trainable}
 
 
 def get_trainable_kind(name: str) -> TokenizerKind:
@@ -278,7 +257,7 @@ def get_trainable_kind(name: str) -> TokenizerKind:
 
 def kind_for_config(config: Any) -> TokenizerKind:
     """The trainable kind whose config class ``config`` is an instance of (each trainable kind has its own)."""
-    for kind in _registry().values():
+    for kind in _KINDS.values():
         if kind.trainable and type(config) is kind.config_class:
             return kind
     raise PurrError(f"{type(config).__name__} is the config of no trainable tokenizer kind; pass the config of one "
