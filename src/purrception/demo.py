@@ -56,9 +56,9 @@ class DemoSettings:
     cache_dir: str = ""
     preset: str = "mnist-demo"
     train_overrides: list[str] = field(default_factory=list)
-    temperatures: tuple[float, ...] = (0.5, 0.8, 1.0, 1.3)
+    temperatures: tuple[float | str, ...] = (0.5, 0.8, 1.0, 1.3)   # numbers or schedule specs, a panel each
     per_class: int = 10
-    steps: int = 50
+    sample_steps: int = 50
     cfg_scale: float = 1.0
     seed: int = 0
     tokenizer_steps: int | None = None          # None: the data set's default
@@ -147,12 +147,12 @@ def run_demo(settings: DemoSettings, progress: bool = True) -> dict[str, Any]:
     labels = np.repeat(np.arange(num_classes), settings.per_class)
     panels, all_images, all_labels, all_taus, per_tau = [], [], [], [], {}
     for tau in settings.temperatures:
-        sampler = SamplerSettings(steps=settings.steps, tau=tau, cfg_scale=settings.cfg_scale)
+        sampler = SamplerSettings(sample_steps=settings.sample_steps, tau=tau, cfg_scale=settings.cfg_scale)
         images = generate_images(method, model, tokenizer, labels, sampler, settings.seed, device=settings.device,
                                  progress=progress)
         accuracy = float((classifier.predict(images) == labels).mean())
         per_tau[str(tau)] = {"class_accuracy": accuracy}
-        log.info("tau %.2f: the judge reads the requested class in %.1f%% of samples", tau, 100 * accuracy)
+        log.info("tau %s: the judge reads the requested class in %.1f%% of samples", tau, 100 * accuracy)
         panels.append(image_grid(images, rows=num_classes))
         all_images.append(images)
         all_labels.append(labels)
@@ -173,7 +173,7 @@ def run_demo(settings: DemoSettings, progress: bool = True) -> dict[str, Any]:
         "training": {"checkpoint": str(result.checkpoint), "steps": result.step, "final_loss": result.last_loss,
                      "resumed_from_step": result.start_step, "config": ckpt.state.config,
                      "differs_from_asked": differs},
-        "sampling": {"solver": "euler", "steps": settings.steps, "cfg_scale": settings.cfg_scale,
+        "sampling": {"solver": "euler", "sample_steps": settings.sample_steps, "cfg_scale": settings.cfg_scale,
                      "temperatures": list(settings.temperatures), "per_class": settings.per_class,
                      "seed": settings.seed, "weights": "EMA"},
         "classifier": data.judge_facts,

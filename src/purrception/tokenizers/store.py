@@ -78,7 +78,7 @@ def load_tokenizer(path: str | Path, kind: str | None = None) -> VQTokenizer:
         if kind is not None and tokenizer.kind != kind:
             raise PurrError(f"{path} holds a {tokenizer.kind} tokenizer, not {kind}; drop the kind or fix the path")
     else:
-        raise PurrError(f"{path} is a file: name its kind with --tokenizer-kind ({', '.join(PRETRAINED_KINDS)}), "
+        raise PurrError(f"{path} is a file: name its kind with `tokenizer_kind` ({', '.join(PRETRAINED_KINDS)}), "
                         f"or pass a tokenizer folder made by `purr tokenizer train`")
     tokenizer.eval().requires_grad_(False)
     return tokenizer
@@ -94,7 +94,7 @@ def load_matching_tokenizer(path: str | Path, expected: TokenizerIdentity, kind:
     tokenizer = load_tokenizer(path, kind)
     if tokenizer.identity() != expected:
         raise PurrError(f"tokenizer {path} is {tokenizer.identity().describe()}, but the codes were made by "
-                        f"{expected.describe()}; pass the matching --tokenizer")
+                        f"{expected.describe()}; pass the matching `tokenizer=PATH`")
     return tokenizer
 
 
