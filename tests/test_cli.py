@@ -51,7 +51,7 @@ def test_train_then_sample(tiny_shards_dir, tmp_path):
                  "--set", "steps=2", "--set", "batch_size=8",
                  "--set", 'model_overrides={"hidden_size":32,"depth":1,"num_heads":2}']) == 0
     out = tmp_path / "samples"
-    assert main(["sample", str(run), "--out", str(out), "--classes", "3,7", "--num", "4", "--steps", "2"]) == 0
+    assert main(["sample", str(run), "--out", str(out), "--classes", "3,7", "--num", "4", "--sample-steps", "2"]) == 0
     with np.load(out / "samples.npz") as data:
         assert data["labels"].tolist() == [3, 3, 7, 7] and data["images"].shape == (4, 28, 28)
 
@@ -59,7 +59,7 @@ def test_train_then_sample(tiny_shards_dir, tmp_path):
 def test_demo_end_to_end_tiny(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--tokenizer-steps", "3", "--set", "steps=2", "--set", "ckpt_every=2",
-                 "--per-class", "1", "--steps", "2", "--tau", "0.5", "1.0"]) == 0
+                 "--per-class", "1", "--sample-steps", "2", "--tau", "0.5", "1.0"]) == 0
     summary = json.loads((out / "demo.json").read_text())
     assert set(summary["results"]) == {"0.5", "1.0"}
     assert 0.0 <= summary["results"]["1.0"]["class_accuracy"] <= 1.0
@@ -70,14 +70,14 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
     # a second run reuses the trained model instead of training again
     before = sorted(p.name for p in (out / "model" / "checkpoints").iterdir())
     assert main(["demo", "--out", str(out), "--tokenizer-steps", "3", "--set", "steps=2", "--set", "ckpt_every=2",
-                 "--per-class", "1", "--steps", "2", "--tau", "1.0"]) == 0
+                 "--per-class", "1", "--sample-steps", "2", "--tau", "1.0"]) == 0
     assert sorted(p.name for p in (out / "model" / "checkpoints").iterdir()) == before
 
 
 def test_demo_continues_a_cached_run_and_says_when_it_reuses_another_config(tmp_path, caplog):
     out = tmp_path / "demo"
-    common = ["demo", "--out", str(out), "--tokenizer-steps", "3", "--per-class", "1", "--steps", "2", "--tau", "1.0",
-              "--set", "ckpt_every=2"]
+    common = ["demo", "--out", str(out), "--tokenizer-steps", "3", "--per-class", "1", "--sample-steps", "2",
+              "--tau", "1.0", "--set", "ckpt_every=2"]
     assert main([*common, "--set", "steps=2"]) == 0
     assert main([*common, "--set", "steps=4"]) == 0  # more steps asked: the cached run trains on to 4
     training = json.loads((out / "demo.json").read_text())["training"]

@@ -39,8 +39,8 @@ def shape_run(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def _eval(run: Path, images: Path, out: Path, *extra: str) -> int:
-    return main(["eval", str(run), "--protocol", "folder", "--reference", str(images), "-n", "12", "--steps", "2",
-                 "--out", str(out), *extra])
+    return main(["eval", str(run), "--protocol", "folder", "--reference", str(images), "-n", "12",
+                 "--sample-steps", "2", "--out", str(out), *extra])
 
 
 def test_the_split_is_class_balanced_on_a_sorted_folder_and_fixed(tmp_path):
@@ -163,7 +163,7 @@ def test_an_exported_pipeline_scores_as_its_run_on_the_cli_and_in_python(shape_r
     assert report["checkpoint"]["step"] == expected["checkpoint"]["step"]
 
     pipe = PurrceptionPipeline.from_pretrained(tmp_path / "pipe")
-    scored = pipe.evaluate(protocol="folder", reference=str(images), num_samples=12, steps=2)
+    scored = pipe.evaluate(protocol="folder", reference=str(images), num_samples=12, sample_steps=2)
     assert scored["metrics"]["fid"] == pytest.approx(expected["metrics"]["fid"])
 
     capsys.readouterr()
