@@ -122,10 +122,12 @@ def test_bad_input_gives_one_line_and_overwrites_nothing(tiny_checkpoint, tiny_t
     assert main(["sample", str(tiny_checkpoint), "--out", str(keep)]) == 2
     assert "not empty" in _error_line(capsys) and (keep / "precious.png").read_bytes() == b"mine"
 
-    for flag, value in (("--tau", "0"), ("--steps", "0"), ("--tau", "-1"), ("--seed", "-1")):
-        with pytest.raises(SystemExit) as exit_info:
-            main(["sample", str(tiny_checkpoint), "--out", str(tmp_path / "o5"), flag, value])
-        assert exit_info.value.code == 2
+    for flag, value in (("--tau", "0"), ("--sample-steps", "0"), ("--steps", "0"), ("--tau", "-1")):
+        assert main(["sample", str(tiny_checkpoint), "--out", str(tmp_path / "o5"), flag, value]) == 2
+        assert _error_line(capsys).startswith(f"purr: error: {flag.replace('--steps', '--sample-steps')} must be")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", str(tiny_checkpoint), "--out", str(tmp_path / "o5"), "--seed", "-1"])
+    assert exit_info.value.code == 2
     assert "a seed must be an integer from 0" in capsys.readouterr().err
     assert not (tmp_path / "o5").exists()
     for args in (["study", "convergence", "--out", str(tmp_path / "s"), "--seeds", "0,-2"],
@@ -133,5 +135,5 @@ def test_bad_input_gives_one_line_and_overwrites_nothing(tiny_checkpoint, tiny_t
         with pytest.raises(SystemExit):
             main(args)
     assert "names a seed twice" in capsys.readouterr().err and not (tmp_path / "s").exists()
-    with pytest.raises(PurrError, match="seed must be >= 0"):
+    with pytest.raises(PurrError, match="`seed` must be >= 0, got -1"):
         TrainConfig(seed=-1)

@@ -268,4 +268,5 @@ def test_purr_eval_records_tau_and_cfg_schedules_by_their_spec(tiny_checkpoint, 
     report = json.loads(out.read_text())
     for where in (report["sampling"], report["command"]):
         assert where["tau"] == "linear:0.5:1" and where["cfg_scale"] == "cosine:1:1.5"
+        assert where["sample_steps"] == 2 and "steps" not in where
         assert parse_schedule(where["tau"]) == Schedule("linear", 0.5, 1.0)

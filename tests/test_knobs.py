@@ -4,6 +4,7 @@ per quantity, and library errors that name parameters, which the CLI (and ``purr
 from __future__ import annotations
 
 import ast
+import inspect
 import json
 import logging
 import math
@@ -23,6 +24,7 @@ from purrception.cli import build_parser, flag_message, main, subcommand_parser
 from purrception.errors import PARAMETER, PurrError
 from purrception.evaluation.evaluate import EvalSettings
 from purrception.flows.base import METHODS
+from purrception.pipeline import PurrceptionPipeline
 from purrception.sampling.schedules import Schedule
 from purrception.sampling.settings import SamplerSettings
 from purrception.studies.core import StudyStore
@@ -110,6 +112,14 @@ def test_eval_settings_are_checked_by_the_same_rule_and_record_sample_steps():
         EvalSettings(sample_steps=0)
     settings = EvalSettings(sample_steps=3, tau="linear:1:0.5")
     assert settings.tau == Schedule("linear", 1.0, 0.5) and settings.sampler().sample_steps == 3
+
+
+def test_the_pipeline_sampler_uses_the_library_names_and_the_call_diffusers_names(tiny_checkpoint):
+    pipe = PurrceptionPipeline.from_pretrained(tiny_checkpoint)
+    assert list(inspect.signature(pipe.sampler).parameters) == ["sample_steps", "tau", "cfg_scale", "solver"]
+    assert pipe.sampler(sample_steps=3, cfg_scale="linear:1:2") == SamplerSettings(3, 1.0, Schedule("linear", 1, 2))
+    call = inspect.signature(pipe.__call__).parameters
+    assert {"num_inference_steps", "guidance_scale"} <= set(call) and not {"sample_steps", "cfg_scale"} & set(call)
 
 
 # -- whether a method has a temperature is the method's ---------------------------------------------------------
