@@ -81,7 +81,7 @@ def main() -> None:
     ckpt = tiny_checkpoint(workdir)
     out = workdir / "eval.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.procs),
-           "-m", "purrception", "eval", str(ckpt), "-n", str(args.num_samples), "--steps", "20",
+           "-m", "purrception", "eval", str(ckpt), "-n", str(args.num_samples), "--sample-steps", "20",
            "--device", args.device.split(":")[0], "--cache-dir", str(workdir / "cache"), "--out", str(out)]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "4"})

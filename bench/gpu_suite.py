@@ -334,7 +334,7 @@ def plan_demo(s: Suite) -> Plan:
     if s.fresh_demo_cache:
         shutil.rmtree(s.demo_cache, ignore_errors=True)
     tiny = (["--tokenizer-steps", "3", "--set", "steps=2", "--set", "ckpt_every=2", "--set", "batch_size=8",
-             "--set", TINY_MODEL, "--per-class", "1", "--steps", "2", "--tau", "1.0"] if s.dry else [])
+             "--set", TINY_MODEL, "--per-class", "1", "--sample-steps", "2", "--tau", "1.0"] if s.dry else [])
     return Plan([PY, "-m", "purrception", "demo", "--device", s.device, "--out", str(demo_out),
                  "--cache-dir", str(s.demo_cache), *tiny], json_out=demo_out / "demo.json")
 

@@ -31,7 +31,6 @@ from purrception.evaluation.extractors import DigitFeatures
 from purrception.evaluation.fid import feature_stats, frechet_distance
 from purrception.evaluation.references import EmbeddedReference
 from purrception.generation.generate import balanced_labels, generate_images
-from purrception.sampling.schedules import parse_schedule
 from purrception.sampling.settings import SamplerSettings
 from purrception.tokenizers.store import load_tokenizer
 
@@ -84,7 +83,7 @@ def main() -> None:
 
     def run(solver: str, steps: int, tau: str) -> dict:
         calls[0] = 0
-        sampler = SamplerSettings(steps=steps, tau=parse_schedule(tau, "tau", positive=True), solver=solver)
+        sampler = SamplerSettings(sample_steps=steps, tau=tau, solver=solver)
         t0 = time.perf_counter()
         images = generate_images(method, model, tokenizer, labels, sampler, args.seed, args.batch_size,
                                  device=args.device)

@@ -26,12 +26,14 @@ from purrception.app.core import (
     mark_position,
     parse_form,
     pixel_to_position,
+    python_command,
     to_rgb,
     topk_items,
     upscale,
 )
-from purrception.cli import main
+from purrception.cli import build_parser, explain_for, main, subcommand_parser
 from purrception.cli.app import MISSING_EXTRA
+from purrception.cli.sample import sample_command
 from purrception.errors import PurrError
 from purrception.pipeline import PurrceptionPipeline
 
@@ -41,7 +43,7 @@ NAMES = [str(i) for i in range(10)]
 def form(**changes):
     """The page's form with its defaults, as positional values in parse_form's order."""
     values = dict(classes=[], num_images=8, tau_mode=TAU_CONSTANT, tau=1.0, tau_end=0.6, tau_shape="linear",
-                  guidance_scale=1.0, steps=16, solver="euler", seed=0)
+                  cfg_scale=1.0, sample_steps=16, solver="euler", seed=0)
     values.update(changes)
     return list(values.values())
 
@@ -59,9 +61,9 @@ def pipe(tiny_checkpoint):
 
 
 def test_form_to_pipeline_kwargs():
-    request = parse(classes=["3", "7"], num_images=5, tau=0.8, guidance_scale=1.3, steps=12.0, solver="heun",
+    request = parse(classes=["3", "7"], num_images=5, tau=0.8, cfg_scale=1.3, sample_steps=12.0, solver="heun",
                     seed=4)
-    assert request == SampleRequest(classes=(3, 7), num_images=5, tau="0.8", guidance_scale=1.3, steps=12,
+    assert request == SampleRequest(classes=(3, 7), num_images=5, tau="0.8", cfg_scale=1.3, sample_steps=12,
                                     solver="heun", seed=4)
     assert request.pipeline_kwargs(10) == {"class_labels": [3, 3, 3, 7, 7], "num_per_class": 1,
                                            "num_inference_steps": 12, "tau": "0.8", "guidance_scale": 1.3,
@@ -86,27 +88,28 @@ def test_form_classes_by_name_and_all():
 def test_form_tau_schedule():
     request = parse(tau_mode=TAU_SCHEDULE, tau=1.2, tau_end=0.6, tau_shape="cosine")
     assert request.tau == "cosine:1.2:0.6"
-    assert "--tau cosine:1.2:0.6" in request.command("run")
+    assert "--tau cosine:1.2:0.6" in request.command(sample_command, "run")
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"tau": 0}, "τ must be > 0, got 0"),
-    ({"tau": -0.5}, "τ must be > 0, got -0.5"),
-    ({"tau": None}, "τ is empty"),
-    ({"tau": float("nan")}, "τ must be a finite number"),
-    ({"tau_mode": TAU_SCHEDULE, "tau": 1.2, "tau_end": 0}, "τ must be > 0 throughout"),
-    ({"tau_mode": TAU_SCHEDULE, "tau_end": None}, "τ end is empty"),
-    ({"tau_mode": TAU_SCHEDULE, "tau_shape": "zigzag"}, "unknown τ schedule shape 'zigzag'"),
-    ({"tau_mode": "wobbly"}, "τ is either"),
-    ({"steps": 0}, "steps must be a positive integer, got 0"),
-    ({"steps": -3}, "steps must be a positive integer, got -3"),
-    ({"steps": 2.5}, "steps must be a whole number"),
-    ({"steps": 65}, "steps is at most 64 in this app (start purr app with --max-steps"),
-    ({"num_images": 0}, "number of images must be a positive integer"),
-    ({"num_images": 17}, "number of images is at most 16 in this app (start purr app with --max-images"),
-    ({"guidance_scale": "lots"}, "guidance scale must be a number"),
-    ({"solver": "dopri5"}, "solver must be one of euler, heun, midpoint"),
-    ({"seed": -1}, "seed must be a non-negative integer"),
+    ({"tau": 0}, "`tau` must be a number > 0 or a schedule like linear:1.2:0.6, got 0.0"),
+    ({"tau": -0.5}, "`tau` must be a number > 0 or a schedule like linear:1.2:0.6, got -0.5"),
+    ({"tau": None}, "`tau` is empty"),
+    ({"tau": float("nan")}, "`tau` must be a finite number"),
+    ({"tau_mode": TAU_SCHEDULE, "tau": 1.2, "tau_end": 0}, "`tau` must be a number > 0 at both ends of its schedule, "
+                                                          "got linear:1.2:0"),
+    ({"tau_mode": TAU_SCHEDULE, "tau_end": None}, "`tau` is empty"),
+    ({"tau_mode": TAU_SCHEDULE, "tau_shape": "zigzag"}, "unknown schedule shape 'zigzag'"),
+    ({"tau_mode": "wobbly"}, "`tau_mode` is either"),
+    ({"sample_steps": 0}, "`sample_steps` must be a positive integer, got 0"),
+    ({"sample_steps": -3}, "`sample_steps` must be a positive integer, got -3"),
+    ({"sample_steps": 2.5}, "`sample_steps` must be a whole number"),
+    ({"sample_steps": 65}, "`sample_steps` is at most 64 in this app (start it with a larger `max_steps`"),
+    ({"num_images": 0}, "`num_images` must be a positive integer"),
+    ({"num_images": 17}, "`num_images` is at most 16 in this app (start it with a larger `max_images`"),
+    ({"cfg_scale": "lots"}, "`cfg_scale` must be a number"),
+    ({"solver": "dopri5"}, "`solver` must be one of euler, heun, midpoint"),
+    ({"seed": -1}, "`seed` must be a non-negative integer"),
 ])
 def test_form_refusals_name_the_field(changes, message):
     with pytest.raises(PurrError) as err:
@@ -114,23 +117,57 @@ def test_form_refusals_name_the_field(changes, message):
     assert message in str(err.value)
 
 
+def test_page_errors_name_the_flags_of_purr_app_and_purr_sample(pipe, tiny_checkpoint, tmp_path):
+    """What cli/app.py hands the session: the CLI's own translation, for purr app's and purr sample's flags."""
+    root = build_parser()
+    explain = explain_for(subcommand_parser(root, ["app"]), subcommand_parser(root, ["sample"]))
+    session = AppSession(pipe, tiny_checkpoint, workdir=tmp_path, command=sample_command, explain=explain)
+    shown = {}
+    for changes in ({"sample_steps": 65}, {"sample_steps": 0}, {"tau": 0}, {"cfg_scale": "lots"}):
+        with pytest.raises(PurrError) as err:
+            session.parse(*form(**changes))
+        shown[next(iter(changes))] = session.error_message(err.value)
+    assert shown["sample_steps"] == "--sample-steps must be a positive integer, got 0"
+    assert shown["tau"].startswith("--tau must be a number > 0") and shown["cfg_scale"].startswith("--cfg-scale")
+    with pytest.raises(PurrError) as err:
+        session.parse(*form(sample_steps=65))
+    assert session.error_message(err.value) == ("--sample-steps is at most 64 in this app (start it with a larger "
+                                                "--max-steps to allow more), got 65")
+    library = AppSession(pipe, tiny_checkpoint, workdir=tmp_path / "lib")      # the defaults: Python names
+    assert library.error_message(err.value) == str(err.value)
+
+
 def test_limits_are_the_app_flags():
-    assert parse(limits=Limits(max_images=40, max_steps=200), num_images=40, steps=200).steps == 200
+    assert parse(limits=Limits(max_images=40, max_steps=200), num_images=40, sample_steps=200).sample_steps == 200
     with pytest.raises(PurrError, match="must be positive"):
         Limits(max_images=0)
 
 
 def test_command_quotes_and_round_trips():
-    request = parse(classes=["0", "4"], num_images=4, tau=1e-05, guidance_scale=2.0, seed=9)
-    line = request.command("/runs/my run", out="out dir")
+    request = parse(classes=["0", "4"], num_images=4, tau=1e-05, cfg_scale=2.0, seed=9)
+    line = request.command(sample_command, "/runs/my run", out="out dir")
     argv = shlex.split(line)
     assert argv[:2] == ["purr", "sample"] and argv[2] == "/runs/my run"
     flags = dict(zip(argv[3::2], argv[4::2]))
-    assert flags == {"--out": "out dir", "--classes": "0,4", "--num": "4", "--seed": "9", "--steps": "16",
+    assert flags == {"--out": "out dir", "--classes": "0,4", "--num": "4", "--seed": "9", "--sample-steps": "16",
                      "--solver": "euler", "--tau": "1e-05", "--cfg-scale": "2.0"}
-    every = parse(classes=[]).sample_argv("run", times=(0.0, 0.5), topk=3, position=(1, 2))
+    every = shlex.split(parse(classes=[]).command(sample_command, "run", times=(0.0, 0.5), topk=3, position=(1, 2)))
     assert every[every.index("--classes") + 1] == "all"
     assert every[-6:] == ["--uncertainty-times", "0.0,0.5", "--topk", "3", "--position", "1,2"]
+
+
+def test_the_library_default_command_is_python_that_writes_the_same_images(pipe, tiny_checkpoint, tmp_path):
+    request = parse(classes=["3", "7"], num_images=3, tau_mode=TAU_SCHEDULE, tau=1.2, tau_end=0.7, sample_steps=2,
+                    seed=2)
+    session = AppSession(pipe, tiny_checkpoint, workdir=tmp_path / "work")
+    result = session.generate(request)
+    argv = shlex.split(result.command)
+    assert argv[:2] == ["python", "-c"] and result.command == request.command(python_command, str(tiny_checkpoint))
+    out = tmp_path / "again"
+    code = argv[2].replace(repr("purr-samples"), repr(str(out)))
+    subprocess.run([sys.executable, "-c", code], check=True)
+    with np.load(out / "samples.npz") as data:
+        assert (data["images"] == result.pixels).all() and data["labels"].tolist() == [3, 3, 7]
 
 
 # -- the images -------------------------------------------------------------------------------------------------
@@ -168,9 +205,10 @@ def test_panel_images():
 
 
 def test_command_reproduces_the_page(pipe, tiny_checkpoint, tmp_path):
-    session = AppSession(pipe, tiny_checkpoint, times=(0.0, 0.5), topk=3, workdir=tmp_path / "work")
+    session = AppSession(pipe, tiny_checkpoint, times=(0.0, 0.5), topk=3, workdir=tmp_path / "work",
+                         command=sample_command)
     request = parse(classes=["3", "7"], num_images=3, tau_mode=TAU_SCHEDULE, tau=1.2, tau_end=0.7,
-                    guidance_scale=1.3, steps=3, solver="heun", seed=2)
+                    cfg_scale=1.3, sample_steps=3, solver="heun", seed=2)
     result = session.generate(request)
     assert result.pixels.shape == (3, 28, 28) and result.labels.tolist() == [3, 3, 7]
     looked = session.inspect(request, 2, position=(1, 4))
@@ -201,7 +239,7 @@ def test_command_reproduces_the_page(pipe, tiny_checkpoint, tmp_path):
 
 def test_session_refusals(pipe, tiny_checkpoint, tmp_path):
     session = AppSession(pipe, tiny_checkpoint, workdir=tmp_path)
-    request = parse(num_images=2, steps=2)
+    request = parse(num_images=2, sample_steps=2)
     with pytest.raises(PurrError, match=r"outside the 7x7 code grid"):
         session.inspect(request, 0, position=(7, 0))
     with pytest.raises(PurrError, match="class id 12 is out of range"):
@@ -214,7 +252,7 @@ def test_session_refusals(pipe, tiny_checkpoint, tmp_path):
 
 def test_session_cleans_its_own_folder(pipe, tiny_checkpoint):
     session = AppSession(pipe, tiny_checkpoint)
-    result = session.generate(parse(num_images=1, steps=1))
+    result = session.generate(parse(num_images=1, sample_steps=1))
     assert result.archive.is_file()
     session.close()
     assert not session.workdir.exists()

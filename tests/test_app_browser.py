@@ -143,7 +143,7 @@ def test_page_in_a_browser(app_url):
             # a bad value is refused in the page, with the reason
             page.fill("#tau input", "0")
             page.click("#generate")
-            page.get_by_text("τ must be > 0").first.wait_for()
+            page.get_by_text("--tau must be a number > 0").first.wait_for()   # the CLI's words, as purr sample's
             for close in page.locator("[data-testid=toast-close]").all():     # dismiss it (gradio's own button)
                 close.click()
 
@@ -158,7 +158,7 @@ def test_page_in_a_browser(app_url):
             hot = _generate(page, 4)
             assert all(a.shape == cold[0].shape for a in cold + hot) and cold[0].shape[0] >= 112
             assert any((a != b).any() for a, b in zip(cold, hot)), "τ = 0.05 and τ = 5 → 3 gave the same images"
-            assert "--tau linear:5.0:3.0" in page.inner_text("#command")
+            assert "--tau linear:5:3" in page.inner_text("#command")
             assert "4 images in" in page.inner_text("#status")
             page.wait_for_function("() => document.querySelector('#downloads').innerText.includes('purr-app-samples')"
                                    " && document.querySelector('#downloads').innerText.includes('command')")

@@ -141,7 +141,7 @@ def test_one_euler_step_then_nearest_code(cls):
     model = _model(method)
     noise = torch.randn(4, D, SIDE, SIDE, generator=torch.Generator().manual_seed(5))
     y = torch.tensor([0, 1, 2, 1])
-    codes = method.generate(model, noise, y, SamplerSettings(steps=1), _snap(method))
+    codes = method.generate(model, noise, y, SamplerSettings(sample_steps=1), _snap(method))
     out = _out(model, noise, torch.zeros(4), y)
     expected = nearest_code(noise + out if cls is CFM else out, cb)
     assert torch.equal(codes, expected)
@@ -155,7 +155,7 @@ def test_cfm_endpoint_last_step_jumps_to_the_prediction(solver):
     model = _model(method)
     noise = torch.randn(4, D, SIDE, SIDE, generator=torch.Generator().manual_seed(5))
     y = torch.tensor([0, 1, 2, 1])
-    codes = method.generate(model, noise, y, SamplerSettings(steps=1, solver=solver), _snap(method))
+    codes = method.generate(model, noise, y, SamplerSettings(sample_steps=1, solver=solver), _snap(method))
     assert torch.equal(codes, nearest_code(_out(model, noise, torch.zeros(4), y), cb))
 
 
@@ -163,8 +163,9 @@ def test_cfm_endpoint_last_step_jumps_to_the_prediction(solver):
 def test_temperature_is_refused_by_regression_methods(name):
     method = get_method(name)(_codebook())
     noise = torch.randn(2, D, SIDE, SIDE)
-    with pytest.raises(PurrError, match="tau"):
-        method.generate(_model(method), noise, torch.tensor([0, 1]), SamplerSettings(steps=2, tau=0.9), _snap(method))
+    with pytest.raises(PurrError, match=f"`tau` has no meaning for {name} \\(it has no logits\\), got 0.9"):
+        method.generate(_model(method), noise, torch.tensor([0, 1]), SamplerSettings(sample_steps=2, tau=0.9),
+                        _snap(method))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -224,7 +225,7 @@ def test_an_odd_grid_read_in_2x2_patches_trains_guides_and_samples(name):
     with torch.no_grad():
         torch.testing.assert_close(_guided_output(method, model, x, 0.4, y, 2.5),
                                    _expected_guided_output(method, model, x, 0.4, y, 2.5), rtol=1e-4, atol=1e-3)
-        got = generate_codes(method, model, np.array([0, 1, 2]), SamplerSettings(steps=3, cfg_scale=1.5), 0,
+        got = generate_codes(method, model, np.array([0, 1, 2]), SamplerSettings(sample_steps=3, cfg_scale=1.5), 0,
                              _snap(method))
     assert got.shape == (3, side, side) and int(got.min()) >= 0 and int(got.max()) < K
 
@@ -325,7 +326,7 @@ def test_dfm_chunked_sampler_gives_the_materialised_samplers_codes(patch, rank, 
     model = _model(method, patch=patch, rank=rank, side=side)
     noise = torch.randn(5, D, side, side, generator=torch.Generator().manual_seed(21))
     y = torch.tensor([0, 1, 2, 1, 0])
-    sampler = SamplerSettings(steps=4, cfg_scale=cfg_scale, tau=0.8)
+    sampler = SamplerSettings(sample_steps=4, cfg_scale=cfg_scale, tau=0.8)
     budget = 3 * SAMPLE_COPIES_PER_LOGIT * model.head.groups * K * 4          # 3 rows of float32 logits
     rows = model.head.rows(torch.zeros(5, model.grid ** 2, 32)).shape[0]
     assert chunk_rows(rows, SAMPLE_COPIES_PER_LOGIT * model.head.groups * K, torch.device("cpu"), budget) == 3
@@ -337,8 +338,8 @@ def test_dfm_chunked_sampler_gives_the_materialised_samplers_codes(patch, rank, 
 
     with torch.no_grad():
         materialised = draws_from_logits(lambda x, t: method.logits(model, x, t, y, sampler.cfg_at(t)))
-        want = discrete_euler(materialised, noise, sampler.steps, method.kappa, K, sampler.tau_at)
-        got = discrete_euler(chunked, noise, sampler.steps, method.kappa, K, sampler.tau_at)
+        want = discrete_euler(materialised, noise, sampler.sample_steps, method.kappa, K, sampler.tau_at)
+        got = discrete_euler(chunked, noise, sampler.sample_steps, method.kappa, K, sampler.tau_at)
     assert len(seen) > 1 and max(seen) > 3 * model.head.groups               # several steps, several chunks
     assert torch.equal(got, want) and (want != K).all()
     assert torch.equal(method.generate(model, noise, y, sampler, _snap(method)), want)
@@ -410,7 +411,7 @@ def test_dfm_refuses_another_solver():
     method = DFM(_codebook(), embed_dim=8)
     with pytest.raises(PurrError, match="solver"):
         method.generate(_model(method), torch.randn(2, D, SIDE, SIDE), torch.tensor([0, 1]),
-                        SamplerSettings(steps=2, solver="heun"), _snap(method))
+                        SamplerSettings(sample_steps=2, solver="heun"), _snap(method))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -442,7 +443,7 @@ def test_train_and_sample_every_method_through_the_same_calls(name, tiny_shards,
     model = ckpt.build_model()
     assert sum(float(p.detach().abs().sum()) for p in model.head.parameters()) > 0  # zero-init head trained
     labels = np.array([0, 1, 2, 0, 1, 2])
-    sampler = SamplerSettings(steps=3, cfg_scale=1.5)
+    sampler = SamplerSettings(sample_steps=3, cfg_scale=1.5)
     codes = generate_codes(method, model, labels, sampler, seed=3, snap=_snap(method), batch_size=6)
     assert codes.shape == (6, SIDE, SIDE) and codes.min() >= 0 and codes.max() < K
     # image k depends only on (seed, k), not on how the batch was cut, for every method

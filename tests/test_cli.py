@@ -51,7 +51,7 @@ def test_train_then_sample(tiny_shards_dir, tmp_path):
                  "--set", "steps=2", "--set", "batch_size=8",
                  "--set", 'model_overrides={"hidden_size":32,"depth":1,"num_heads":2}']) == 0
     out = tmp_path / "samples"
-    assert main(["sample", str(run), "--out", str(out), "--classes", "3,7", "--num", "4", "--steps", "2"]) == 0
+    assert main(["sample", str(run), "--out", str(out), "--classes", "3,7", "--num", "4", "--sample-steps", "2"]) == 0
     with np.load(out / "samples.npz") as data:
         assert data["labels"].tolist() == [3, 3, 7, 7] and data["images"].shape == (4, 28, 28)
 
@@ -59,7 +59,7 @@ def test_train_then_sample(tiny_shards_dir, tmp_path):
 def test_demo_end_to_end_tiny(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--tokenizer-steps", "3", "--set", "steps=2", "--set", "ckpt_every=2",
-                 "--per-class", "1", "--steps", "2", "--tau", "0.5", "1.0"]) == 0
+                 "--per-class", "1", "--sample-steps", "2", "--tau", "0.5", "1.0"]) == 0
     summary = json.loads((out / "demo.json").read_text())
     assert set(summary["results"]) == {"0.5", "1.0"}
     assert 0.0 <= summary["results"]["1.0"]["class_accuracy"] <= 1.0
@@ -70,14 +70,14 @@ def test_demo_end_to_end_tiny(tmp_path, capsys):
     # a second run reuses the trained model instead of training again
     before = sorted(p.name for p in (out / "model" / "checkpoints").iterdir())
     assert main(["demo", "--out", str(out), "--tokenizer-steps", "3", "--set", "steps=2", "--set", "ckpt_every=2",
-                 "--per-class", "1", "--steps", "2", "--tau", "1.0"]) == 0
+                 "--per-class", "1", "--sample-steps", "2", "--tau", "1.0"]) == 0
     assert sorted(p.name for p in (out / "model" / "checkpoints").iterdir()) == before
 
 
 def test_demo_continues_a_cached_run_and_says_when_it_reuses_another_config(tmp_path, caplog):
     out = tmp_path / "demo"
-    common = ["demo", "--out", str(out), "--tokenizer-steps", "3", "--per-class", "1", "--steps", "2", "--tau", "1.0",
-              "--set", "ckpt_every=2"]
+    common = ["demo", "--out", str(out), "--tokenizer-steps", "3", "--per-class", "1", "--sample-steps", "2",
+              "--tau", "1.0", "--set", "ckpt_every=2"]
     assert main([*common, "--set", "steps=2"]) == 0
     assert main([*common, "--set", "steps=4"]) == 0  # more steps asked: the cached run trains on to 4
     training = json.loads((out / "demo.json").read_text())["training"]
@@ -122,10 +122,12 @@ def test_bad_input_gives_one_line_and_overwrites_nothing(tiny_checkpoint, tiny_t
     assert main(["sample", str(tiny_checkpoint), "--out", str(keep)]) == 2
     assert "not empty" in _error_line(capsys) and (keep / "precious.png").read_bytes() == b"mine"
 
-    for flag, value in (("--tau", "0"), ("--steps", "0"), ("--tau", "-1"), ("--seed", "-1")):
-        with pytest.raises(SystemExit) as exit_info:
-            main(["sample", str(tiny_checkpoint), "--out", str(tmp_path / "o5"), flag, value])
-        assert exit_info.value.code == 2
+    for flag, value in (("--tau", "0"), ("--sample-steps", "0"), ("--steps", "0"), ("--tau", "-1")):
+        assert main(["sample", str(tiny_checkpoint), "--out", str(tmp_path / "o5"), flag, value]) == 2
+        assert _error_line(capsys).startswith(f"purr: error: {flag.replace('--steps', '--sample-steps')} must be")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", str(tiny_checkpoint), "--out", str(tmp_path / "o5"), "--seed", "-1"])
+    assert exit_info.value.code == 2
     assert "a seed must be an integer from 0" in capsys.readouterr().err
     assert not (tmp_path / "o5").exists()
     for args in (["study", "convergence", "--out", str(tmp_path / "s"), "--seeds", "0,-2"],
@@ -133,5 +135,5 @@ def test_bad_input_gives_one_line_and_overwrites_nothing(tiny_checkpoint, tiny_t
         with pytest.raises(SystemExit):
             main(args)
     assert "names a seed twice" in capsys.readouterr().err and not (tmp_path / "s").exists()
-    with pytest.raises(PurrError, match="seed must be >= 0"):
+    with pytest.raises(PurrError, match="`seed` must be >= 0, got -1"):
         TrainConfig(seed=-1)

@@ -77,7 +77,7 @@ def test_a_new_data_set_is_one_entry(bars_dataset, tmp_path, monkeypatch, capsys
     monkeypatch.setattr(folder_judge, "JUDGE_STEPS", 20)
     overrides = ["steps=2", "ckpt_every=2", "batch_size=4", f"model_overrides={json.dumps(TINY_MODEL)}"]
     summary = run_demo(DemoSettings(out_dir=str(tmp_path / "demo"), data="bars", train_overrides=overrides,
-                                    temperatures=(1.0,), per_class=2, steps=2), progress=False)
+                                    temperatures=(1.0,), per_class=2, sample_steps=2), progress=False)
     assert summary["data"] == "bars" and summary["outputs"]["class_names"] == ["horizontal", "vertical"]
     assert 0.0 <= summary["results"]["1.0"]["class_accuracy"] <= 1.0
     with np.load(tmp_path / "demo" / "samples.npz") as samples:

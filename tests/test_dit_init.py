@@ -294,17 +294,17 @@ def test_init_from_refuses_a_file_that_does_not_fit_in_one_line(change, message)
 
 
 def test_init_from_refuses_another_block_count_hidden_size_or_position_layout(tmp_path):
-    with pytest.raises(PurrError, match=r"^init_from f.pt has 3 blocks but the model has 2; choose the model preset "
+    with pytest.raises(PurrError, match=r"^`init_from` f.pt has 3 blocks but the model has 2; choose the model preset "
                                         r"the checkpoint was trained as$"):
         plan_dit_import(dit_state(depth=3), _model(), "f.pt")
-    with pytest.raises(PurrError, match=r"^init_from f.pt has hidden size 64 but the model has 32; choose the model "
+    with pytest.raises(PurrError, match=r"^`init_from` f.pt has hidden size 64 but the model has 32; choose the model "
                                         r"preset the checkpoint was trained as$"):
         plan_dit_import(dit_state(hidden=64), _model(), "f.pt")
-    with pytest.raises(PurrError, match=r"^init_from f.pt: the model uses the 'row-major' position table, but DiT "
+    with pytest.raises(PurrError, match=r"^`init_from` f.pt: the model uses the 'row-major' position table, but DiT "
                                         r"trunks read DiT's; drop pos_embed_layout from model_overrides$"):
         plan_dit_import(dit_state(), _model(pos_embed_layout="row-major"), "f.pt")
     torch.save({"step": torch.tensor(1), "model": {"w": [1, 2]}}, tmp_path / "odd.pt")
-    with pytest.raises(PurrError, match=r"^init_from \S+odd.pt holds no state dict of tensors \(bare, or under 'ema' "
+    with pytest.raises(PurrError, match=r"^`init_from` \S+odd.pt holds no state dict of tensors \(bare, or under 'ema' "
                                         r"/ 'model' / 'state_dict'\); pass a DiT or SiT checkpoint$"):
         read_dit_weights(tmp_path / "odd.pt")
 

@@ -131,7 +131,7 @@ def test_purr_demo_data_emoji_runs_the_folder_route_and_reuses_its_cache(tmp_pat
     monkeypatch.setattr(folder_judge, "JUDGE_STEPS", 20)  # part of the judge's cache key
     out = tmp_path / "demo"
     args = ["demo", "--data", "emoji", "--out", str(out), "--tokenizer-steps", "3", "--set", "steps=2",
-            "--set", "ckpt_every=2", "--per-class", "1", "--steps", "2", "--tau", "1.0"]
+            "--set", "ckpt_every=2", "--per-class", "1", "--sample-steps", "2", "--tau", "1.0"]
     assert main(args) == 0
     summary = json.loads((out / "demo.json").read_text())
     classes = len(emoji.class_names)

@@ -299,10 +299,10 @@ def test_read_images_matches_the_encode_preprocessing(class_folder, channels, ca
 
 def test_read_images_refuses_too_much_memory_and_unreadable_images(class_folder, tmp_path):
     source = folder_source(class_folder)
-    with pytest.raises(PurrError, match=r"15 images at 16x16x3 .* GiB limit; use a smaller --resolution or a subset"):
+    with pytest.raises(PurrError, match=r"15 images at 16x16x3 .* GiB limit; use a smaller `resolution` or a subset"):
         read_images(source, 16, 3, max_bytes=15 * 16 * 16 * 3 - 1)
     assert read_images(source, 16, 3, max_bytes=15 * 16 * 16 * 3).shape == (15, 16, 16, 3)
-    with pytest.raises(PurrError, match="channels must be 1 or 3"):
+    with pytest.raises(PurrError, match="`channels` must be 1 or 3"):
         read_images(source, 16, 4)
     root = tmp_path / "images"
     (root / "cat").mkdir(parents=True)

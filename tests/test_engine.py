@@ -184,7 +184,7 @@ def test_periodic_sample_grids(tiny_shards_dir, tiny_tokenizer_dir, tmp_path):
     manifest = json.loads((anonymous / "manifest.json").read_text())
     manifest["source"].pop("tokenizer_path")
     (anonymous / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(PurrError, match="sample_every needs the tokenizer"):
+    with pytest.raises(PurrError, match="`sample_every` needs the tokenizer"):
         train(config, anonymous, tmp_path / "no-tok", progress=False)
 
 
@@ -222,11 +222,11 @@ def test_config_resolution_order_and_type_checks(tmp_path):
     assert (c.lr, c.steps, c.precision, c.model) == (3e-4, 9, "bf16", "DiT-B/2")
     c = resolve_config("digits-demo", tmp_path / "c.toml")
     assert (c.lr, c.compile) == (5e-4, True)
-    with pytest.raises(PurrError, match="compile must be bool"):
+    with pytest.raises(PurrError, match="config field `compile` must be bool"):
         resolve_config(None, None, ["compile=yes"])
-    with pytest.raises(PurrError, match="precision 'fp16'"):
+    with pytest.raises(PurrError, match="`precision` 'fp16'"):
         resolve_config(None, None, ["precision=fp16"])
-    with pytest.raises(PurrError, match="steps must be a positive integer"):
+    with pytest.raises(PurrError, match="`steps` must be a positive integer"):
         resolve_config(None, None, ["steps=0"])
 
 

@@ -209,7 +209,7 @@ def test_inception_state_dict_round_trips_strictly_and_wrong_files_are_refused(t
 
 # ---- purr eval --------------------------------------------------------------------------------------------------
 def _eval_args(ckpt: Path, out: Path, cache: Path) -> list[str]:
-    return ["eval", str(ckpt), "-n", "30", "--steps", "2", "--batch-size", "5", "--tau", "0.9", "--seed", "7",
+    return ["eval", str(ckpt), "-n", "30", "--sample-steps", "2", "--batch-size", "5", "--tau", "0.9", "--seed", "7",
             "--fid-subsets", "20", "--cache-dir", str(cache), "--device", "cpu", "--out", str(out)]
 
 
@@ -260,12 +260,13 @@ def test_purr_eval_refuses_bad_requests(tiny_checkpoint, tmp_path, capsys):
 def test_purr_eval_records_tau_and_cfg_schedules_by_their_spec(tiny_checkpoint, tmp_path, capsys):
     cache = Path(os.environ["PURR_CACHE"])
     out = tmp_path / "sched.json"
-    args = ["eval", str(tiny_checkpoint), "-n", "10", "--steps", "2", "--batch-size", "10", "--no-precision-recall",
-            "--tau", "linear:0.5:1.0", "--cfg-scale", "cosine:1:1.5", "--cache-dir", str(cache), "--device", "cpu",
-            "--out", str(out)]
+    args = ["eval", str(tiny_checkpoint), "-n", "10", "--sample-steps", "2", "--batch-size", "10",
+            "--no-precision-recall", "--tau", "linear:0.5:1.0", "--cfg-scale", "cosine:1:1.5",
+            "--cache-dir", str(cache), "--device", "cpu", "--out", str(out)]
     assert main(args) == 0
-    assert "tau=linear:0.5:1 cfg=cosine:1:1.5" in capsys.readouterr().out
+    assert "sample_steps=2 tau=linear:0.5:1 cfg=cosine:1:1.5" in capsys.readouterr().out
     report = json.loads(out.read_text())
     for where in (report["sampling"], report["command"]):
         assert where["tau"] == "linear:0.5:1" and where["cfg_scale"] == "cosine:1:1.5"
+        assert where["sample_steps"] == 2 and "steps" not in where
         assert parse_schedule(where["tau"]) == Schedule("linear", 0.5, 1.0)

@@ -50,7 +50,7 @@ def test_a_folder_becomes_a_tokenizer_shards_a_model_and_samples(tmp_path, capsy
                  "--workers", "0", "--no-progress"]) == 0
     assert main(["train", "--shards", str(shards), "--out", str(run), "--no-progress", "--device", "cpu",
                  "--set", "steps=2", "--set", "batch_size=8", "--set", f"model={model}", *TINY_DIT]) == 0
-    assert main(["sample", str(run), "--out", str(out), "--classes", "0,2", "--num", "4", "--steps", "2"]) == 0
+    assert main(["sample", str(run), "--out", str(out), "--classes", "0,2", "--num", "4", "--sample-steps", "2"]) == 0
     with np.load(out / "samples.npz") as data:
         shape = (4, size, size, 3) if channels == 3 else (4, size, size)
         assert data["images"].shape == shape and data["labels"].tolist() == [0, 0, 2, 2]

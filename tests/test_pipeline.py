@@ -44,7 +44,7 @@ def test_pipeline_matches_generate_codes_and_is_batch_invariant(tiny_checkpoint,
     assert np.array_equal(np.asarray(out.images[1]), out.pixels[1])
     ckpt = load_checkpoint(tiny_checkpoint)
     method, model = ckpt.build_method(), ckpt.build_model(ema=True)
-    sampler = SamplerSettings(steps=3, tau=0.9, cfg_scale=1.3, solver="heun")
+    sampler = SamplerSettings(sample_steps=3, tau=0.9, cfg_scale=1.3, solver="heun")
     expected = generate_codes(method, model, np.array([3, 3, 7, 7]), sampler, 5, pipe.tokenizer.snap, batch_size=4)
     assert torch.equal(out.codes, expected)
     # image i depends only on (seed, i): regenerate image 2 alone
@@ -67,14 +67,15 @@ def test_pipeline_uncertainty_and_candidates(tiny_checkpoint):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"tau": 0.0}, "tau must be > 0"),
-    ({"tau": "linear:1:-1"}, "tau"),
-    ({"num_inference_steps": 0}, "num_inference_steps must be a positive integer"),
+    ({"tau": 0.0}, "`tau` must be a number > 0"),
+    ({"tau": "linear:1:-1"}, "`tau` must be a number > 0 at both ends of its schedule, got linear:1:-1"),
+    ({"num_inference_steps": 0}, "`sample_steps` must be a positive integer, got 0"),
+    ({"guidance_scale": "nan"}, "`cfg_scale` must be finite"),
     ({"class_labels": [99]}, "class id 99 is out of range"),
-    ({"class_labels": []}, "class_labels is empty"),
-    ({"num_per_class": 0}, "num_per_class must be a positive integer"),
-    ({"topk": 2}, "topk and position go together"),
-    ({"solver": "rk99"}, "rk99"),
+    ({"class_labels": []}, "`class_labels` is empty"),
+    ({"num_per_class": 0}, "`num_per_class` must be a positive integer"),
+    ({"topk": 2}, "`topk` and `position` go together"),
+    ({"solver": "rk99"}, "unknown `solver` 'rk99'"),
 ])
 def test_pipeline_refuses_bad_values_naming_the_parameter(tiny_checkpoint, kwargs, message):
     pipe = PurrceptionPipeline.from_pretrained(tiny_checkpoint)
@@ -121,7 +122,7 @@ def test_save_pretrained_never_overwrites(tiny_checkpoint, tmp_path):
 
 def test_purr_sample_reads_a_saved_pipeline_like_the_checkpoint(tiny_checkpoint, tmp_path):
     PurrceptionPipeline.from_pretrained(tiny_checkpoint).save_pretrained(tmp_path / "pipe")
-    args = ["--classes", "2,5", "--num", "3", "--steps", "2", "--seed", "4"]
+    args = ["--classes", "2,5", "--num", "3", "--sample-steps", "2", "--seed", "4"]
     assert main(["sample", str(tiny_checkpoint), "--out", str(tmp_path / "a"), *args]) == 0
     assert main(["sample", str(tmp_path / "pipe"), "--out", str(tmp_path / "b"), *args]) == 0
     a, b = np.load(tmp_path / "a" / "samples.npz"), np.load(tmp_path / "b" / "samples.npz")

@@ -222,7 +222,7 @@ def test_clear_errors_for_bad_files(tmp_path):
     with pytest.raises(PurrError, match=r"1 wrong shape.*quantize\.embedding\.weight \(8192, 4\) vs \(16384, 4\)"):
         load_tokenizer(tmp_path / "shape.ckpt", kind=SD)
     # a LlamaGen file named as SD: missing keys, with a hint at the right kind
-    with pytest.raises(PurrError, match="missing key.*--tokenizer-kind llamagen-vq-ds8-c2i"):
+    with pytest.raises(PurrError, match="missing key.*`tokenizer_kind=llamagen-vq-ds8-c2i`"):
         load_tokenizer(tmp_path / "lg.pt", kind=SD)
     # a dict without weights, a folder, and a missing file
     torch.save({"epoch": 1}, tmp_path / "empty.ckpt")

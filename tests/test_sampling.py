@@ -136,11 +136,11 @@ def test_callback_sees_every_grid_state():
 
 
 def test_solver_errors():
-    with pytest.raises(PurrError, match="unknown solver"):
+    with pytest.raises(PurrError, match="unknown `solver` 'rk99'"):
         integrate(lambda z, t: z, torch.zeros(1), 2, "rk99")
-    with pytest.raises(PurrError, match="tolerance"):
+    with pytest.raises(PurrError, match="takes no tolerance"):
         integrate(lambda z, t: z, torch.zeros(1), 2, "euler:1e-3")
-    with pytest.raises(PurrError, match="steps"):
+    with pytest.raises(PurrError, match="`steps` must be a positive integer, got 0"):
         integrate(lambda z, t: z, torch.zeros(1), 0, "euler")
 
 
@@ -205,14 +205,15 @@ def test_schedule_specs_parse_back_exactly_and_reports_record_specs():
 
 @pytest.mark.parametrize("spec", ["wave:1:2", "linear:1", "linear:a:b", "abc", "nan"])
 def test_malformed_schedules_are_refused(spec):
-    with pytest.raises(PurrError):
-        parse_schedule(spec, "--tau")
+    with pytest.raises(PurrError, match="^(`tau`|unknown schedule shape)"):
+        parse_schedule(spec, "`tau`")
 
 
 def test_temperature_schedules_must_stay_positive():
-    with pytest.raises(PurrError, match="> 0"):
-        parse_schedule("linear:1:0", "--tau", positive=True)
-    assert parse_schedule("linear:1:-2", "--cfg-scale")(1.0) == -2.0
+    assert parse_schedule("linear:1:0") == Schedule("linear", 1.0, 0.0)     # parsing: the form only
+    with pytest.raises(PurrError, match="`tau` must be a number > 0 at both ends of its schedule, got linear:1:0"):
+        SamplerSettings(tau="linear:1:0")
+    assert SamplerSettings(cfg_scale="linear:1:-2").cfg_at(1.0) == -2.0
     with pytest.raises(PurrError):
         Schedule("zigzag", 1.0, 2.0)
 
@@ -220,12 +221,15 @@ def test_temperature_schedules_must_stay_positive():
 def test_sample_flags_parse_schedules_and_reject_bad_values(capsys):
     parser = build_parser()
     args = parser.parse_args(["sample", "ck.pt", "--out", "o", "--tau", "cosine:1.2:0.7", "--cfg-scale", "1.5",
-                              "--solver", "heun", "--steps", "9"])
+                              "--solver", "heun", "--sample-steps", "9"])
     sampler = sampler_from_args(args)
     assert sampler.tau_at(0.0) == 1.2 and sampler.tau_at(1.0) == pytest.approx(0.7)
-    assert sampler.cfg_at(0.3) == 1.5 and (sampler.steps, sampler.solver) == (9, "heun")
-    for bad in (["--tau", "0"], ["--tau", "linear:1:-1"], ["--steps", "0"], ["--cfg-scale", "linear:x:1"],
-                ["--uncertainty-times", "0.5,1.5"], ["--position", "1"]):
+    assert sampler.cfg_at(0.3) == 1.5 and (sampler.sample_steps, sampler.solver) == (9, "heun")
+    for bad, field in ((["--tau", "0"], "tau"), (["--tau", "linear:1:-1"], "tau"),
+                       (["--sample-steps", "0"], "sample_steps"), (["--cfg-scale", "linear:x:1"], "cfg_scale")):
+        with pytest.raises(PurrError, match=f"^`{field}` must be"):   # the knobs' rules: SamplerSettings'
+            sampler_from_args(parser.parse_args(["sample", "ck.pt", "--out", "o", *bad]))
+    for bad in (["--uncertainty-times", "0.5,1.5"], ["--position", "1"]):
         with pytest.raises(SystemExit) as err:
             parser.parse_args(["sample", "ck.pt", "--out", "o", *bad])
         assert err.value.code == 2, bad
@@ -261,7 +265,7 @@ def test_purrception_euler_with_the_jump_matches_plain_euler():
     model = _model(method)
     noise = torch.randn(3, D, SIDE, SIDE, generator=torch.Generator().manual_seed(3))
     y = torch.tensor([0, 1, 2])
-    sampler = SamplerSettings(steps=5, tau=0.7, cfg_scale=1.5)
+    sampler = SamplerSettings(sample_steps=5, tau=0.7, cfg_scale=1.5)
     with torch.no_grad():
         z = noise
         for i in range(5):
@@ -291,7 +295,7 @@ def test_trace_reads_the_sampler_s_own_posterior():
     noise = torch.randn(2, D, SIDE, SIDE, generator=torch.Generator().manual_seed(4))
     y = torch.tensor([1, 2])
     tau = parse_schedule("linear:1.3:0.6")
-    sampler = SamplerSettings(steps=4, tau=tau, cfg_scale=1.4, solver="heun")
+    sampler = SamplerSettings(sample_steps=4, tau=tau, cfg_scale=1.4, solver="heun")
     trace = trace_uncertainty(method, model, noise, y, sampler, _snap(method), [0.0, 0.5], topk=3, position=(1, 2))
     torch.testing.assert_close(trace.codes, method.generate(model, noise, y, sampler, _snap(method)))
     with torch.no_grad():
@@ -314,7 +318,7 @@ def test_trace_labels_matches_generate_codes_batch_independently():
     method = Purrception(_codebook())
     model = _model(method)
     labels = np.array([0, 1, 2, 0, 1])
-    sampler = SamplerSettings(steps=3)
+    sampler = SamplerSettings(sample_steps=3)
     a = trace_labels(method, model, labels, sampler, seed=7, snap=_snap(method), times=[0.5], batch_size=2)
     b = trace_labels(method, model, labels, sampler, seed=7, snap=_snap(method), times=[0.5], batch_size=5)
     torch.testing.assert_close(a.entropy, b.entropy, rtol=1e-3, atol=1e-4)   # batch-size float round-off
@@ -325,14 +329,16 @@ def test_uncertainty_needs_a_posterior_and_valid_arguments():
     cfm = CFM(_codebook())
     noise = torch.randn(1, D, SIDE, SIDE)
     with pytest.raises(PurrError, match="no categorical posterior"):
-        trace_uncertainty(cfm, _model(cfm), noise, torch.tensor([0]), SamplerSettings(steps=2), _snap(cfm), [0.5])
+        trace_uncertainty(cfm, _model(cfm), noise, torch.tensor([0]), SamplerSettings(sample_steps=2), _snap(cfm),
+                          [0.5])
     method = Purrception(_codebook())
     model = _model(method)
     with pytest.raises(PurrError, match="outside"):
-        trace_uncertainty(method, model, noise, torch.tensor([0]), SamplerSettings(steps=2), _snap(method), [], 2,
-                          (SIDE, 0))
-    with pytest.raises(PurrError, match="needs a position"):
-        trace_uncertainty(method, model, noise, torch.tensor([0]), SamplerSettings(steps=2), _snap(method), [], 2)
+        trace_uncertainty(method, model, noise, torch.tensor([0]), SamplerSettings(sample_steps=2), _snap(method),
+                          [], 2, (SIDE, 0))
+    with pytest.raises(PurrError, match="needs a `position`"):
+        trace_uncertainty(method, model, noise, torch.tensor([0]), SamplerSettings(sample_steps=2), _snap(method),
+                          [], 2)
 
 
 def test_candidate_codes_and_heatmap():
@@ -364,7 +370,8 @@ def _run(argv):
 
 def test_purr_sample_end_to_end(tiny_checkpoint, tmp_path):
     out = tmp_path / "a"
-    base = [str(tiny_checkpoint), "--classes", "1,3", "--num", "3", "--steps", "3", "--seed", "5", "--batch-size", "2"]
+    base = [str(tiny_checkpoint), "--classes", "1,3", "--num", "3", "--sample-steps", "3", "--seed", "5",
+            "--batch-size", "2"]
     assert main(["sample", *base, "--out", str(out), "--tau", "linear:1.2:0.8", "--solver", "midpoint",
                  "--uncertainty-times", "0.2,0.9", "--topk", "2", "--position", "3,3"]) == 0
     names = sorted(p.name for p in out.iterdir())

@@ -96,5 +96,5 @@ def test_load_matching_tokenizer_refuses_another_codebook(tmp_path, tiny_tokeniz
     tok = load_tokenizer(tiny_tokenizer_dir)
     assert load_matching_tokenizer(tiny_tokenizer_dir, tok.identity()).identity() == tok.identity()
     other = save_tokenizer(ConvVQ(ConvVQConfig(codebook_size=32, width=8)), tmp_path / "other")
-    with pytest.raises(PurrError, match="pass the matching --tokenizer"):
+    with pytest.raises(PurrError, match="pass the matching `tokenizer=PATH`"):
         load_matching_tokenizer(other, tok.identity())

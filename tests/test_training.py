@@ -53,7 +53,7 @@ def test_resume_reproduces_the_uninterrupted_run(tiny_shards_dir, tmp_path):
 def test_existing_run_is_never_overwritten(tiny_shards_dir, tmp_path):
     train(tiny_config(steps=2, ckpt_every=2), tiny_shards_dir, tmp_path / "run", progress=False)
     before = (tmp_path / "run" / "checkpoints" / "step_00000002.pt").read_bytes()
-    with pytest.raises(PurrError, match="--resume"):
+    with pytest.raises(PurrError, match="pass `resume=True` to continue it or choose another `run_dir`"):
         train(tiny_config(steps=2), tiny_shards_dir, tmp_path / "run", progress=False)
     assert (tmp_path / "run" / "checkpoints" / "step_00000002.pt").read_bytes() == before
 
@@ -175,7 +175,7 @@ def test_resume_refuses_an_asked_for_change_of_what_defines_the_run(tiny_shards_
     run = tmp_path / "run"
     train(tiny_config(steps=2, ckpt_every=2), tiny_shards_dir, run, progress=False)
     with pytest.raises(PurrError, match=r"^cannot resume: lr is 0.001 in the checkpoint but 0.01 was asked; "
-                                        r"drop the override or train into a new --out$"):
+                                        r"drop the override or train into a new `run_dir`$"):
         train(tiny_config(steps=4, lr=1e-2), tiny_shards_dir, run, resume=True, progress=False)
     # the same config, with only steps asked for by name: the run's own lr stays, nothing is refused
     result = train(tiny_config(steps=3, lr=1e-2), tiny_shards_dir, run, resume=True, progress=False,

@@ -164,7 +164,7 @@ class Checkpoint:
         one the model was trained on (same kind, codebook size and codebook hash)."""
         path = path or self.tokenizer_path
         if not path:
-            raise PurrError(f"checkpoint {self.path} records no tokenizer path; pass the tokenizer's path (tokenizer=)")
+            raise PurrError(f"checkpoint {self.path} records no tokenizer path; pass `tokenizer=PATH`")
         return load_matching_tokenizer(path, self.tokenizer_identity, kind)
 
     def build_model(self, ema: bool = True) -> DiT:

@@ -54,9 +54,9 @@ class DemoSettings:
         cache_dir: tokenizer, shards and judges; ``""``: the user cache.
         preset: the training preset; ``None``: the data set's own.
         train_overrides: ``key=value`` overrides of the preset's training fields.
-        temperatures: the panels' temperatures ``tau`` (eq. 15), one panel each.
+        temperatures: the panels' temperatures ``tau`` (eq. 15), numbers or schedule specs, one panel each.
         per_class: samples per class and temperature.
-        steps: integration steps of the sampler.
+        sample_steps: integration steps of the sampler.
         cfg_scale: classifier-free guidance scale (1 = off).
         seed: sampling seed (image ``i`` of a panel uses the noise of ``(seed, i)``).
         tokenizer_steps: training steps of the tokenizer on first use; ``None``: the data set's recipe.
@@ -68,9 +68,9 @@ class DemoSettings:
     cache_dir: str = ""
     preset: str | None = None
     train_overrides: list[str] = field(default_factory=list)
-    temperatures: tuple[float, ...] = (0.5, 0.8, 1.0, 1.3)
+    temperatures: tuple[float | str, ...] = (0.5, 0.8, 1.0, 1.3)
     per_class: int = 10
-    steps: int = 50
+    sample_steps: int = 50
     cfg_scale: float = 1.0
     seed: int = 0
     tokenizer_steps: int | None = None
@@ -79,9 +79,10 @@ class DemoSettings:
 
 @dataclass
 class DemoSamples:
-    """One panel of the grid: the images generated at temperature ``tau`` for ``labels``."""
+    """One panel of the grid: the images generated at temperature ``tau`` (a number or a schedule spec) for
+    ``labels``."""
 
-    tau: float
+    tau: float | str
     images: np.ndarray
     labels: np.ndarray
 
@@ -133,16 +134,16 @@ def generate(pipe: PurrceptionPipeline, settings: DemoSettings, progress: bool) 
     """``per_class`` images of every class at each temperature, class by class (one grid row per class)."""
     panels = []
     for tau in settings.temperatures:
-        out = pipe(class_labels=None, num_per_class=settings.per_class, num_inference_steps=settings.steps, tau=tau,
-                   guidance_scale=settings.cfg_scale, seed=settings.seed, progress=progress)
-        panels.append(DemoSamples(float(tau), out.pixels, out.labels))
+        out = pipe(class_labels=None, num_per_class=settings.per_class, num_inference_steps=settings.sample_steps,
+                   tau=tau, guidance_scale=settings.cfg_scale, seed=settings.seed, progress=progress)
+        panels.append(DemoSamples(tau, out.pixels, out.labels))
     return panels
 
 
 def score(judge: FeatureExtractor, panel: DemoSamples) -> dict[str, float]:
     """How often the judge reads the requested class in a panel."""
     accuracy = float((judge.extract(panel.images).predicted == panel.labels).mean())
-    log.info("tau %.2f: the judge reads the requested class in %.1f%% of samples", panel.tau, 100 * accuracy)
+    log.info("tau %s: the judge reads the requested class in %.1f%% of samples", panel.tau, 100 * accuracy)
     return {"class_accuracy": accuracy}
 
 
@@ -168,7 +169,7 @@ def report(settings: DemoSettings, dataset: DataSet, data: PreparedData, ckpt: C
         "training": {"checkpoint": str(result.checkpoint), "steps": result.step, "final_loss": result.last_loss,
                      "resumed_from_step": result.start_step, "config": ckpt.state.config,
                      "differs_from_asked": differs},
-        "sampling": {"solver": "euler", "steps": settings.steps, "cfg_scale": settings.cfg_scale,
+        "sampling": {"solver": "euler", "sample_steps": settings.sample_steps, "cfg_scale": settings.cfg_scale,
                      "temperatures": [p.tau for p in panels], "per_class": settings.per_class,
                      "seed": settings.seed, "weights": "EMA"},
         "classifier": judge.judge_facts,

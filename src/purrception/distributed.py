@@ -62,7 +62,7 @@ def init_distributed(device: str | None = None) -> DistInfo:
     want = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if want.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise PurrError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
+            raise PurrError("`device=cuda` was asked for but no CUDA device is visible; use `device=cpu`")
         dev = torch.device("cuda", local_rank if world > 1 else (torch.device(want).index or 0))
         torch.cuda.set_device(dev)
     else:

@@ -1,12 +1,30 @@
-"""User-facing errors: one clear line naming the problem and the fix."""
+"""User-facing errors: one clear line naming the problem and the fix.
 
-__all__ = ["PurrError"]
+How a message names a parameter: library messages name Python parameters and fields, never command-line flags,
+and write each one in backticks, bare or with a value::
+
+    `tau` must be > 0, got -1
+    this tokenizer does not match; pass the matching `tokenizer=PATH`
+    runs/a already holds checkpoints; pass `resume=True` to continue it or choose another `run_dir`
+
+Nothing else in a message is put in backticks, so :data:`PARAMETER` finds exactly the parameters and never an
+ordinary word. The ``purr`` command rewrites each one that the invoked subcommand's parser defines into its flag
+(``tau`` -> ``--tau``, ``resume=True`` -> ``--resume``, ``tokenizer=PATH`` -> ``--tokenizer PATH``) and leaves the
+others as written (``purrception.cli.flag_message``); ``purr app`` shows the page's errors through the same rewrite.
+"""
+
+import re
+
+__all__ = ["PurrError", "PARAMETER"]
+
+#: a parameter as a message writes it: ```name``` or ```name=VALUE``` (groups: the name, the value or ``None``)
+PARAMETER = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)(?:=([^`]*))?`")
 
 
 class PurrError(ValueError):
     """An error caused by the user's input (a file, a parameter, a checkpoint).
 
     A ``ValueError``, so library callers that catch bad values catch it too. Library messages name the Python
-    parameter (``tau``, ``solver``); the CLI prints ``str(error)`` on one line and exits non-zero, without a
-    traceback.
+    parameter in backticks (```tau```, ```solver```; see the module docstring); the CLI prints ``str(error)`` with
+    those names turned into its flags on one line and exits non-zero, without a traceback.
     """

@@ -57,7 +57,7 @@ def model_card(config: dict[str, Any]) -> str:
         'out.images[0].save("sample.png")',
         "```",
         "",
-        "or `purr sample THIS_FOLDER --out samples --classes 0,1 --num 8 --steps 50 --tau 0.9`.",
+        "or `purr sample THIS_FOLDER --out samples --classes 0,1 --num 8 --sample-steps 50 --tau 0.9`.",
         "",
         "The folder holds no pickle: weights and codebook are safetensors, everything else JSON.",
         "",

@@ -2,9 +2,12 @@
 
 ``PurrceptionPipeline.from_pretrained(PATH)`` takes a run folder (its newest checkpoint), a checkpoint file, or a
 folder written by :meth:`PurrceptionPipeline.save_pretrained`; calling the pipeline generates images for class
-labels with the sampler's knobs (steps, temperature ``tau`` of eq. 15, guidance scale, solver) and returns
-:class:`PipelineOutput`. Image ``i`` depends only on ``(seed, i)``, exactly as in ``purr sample``, whatever the
-batch size or device.
+labels with the sampler's knobs (:class:`~purrception.sampling.settings.SamplerSettings`: integration steps,
+temperature ``tau`` of eq. 15, guidance scale, solver) and returns :class:`PipelineOutput`. The call takes two of
+them under diffusers' keyword names, ``num_inference_steps`` (``sample_steps``) and ``guidance_scale``
+(``cfg_scale``), the convention of diffusers pipelines; everything else in the library, :meth:`sampler` included,
+uses ``sample_steps`` and ``cfg_scale``. Image ``i`` depends only on ``(seed, i)``, exactly as in ``purr sample``,
+whatever the batch size or device.
 
 A saved pipeline folder holds no pickle: ``model.safetensors`` (the EMA weights used for sampling),
 ``codebook.safetensors`` (the codebook the flow was trained over), ``config.json`` (model, method, options,
@@ -40,8 +43,7 @@ from purrception.io import atomic_save_json, atomic_write, load_json
 from purrception.model_card import model_card
 from purrception.models.dit import LEGACY_POS_EMBED_LAYOUT, DiT, DiTConfig
 from purrception.pixels import tensor_to_images
-from purrception.sampling.schedules import Schedule, parse_schedule
-from purrception.sampling.settings import SamplerSettings
+from purrception.sampling.settings import Knob, SamplerSettings
 from purrception.tokenizers.base import TokenizerIdentity, VQTokenizer
 from purrception.tokenizers.store import CONFIG_NAME as TOKENIZER_CONFIG
 from purrception.tokenizers.store import load_matching_tokenizer
@@ -57,9 +59,6 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 CODEBOOK_NAME = "codebook.safetensors"
 TOKENIZER_DIR = "tokenizer"
-
-#: a temperature or guidance scale: a number, a schedule of ``t``, or its spec string (``"linear:1.2:0.6"``)
-Knob = float | Schedule | str
 
 
 @dataclass
@@ -87,25 +86,8 @@ class PipelineOutput:
 def _positive_int(value: Any, name: str) -> int:
     """``value`` as a positive ``int`` (bools and non-integers refused), or a :class:`PurrError` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise PurrError(f"{name} must be a positive integer, got {value!r}")
+        raise PurrError(f"`{name}` must be a positive integer, got {value!r}")
     return int(value)
-
-
-def _knob(value: Knob, name: str, positive: bool) -> float | Schedule:
-    """A number, a :class:`Schedule` or a spec string -> what :class:`SamplerSettings` takes."""
-    if isinstance(value, str):
-        return parse_schedule(value, name, positive)
-    if isinstance(value, Schedule):
-        if positive and min(value.start, value.end) <= 0:
-            raise PurrError(f"{name} must be > 0 throughout, got the schedule {value}")
-        return value
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise PurrError(f"{name} must be a number or a schedule like linear:1.2:0.6, got {value!r}") from None
-    if positive and not number > 0:
-        raise PurrError(f"{name} must be > 0, got {number:g}")
-    return number
 
 
 class PurrceptionPipeline:
@@ -198,7 +180,7 @@ class PurrceptionPipeline:
             tok_path = Path(tok_entry["path"])
         else:
             raise PurrError(f"pipeline {folder} has no tokenizer folder and records no tokenizer path; "
-                            "pass tokenizer=PATH")
+                            "pass `tokenizer=PATH`")
         kind = tokenizer_kind or (None if tok_path.is_dir() else tok_entry.get("kind"))
         tok = load_matching_tokenizer(tok_path, identity, kind)
         info = {k: v for k, v in config.items() if k not in ("format", "version", "model", "method")}
@@ -242,21 +224,17 @@ class PurrceptionPipeline:
         num_per_class = _positive_int(num_per_class, "num_per_class")
         classes = np.arange(self.num_classes) if class_labels is None else np.asarray(list(class_labels))
         if classes.size == 0:
-            raise PurrError("class_labels is empty; give class ids like [0, 3, 7] or None for every class")
+            raise PurrError("`class_labels` is empty; give class ids like [0, 3, 7] or None for every class")
         if not np.issubdtype(classes.dtype, np.integer):
-            raise PurrError(f"class_labels must be integers, got {list(class_labels)!r}")
+            raise PurrError(f"`class_labels` must be integers, got {list(class_labels)!r}")
         check_labels(classes, self.num_classes)
         return np.repeat(classes.astype(np.int64), num_per_class)
 
-    def sampler(self, num_inference_steps: int = 100, tau: Knob = 1.0, guidance_scale: Knob = 1.0,
+    def sampler(self, sample_steps: int = 100, tau: Knob = 1.0, cfg_scale: Knob = 1.0,
                 solver: str = "euler") -> SamplerSettings:
-        """The :class:`SamplerSettings` for these knobs, checked (messages name the parameters)."""
-        steps = _positive_int(num_inference_steps, "num_inference_steps")
-        tau = _knob(tau, "tau", positive=True)
-        if not self.method.has_temperature and tau != 1.0:
-            raise PurrError(f"tau={tau} has no meaning for {self.method.name} (it has no logits); leave tau at 1")
-        return SamplerSettings(steps=steps, tau=tau,
-                               cfg_scale=_knob(guidance_scale, "guidance_scale", positive=False), solver=str(solver))
+        """The :class:`SamplerSettings` for these knobs (it checks them; messages name the fields). Whether this
+        pipeline's method takes a temperature is checked when it samples (``FlowMethod.check_sampler``)."""
+        return SamplerSettings(sample_steps=sample_steps, tau=tau, cfg_scale=cfg_scale, solver=solver)
 
     @torch.no_grad()
     def __call__(self, class_labels: Sequence[int] | None = None, num_per_class: int = 1,
@@ -266,13 +244,18 @@ class PurrceptionPipeline:
                  position: tuple[int, int] | None = None, progress: bool = False) -> PipelineOutput:
         """Generate ``num_per_class`` images for each of ``class_labels``.
 
+        ``num_inference_steps`` and ``guidance_scale`` are diffusers' keyword names, kept as this pipeline's
+        documented convention; they are :class:`SamplerSettings`' ``sample_steps`` and ``cfg_scale``, and errors
+        about them name those fields.
+
         Args:
             class_labels: class ids (``None``: every class); the samples come in this order.
             num_per_class: images per entry of ``class_labels``.
-            num_inference_steps: integration steps ``T`` on the grid ``t_i = i / T``.
-            tau: posterior temperature (eq. 15): a number, a :class:`Schedule`, or a spec like
-                ``"linear:1.2:0.6"``; Purrception and DFM only.
-            guidance_scale: classifier-free guidance ``s`` in ``l_u + s (l_c - l_u)`` (1 = off), number or schedule.
+            num_inference_steps: integration steps ``T`` on the grid ``t_i = i / T`` (``sample_steps``).
+            tau: posterior temperature (eq. 15): a number, a :class:`~purrception.sampling.schedules.Schedule`, or a
+                spec like ``"linear:1.2:0.6"``; methods without logits take only 1.
+            guidance_scale: classifier-free guidance ``s`` in ``l_u + s (l_c - l_u)`` (1 = off), number or schedule
+                (``cfg_scale``).
             solver: ``euler`` (the paper's), ``heun``, ``midpoint``, or an adaptive ``NAME:TOL`` (torchdiffeq).
             seed: image ``first_index + k`` uses the noise of ``(seed, first_index + k)``.
             batch_size: images per forward pass (does not change the images).
@@ -282,11 +265,11 @@ class PurrceptionPipeline:
             position: ``(row, col)`` in the code grid, with ``topk``.
             progress: show a progress bar.
         """
-        labels = self.labels_for(class_labels, num_per_class)
         sampler = self.sampler(num_inference_steps, tau, guidance_scale, solver)
+        labels = self.labels_for(class_labels, num_per_class)
         batch_size = _positive_int(batch_size, "batch_size")
         if (topk > 0) != (position is not None):
-            raise PurrError("topk and position go together: e.g. topk=5, position=(3, 3)")
+            raise PurrError("`topk` and `position` go together: give both or neither")
         device = str(self.device)
         trace = None
         if uncertainty_times is not None or topk > 0:
@@ -376,7 +359,7 @@ class PurrceptionPipeline:
         entry.setdefault("kind", self.tokenizer.kind)
         source = Path(entry["path"]) if entry.get("path") else None
         if source is None:
-            raise PurrError("this pipeline does not know where its tokenizer lives; load it with tokenizer=PATH")
+            raise PurrError("this pipeline does not know where its tokenizer lives; load it with `tokenizer=PATH`")
         if (source / TOKENIZER_CONFIG).is_file():
             shutil.copytree(source, folder / TOKENIZER_DIR)
             entry["path"], entry["folder"] = None, TOKENIZER_DIR

@@ -1,11 +1,15 @@
 """What the ``purr app`` page does, as plain functions and classes (no gradio, no browser).
 
 - :func:`parse_form` reads the form's values into a :class:`SampleRequest` and refuses bad ones with a
-  :class:`~purrception.errors.PurrError` whose message the page shows (τ ≤ 0, steps ≤ 0, a malformed schedule,
-  more images or steps than this app allows).
+  :class:`~purrception.errors.PurrError` whose message the page shows: the knobs' own rules are
+  :class:`~purrception.sampling.settings.SamplerSettings`' (τ ≤ 0, a malformed schedule, steps ≤ 0), the app adds
+  its limits (more images or steps than it serves, an adaptive solver).
 - :meth:`SampleRequest.pipeline_kwargs` are the arguments of :class:`~purrception.pipeline.PurrceptionPipeline`;
-  :meth:`SampleRequest.command` is the ``purr sample`` command line that makes the same images (image ``i``
-  depends only on ``(seed, i)``, and the temperature travels as the same spec string).
+  the command that makes the same images again (image ``i`` depends only on ``(seed, i)``, and the temperature
+  travels as the same spec string) comes from the session's :data:`CommandBuilder`. ``purr app`` gives it the
+  ``purr sample`` command line and the CLI's translation of parameter names into flags; a library user of
+  :class:`AppSession` gets :func:`python_command` and messages that name the Python parameters, unless they pass
+  their own.
 - :class:`AppSession` runs a pipeline for the page: a grid of results (:class:`Generation`, with an archive of the
   PNGs and the command), and, for one image of the grid regenerated alone (``first_index=i``), the posterior's
   per-position entropy maps over ``t`` and the top-``k`` codes at a clicked position, decoded side by side
@@ -26,7 +30,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -34,11 +38,13 @@ from purrception.errors import PurrError
 from purrception.generation.generate import balanced_labels, check_labels, repeat_labels
 from purrception.generation.uncertainty import entropy_heatmap
 from purrception.sampling.grid import save_sample_folder
-from purrception.sampling.schedules import SHAPES, parse_schedule
+from purrception.sampling.schedules import Schedule
+from purrception.sampling.settings import SamplerSettings
 
 __all__ = ["Limits", "SampleRequest", "parse_form", "AppSession", "Generation", "Inspection", "TAU_MODES",
-           "SOLVER_CHOICES", "UNCERTAINTY_TIMES", "TOPK", "COMMAND_OUT", "to_rgb", "upscale", "display_factor",
-           "pixel_to_position", "mark_position", "gallery_items", "entropy_items", "topk_items", "write_archive"]
+           "SOLVER_CHOICES", "UNCERTAINTY_TIMES", "TOPK", "COMMAND_OUT", "CommandBuilder", "python_command",
+           "to_rgb", "upscale", "display_factor", "pixel_to_position", "mark_position", "gallery_items",
+           "entropy_items", "topk_items", "write_archive"]
 
 #: the temperature's two forms on the page: one number, or a schedule from a start value to an end value over t
 TAU_CONSTANT, TAU_SCHEDULE = "constant", "start → end"
@@ -69,6 +75,43 @@ class Limits:
             raise PurrError(f"the app's limits must be positive, got {self.max_images} images, {self.max_steps} steps")
 
 
+class CommandBuilder(Protocol):
+    """Makes the command that writes a request's images again: ``purr sample``'s
+    (``purrception.cli.sample.sample_command``, what ``purr app`` passes) or :func:`python_command` (the default).
+
+    ``classes`` ``None`` means every class in turn (``0, 1, ..., C-1, 0, ...``); with ``uncertainty_times`` (and
+    ``topk``, ``position``) the command also reads the posterior along the way.
+    """
+
+    def __call__(self, source: str, sampler: SamplerSettings, out: str, classes: Sequence[int] | None = None,
+                 num: int | None = None, seed: int = 0, uncertainty_times: Sequence[float] | None = None,
+                 topk: int = 0, position: tuple[int, int] | None = None) -> str: ...
+
+
+def python_command(source: str, sampler: SamplerSettings, out: str, classes: Sequence[int] | None = None,
+                   num: int | None = None, seed: int = 0, uncertainty_times: Sequence[float] | None = None,
+                   topk: int = 0, position: tuple[int, int] | None = None) -> str:
+    """The default :data:`CommandBuilder` of :class:`AppSession`: ``python -c '...'`` that loads ``source`` with
+    :class:`~purrception.pipeline.PurrceptionPipeline`, calls it with the request's labels and knobs, and writes
+    the images into ``out`` as ``purr sample`` does (``NNNNN_classY.png``, ``grid.png``, ``samples.npz``)."""
+    knobs = sampler.record()
+    count = 8 * (1 if classes is None else len(classes)) if num is None else int(num)
+    labels = (f"[i % pipe.num_classes for i in range({count})]" if classes is None
+              else repr(repeat_labels(classes, count).tolist()))
+    call = (f"class_labels={labels}, num_inference_steps={knobs['sample_steps']}, tau={knobs['tau']!r}, "
+            f"guidance_scale={knobs['cfg_scale']!r}, solver={knobs['solver']!r}, seed={int(seed)}")
+    if uncertainty_times is not None:
+        call += f", uncertainty_times={[float(t) for t in uncertainty_times]!r}"
+        if position is not None and topk > 0:
+            call += f", topk={int(topk)}, position={tuple(position)!r}"
+    code = ("import pathlib; from purrception import PurrceptionPipeline; "
+            "from purrception.sampling.grid import save_sample_folder; "
+            f"pipe = PurrceptionPipeline.from_pretrained({str(source)!r}); out = pipe({call}); "
+            f"pathlib.Path({str(out)!r}).mkdir(parents=True, exist_ok=True); "
+            f"save_sample_folder({str(out)!r}, out.pixels, out.labels)")
+    return "python -c " + shlex.quote(code)
+
+
 @dataclass(frozen=True)
 class SampleRequest:
     """One press of *Generate*: the knobs of :class:`~purrception.pipeline.PurrceptionPipeline`, checked.
@@ -77,10 +120,10 @@ class SampleRequest:
         classes: class ids, each repeated in turn to fill ``num_images`` (``purr sample --classes 3,7``), or
             ``None`` for every class, balanced (``--classes all``).
         num_images: how many images.
-        tau: the temperature's spec, a number (``"0.8"``) or ``SHAPE:START:END``, passed as is to both the
-            pipeline and ``purr sample --tau``.
-        guidance_scale: classifier-free guidance scale (1 = off).
-        steps: integration steps.
+        tau: the temperature's spec, a number (``"0.8"``) or ``SHAPE:START:END``, passed as is to the pipeline
+            and to the reproducing command.
+        cfg_scale: classifier-free guidance scale (1 = off).
+        sample_steps: integration steps.
         solver: a fixed-grid solver.
         seed: image ``i`` uses the noise of ``(seed, i)``.
     """
@@ -88,8 +131,8 @@ class SampleRequest:
     classes: tuple[int, ...] | None
     num_images: int
     tau: str
-    guidance_scale: float
-    steps: int
+    cfg_scale: float
+    sample_steps: int
     solver: str
     seed: int
 
@@ -101,8 +144,14 @@ class SampleRequest:
         check_labels(labels, num_classes)
         return labels
 
+    def sampler(self) -> SamplerSettings:
+        """The request's knobs, checked by :class:`SamplerSettings`."""
+        return SamplerSettings(sample_steps=self.sample_steps, tau=self.tau, cfg_scale=self.cfg_scale,
+                               solver=self.solver)
+
     def sampler_kwargs(self) -> dict[str, Any]:
-        return {"num_inference_steps": self.steps, "tau": self.tau, "guidance_scale": self.guidance_scale,
+        """The knobs as the pipeline's call takes them (diffusers' names for the steps and the guidance scale)."""
+        return {"num_inference_steps": self.sample_steps, "tau": self.tau, "guidance_scale": self.cfg_scale,
                 "solver": self.solver, "seed": self.seed}
 
     def pipeline_kwargs(self, num_classes: int) -> dict[str, Any]:
@@ -119,23 +168,12 @@ class SampleRequest:
                 "uncertainty_times": list(times), "topk": topk if position is not None else 0,
                 "position": position, **self.sampler_kwargs()}
 
-    def sample_argv(self, source: str, out: str = COMMAND_OUT, times: Sequence[float] | None = None,
-                    topk: int = 0, position: tuple[int, int] | None = None) -> list[str]:
-        """``purr sample``'s arguments (after ``purr``) that make the same images; with ``times`` (and ``topk``,
-        ``position``) also the same entropy maps and top-k strips."""
-        classes = "all" if self.classes is None else ",".join(str(c) for c in self.classes)
-        argv = ["sample", str(source), "--out", out, "--classes", classes, "--num", str(self.num_images),
-                "--seed", str(self.seed), "--steps", str(self.steps), "--solver", self.solver, "--tau", self.tau,
-                "--cfg-scale", _number(self.guidance_scale)]
-        if times is not None:
-            argv += ["--uncertainty-times", ",".join(_number(t) for t in times)]
-            if position is not None and topk > 0:
-                argv += ["--topk", str(topk), "--position", f"{position[0]},{position[1]}"]
-        return argv
-
-    def command(self, source: str, out: str = COMMAND_OUT, **uncertainty: Any) -> str:
-        """The shell command (quoted) for :meth:`sample_argv`."""
-        return "purr " + shlex.join(self.sample_argv(source, out, **uncertainty))
+    def command(self, build: CommandBuilder, source: str, out: str = COMMAND_OUT,
+                times: Sequence[float] | None = None, topk: int = 0, position: tuple[int, int] | None = None) -> str:
+        """The command ``build`` makes for these images; with ``times`` (and ``topk``, ``position``) also the same
+        entropy maps and top-k strips."""
+        return build(source, self.sampler(), out, classes=self.classes, num=self.num_images, seed=self.seed,
+                     uncertainty_times=times, topk=topk, position=position)
 
 
 # -- reading the form -------------------------------------------------------------------------------------------
@@ -147,48 +185,40 @@ def _number(value: float) -> str:
 
 
 def _finite(value: Any, name: str) -> float:
+    """A form's number (gradio gives floats, or ``None`` for an empty field) as a float."""
     if value is None or (isinstance(value, str) and not value.strip()):
-        raise PurrError(f"{name} is empty; give a number")
+        raise PurrError(f"`{name}` is empty; give a number")
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise PurrError(f"{name} must be a number, got {value!r}") from None
+        raise PurrError(f"`{name}` must be a number, got {value!r}") from None
     if not math.isfinite(number):
-        raise PurrError(f"{name} must be a finite number, got {value!r}")
+        raise PurrError(f"`{name}` must be a finite number, got {value!r}")
     return number
 
 
-def _whole(value: Any, name: str, low: int, high: int | None = None, flag: str = "") -> int:
+def _whole(value: Any, name: str) -> int:
+    """A form's whole number (sliders give floats like ``12.0``) as an ``int``."""
     number = _finite(value, name)
     if number != int(number):
-        raise PurrError(f"{name} must be a whole number, got {number:g}")
-    whole = int(number)
-    if whole < low:
-        raise PurrError(f"{name} must be {'a positive' if low > 0 else 'a non-negative'} integer, got {whole}")
-    if high is not None and whole > high:
-        raise PurrError(f"{name} is at most {high} in this app (start purr app with {flag} to allow more), "
-                        f"got {whole}")
-    return whole
+        raise PurrError(f"`{name}` must be a whole number, got {number:g}")
+    return int(number)
+
+
+def _at_most(value: int, name: str, high: int, limit: str) -> int:
+    if value > high:
+        raise PurrError(f"`{name}` is at most {high} in this app (start it with a larger `{limit}` to allow more), "
+                        f"got {value}")
+    return value
 
 
 def _tau_spec(mode: str, tau: Any, tau_end: Any, shape: str) -> str:
+    """The temperature's spec from the form (its rules are SamplerSettings')."""
     if mode == TAU_CONSTANT:
-        start = _finite(tau, "τ")
-        if not start > 0:
-            raise PurrError(f"τ must be > 0, got {start:g} (small τ: sharper and less diverse; 1: the model's own)")
-        spec = _number(start)
-    elif mode == TAU_SCHEDULE:
-        start, end = _finite(tau, "τ start"), _finite(tau_end, "τ end")
-        if not (start > 0 and end > 0):
-            raise PurrError(f"τ must be > 0 throughout: a schedule needs τ start and τ end > 0, got {start:g} → "
-                            f"{end:g}")
-        if shape not in SHAPES:
-            raise PurrError(f"unknown τ schedule shape {shape!r}; choose one of: {', '.join(SHAPES)}")
-        spec = f"{shape}:{_number(start)}:{_number(end)}"
-    else:
-        raise PurrError(f"τ is either {' or '.join(repr(m) for m in TAU_MODES)}, got {mode!r}")
-    parse_schedule(spec, "τ", positive=True)          # what the pipeline and purr sample will read
-    return spec
+        return _number(_finite(tau, "tau"))
+    if mode == TAU_SCHEDULE:
+        return Schedule(shape, _finite(tau, "tau"), _finite(tau_end, "tau")).spec
+    raise PurrError(f"`tau_mode` is either {' or '.join(repr(m) for m in TAU_MODES)}, got {mode!r}")
 
 
 def _class_ids(selected: Sequence[Any] | None, class_names: Sequence[str]) -> tuple[int, ...] | None:
@@ -207,7 +237,7 @@ def _class_ids(selected: Sequence[Any] | None, class_names: Sequence[str]) -> tu
 
 
 def parse_form(classes: Sequence[Any] | None, num_images: Any, tau_mode: str, tau: Any, tau_end: Any,
-               tau_shape: str, guidance_scale: Any, steps: Any, solver: str, seed: Any, *,
+               tau_shape: str, cfg_scale: Any, sample_steps: Any, solver: str, seed: Any, *,
                class_names: Sequence[str], limits: Limits = Limits()) -> SampleRequest:
     """The page's form -> a checked :class:`SampleRequest`.
 
@@ -218,25 +248,32 @@ def parse_form(classes: Sequence[Any] | None, num_images: Any, tau_mode: str, ta
             ``t = 1`` along ``tau_shape``).
         tau, tau_end: temperatures, > 0.
         tau_shape: a schedule shape (``linear``, ``cosine``).
-        guidance_scale: a number (1 = no guidance).
-        steps: 1 .. ``limits.max_steps``.
+        cfg_scale: a number (1 = no guidance).
+        sample_steps: 1 .. ``limits.max_steps``.
         solver: one of :data:`SOLVER_CHOICES`.
         seed: a non-negative integer.
         class_names: the model's classes, in id order.
         limits: the largest request this app serves.
 
     Raises:
-        PurrError: naming the field and the fix, for the page to show.
+        PurrError: naming the parameter and the fix, for the page to show.
     """
     ids = _class_ids(classes, class_names)
-    num = _whole(num_images, "number of images", 1, limits.max_images, "--max-images")
-    spec = _tau_spec(tau_mode, tau, tau_end, tau_shape)
-    scale = _finite(guidance_scale, "guidance scale")
-    num_steps = _whole(steps, "steps", 1, limits.max_steps, "--max-steps")
-    if solver not in SOLVER_CHOICES:
-        raise PurrError(f"solver must be one of {', '.join(SOLVER_CHOICES)}, got {solver!r}")
-    return SampleRequest(classes=ids, num_images=num, tau=spec, guidance_scale=scale, steps=num_steps,
-                         solver=solver, seed=_whole(seed, "seed", 0))
+    num = _whole(num_images, "num_images")
+    if num < 1:
+        raise PurrError(f"`num_images` must be a positive integer, got {num}")
+    _at_most(num, "num_images", limits.max_images, "max_images")
+    request = SampleRequest(classes=ids, num_images=num, tau=_tau_spec(tau_mode, tau, tau_end, tau_shape),
+                            cfg_scale=_finite(cfg_scale, "cfg_scale"), sample_steps=_whole(sample_steps,
+                                                                                            "sample_steps"),
+                            solver=str(solver), seed=_whole(seed, "seed"))
+    request.sampler()                                   # the knobs' own rules
+    _at_most(request.sample_steps, "sample_steps", limits.max_steps, "max_steps")
+    if request.solver not in SOLVER_CHOICES:
+        raise PurrError(f"`solver` must be one of {', '.join(SOLVER_CHOICES)} in this app, got {solver!r}")
+    if request.seed < 0:
+        raise PurrError(f"`seed` must be a non-negative integer, got {request.seed}")
+    return request
 
 
 # -- images for the page ----------------------------------------------------------------------------------------
@@ -346,7 +383,7 @@ class Generation:
 
     def summary(self) -> str:
         return (f"{len(self.labels)} images in {self.seconds:.1f} s (τ {self.request.tau}, guidance "
-                f"{self.request.guidance_scale:g}, {self.request.steps} {self.request.solver} steps, seed "
+                f"{self.request.cfg_scale:g}, {self.request.sample_steps} {self.request.solver} steps, seed "
                 f"{self.request.seed}). Click an image to see the posterior's uncertainty.")
 
 
@@ -409,11 +446,18 @@ class AppSession:
         times: when the entropy maps are read.
         topk: how many alternative codes the strip shows.
         workdir: where the downloads are written (default: a new temporary folder; :meth:`close` removes it).
+        command: makes the command that writes a result again (default :func:`python_command`, a ``python -c``
+            line; ``purr app`` passes the ``purr sample`` command line).
+        explain: rewrites an error message for the page (default: unchanged, naming the Python parameters;
+            ``purr app`` passes the CLI's translation into flags).
     """
 
     def __init__(self, pipe: Any, source: str | Path, limits: Limits = Limits(),
-                 times: Sequence[float] = UNCERTAINTY_TIMES, topk: int = TOPK, workdir: str | Path | None = None):
+                 times: Sequence[float] = UNCERTAINTY_TIMES, topk: int = TOPK, workdir: str | Path | None = None,
+                 command: CommandBuilder = python_command, explain: Callable[[str], str] = str):
         self.pipe = pipe
+        self.command = command
+        self.explain = explain
         self.source = str(source)
         self.limits = limits
         self.times = tuple(times)
@@ -442,6 +486,10 @@ class AppSession:
                 f"{method.codebook_size} codes on a {side}×{side} grid"
                 + (f", trained {step} steps" if step is not None else "") + ".")
 
+    def error_message(self, err: PurrError) -> str:
+        """What the page shows for ``err``: its message through :attr:`explain`."""
+        return self.explain(str(err))
+
     def parse(self, *values: Any) -> SampleRequest:
         """:func:`parse_form` with this model's classes and this app's limits."""
         return parse_form(*values, class_names=self.class_names, limits=self.limits)
@@ -454,7 +502,7 @@ class AppSession:
         with self._lock:
             folder = self.workdir / f"{next(self._counter):05d}"
         folder.mkdir(parents=True)
-        command = request.command(self.source)
+        command = request.command(self.command, self.source)
         script = folder / "purr-app-command.sh"
         script.write_text(_command_script(command))
         archive = write_archive(folder / f"{ARCHIVE_FOLDER}.zip", out.pixels, out.labels, command)
@@ -480,7 +528,7 @@ class AppSession:
             topk_codes=trace.topk_codes[0].tolist() if found else [],
             topk_probs=trace.topk_probs[0].tolist() if found else [],
             candidates=out.candidates[0] if found else None, final_time=float(trace.final_time),
-            command=request.command(self.source, times=self.times, topk=self.topk, position=position))
+            command=request.command(self.command, self.source, times=self.times, topk=self.topk, position=position))
 
     def close(self) -> None:
         """Remove the downloads folder this session made."""

@@ -55,14 +55,14 @@ only on (seed, i). Click an image of the grid for its uncertainty, then a positi
 """
 
 
-def _refuse(err: PurrError) -> gr.Error:
-    return gr.Error(str(err))
-
-
 def build_page(session: AppSession) -> gr.Blocks:
-    """The page's Blocks for ``session`` (not yet queued or launched)."""
+    """The page's Blocks for ``session`` (not yet queued or launched); errors show as ``session.error_message``
+    words them."""
     names = session.class_names
     limits = session.limits
+
+    def _refuse(err: PurrError) -> gr.Error:
+        return gr.Error(session.error_message(err))
 
     def generate(classes, num, tau_mode, tau, tau_end, shape, cfg, steps, solver, seed):
         try:

@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=_port, default=7860, help="port (default 7860)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--max-images", type=positive_int, default=16, help="largest grid one request may ask for")
-    p.add_argument("--max-steps", type=positive_int, default=64, help="most steps one request may ask for")
+    p.add_argument("--max-steps", type=positive_int, default=64, help="most sample steps one request may ask for")
     p.set_defaults(func=run)
 
 
@@ -69,11 +69,16 @@ def run(args: argparse.Namespace) -> int:
         print(MISSING_EXTRA, file=sys.stderr)
         return 2
     from purrception.app.core import AppSession, Limits
+    from purrception.cli import build_parser, explain_for, subcommand_parser
+    from purrception.cli.sample import sample_command
     from purrception.pipeline import PurrceptionPipeline
 
     limits = Limits(max_images=args.max_images, max_steps=args.max_steps)
     pipe = PurrceptionPipeline.from_pretrained(args.source, args.device)
-    session = AppSession(pipe, Path(args.source).resolve(), limits)
+    root = build_parser()
+    # the page's errors name this command's flags and purr sample's, as its reproducing command does
+    explain = explain_for(subcommand_parser(root, ["app"]), subcommand_parser(root, ["sample"]))
+    session = AppSession(pipe, Path(args.source).resolve(), limits, command=sample_command, explain=explain)
     try:
         from purrception.app.page import serve
     except ImportError as err:   # gradio is there but broken (e.g. a dependency of it is missing)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from purrception.errors import PurrError
-from purrception.sampling.schedules import SHAPES, Schedule, parse_schedule
+from purrception.sampling.schedules import SHAPES
 from purrception.sampling.settings import SamplerSettings
 from purrception.sampling.solvers import SOLVERS
 from purrception.tokenizers.registry import pretrained_kinds
 
-__all__ = ["positive_int", "positive_float", "seed_int", "schedule_arg", "add_sampler_args", "sampler_from_args",
-           "add_tokenizer_kind_arg", "refuse_existing"]
+__all__ = ["positive_int", "positive_float", "seed_int", "integer_or_text", "DeprecatedAlias", "add_sample_steps_arg",
+           "add_sampler_args", "sampler_from_args", "add_tokenizer_kind_arg", "refuse_existing"]
+
+log = logging.getLogger(__name__)
 
 
 def positive_int(text: str) -> int:
@@ -46,26 +49,47 @@ def positive_float(text: str) -> float:
     return value
 
 
-def schedule_arg(name: str, positive: bool = False):
-    """An argparse ``type``: a number or ``SHAPE:START:END`` (see ``sampling.schedules``); bad specs exit 2."""
-
-    def parse(text: str) -> float | Schedule:
-        try:
-            return parse_schedule(text, name, positive)
-        except PurrError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-
-    return parse
+def integer_or_text(text: str) -> int | str:
+    """An argparse ``type`` that only converts: integer text -> ``int``, anything else unchanged, for a value whose
+    rule lives in the library (``SamplerSettings`` refuses ``"abc"`` and ``0`` with one line naming the field)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
-def add_sampler_args(parser: argparse.ArgumentParser, steps: int = 100) -> None:
-    """``--steps --tau --cfg-scale --solver`` with the paper's defaults (Euler, 100 steps, tau 1, no CFG)."""
+class DeprecatedAlias(argparse.Action):
+    """An old spelling of a flag, kept for one release: it sets the new flag's ``dest`` and logs a warning that names
+    the new flag. Add it after the new flag, so that messages (``purrception.cli.flag_message``) name the new one."""
+
+    def __init__(self, option_strings: list[str], dest: str, new_flag: str = "", **kwargs) -> None:
+        self.new_flag = new_flag
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        log.warning("%s is deprecated and will be removed in the next release; use %s", option_string, self.new_flag)
+        setattr(namespace, self.dest, values)
+
+
+def add_sample_steps_arg(parser: argparse.ArgumentParser, default: int, alias: bool = True) -> None:
+    """``--sample-steps`` (``SamplerSettings.sample_steps``), and with ``alias`` its deprecated spelling
+    ``--steps``."""
+    parser.add_argument("--sample-steps", type=integer_or_text, default=default,
+                        help=f"integration steps T of the sampler (default {default})")
+    if alias:
+        parser.add_argument("--steps", dest="sample_steps", type=integer_or_text, action=DeprecatedAlias,
+                            new_flag="--sample-steps", help="deprecated spelling of --sample-steps")
+
+
+def add_sampler_args(parser: argparse.ArgumentParser, sample_steps: int = 100) -> None:
+    """``--sample-steps --tau --cfg-scale --solver`` with the paper's defaults (Euler, 100 steps, tau 1, no CFG), and
+    the deprecated ``--steps``. The values are checked by :class:`SamplerSettings` (:func:`sampler_from_args`)."""
     shapes = "|".join(SHAPES)
-    parser.add_argument("--steps", type=positive_int, default=steps, help=f"integration steps T (default {steps})")
-    parser.add_argument("--tau", type=schedule_arg("--tau", positive=True), default=1.0,
-                        help=f"softmax temperature, eq. 15: a number or a schedule {shapes}:START:END over t "
+    add_sample_steps_arg(parser, sample_steps)
+    parser.add_argument("--tau", default=1.0,
+                        help=f"softmax temperature, eq. 15: a number > 0 or a schedule {shapes}:START:END over t "
                              "(e.g. linear:1.2:0.6; default 1.0)")
-    parser.add_argument("--cfg-scale", type=schedule_arg("--cfg-scale"), default=1.0,
+    parser.add_argument("--cfg-scale", default=1.0,
                         help=f"classifier-free guidance scale (1 = off): a number or {shapes}:START:END")
     parser.add_argument("--solver", default="euler",
                         help=f"ODE solver: {', '.join(SOLVERS)}; adaptive ones take NAME:TOL, e.g. dopri5:1e-4 "
@@ -73,7 +97,9 @@ def add_sampler_args(parser: argparse.ArgumentParser, steps: int = 100) -> None:
 
 
 def sampler_from_args(args: argparse.Namespace) -> SamplerSettings:
-    return SamplerSettings(steps=args.steps, tau=args.tau, cfg_scale=args.cfg_scale, solver=args.solver)
+    """The checked :class:`SamplerSettings` of :func:`add_sampler_args`' flags (a bad value: a PurrError naming the
+    field, which ``purr`` prints as its flag)."""
+    return SamplerSettings(sample_steps=args.sample_steps, tau=args.tau, cfg_scale=args.cfg_scale, solver=args.solver)
 
 
 def add_tokenizer_kind_arg(parser: argparse.ArgumentParser) -> None:

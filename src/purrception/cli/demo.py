@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from purrception.cli.common import positive_float, positive_int, seed_int
+from purrception.cli.common import add_sample_steps_arg, positive_int, seed_int
 from purrception.data.datasets import DATASETS
 from purrception.demo import DemoSettings, run_demo
+from purrception.sampling.schedules import SHAPES, as_spec
+from purrception.sampling.settings import SamplerSettings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,12 +25,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", default="",
                    help="cache for tokenizer/shards/classifier (default ~/.cache/purrception)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a training field of the data set's preset, e.g. --set steps=3000 (on a reused "
-                        "--out, more steps train the cached model on)")
-    p.add_argument("--tau", dest="temperatures", type=positive_float, nargs="+", default=[0.5, 0.8, 1.0, 1.3],
-                   help="temperatures to sample at (default 0.5 0.8 1.0 1.3)")
+                   help="override a training field of the data set's preset, e.g. --set steps=3000 (training steps; "
+                        "sampling steps are --sample-steps; on a reused --out, more steps train the cached model on)")
+    p.add_argument("--tau", nargs="+", default=[0.5, 0.8, 1.0, 1.3],
+                   help=f"temperatures to sample at, one panel each: numbers > 0 or schedules {'|'.join(SHAPES)}:"
+                        "START:END (default 0.5 0.8 1.0 1.3)")
     p.add_argument("--per-class", type=positive_int, default=10, help="samples per class and temperature")
-    p.add_argument("--steps", type=positive_int, default=50, help="Euler steps (default 50)")
+    add_sample_steps_arg(p, 50)
     p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (default 1 = off)")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--tokenizer-steps", type=positive_int, default=None,
@@ -39,8 +42,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    samplers = [SamplerSettings(sample_steps=args.sample_steps, tau=tau, cfg_scale=args.cfg_scale) for tau in args.tau]
     settings = DemoSettings(out_dir=args.out, data=args.data, cache_dir=args.cache_dir, train_overrides=args.overrides,
-                            temperatures=tuple(args.temperatures), per_class=args.per_class, steps=args.steps,
+                            temperatures=tuple(as_spec(s.tau) for s in samplers), per_class=args.per_class,
+                            sample_steps=args.sample_steps,
                             cfg_scale=args.cfg_scale, seed=args.seed, tokenizer_steps=args.tokenizer_steps,
                             device=args.device)
     summary = run_demo(settings)

@@ -14,14 +14,13 @@ from pathlib import Path
 import torch
 
 from purrception.checkpoint import resolve_checkpoint
-from purrception.cli.common import add_sampler_args, add_tokenizer_kind_arg, positive_int, seed_int
+from purrception.cli.common import add_sampler_args, add_tokenizer_kind_arg, positive_int, sampler_from_args, seed_int
 from purrception.distributed import cleanup_distributed, init_distributed
 from purrception.errors import PurrError
 from purrception.evaluation.evaluate import PROTOCOLS, EvalSettings, evaluate_generator, format_table
 from purrception.generation.generator import Generator
 from purrception.io import atomic_save_json
 from purrception.pipeline import PurrceptionPipeline, is_saved_pipeline
-from purrception.sampling.schedules import as_spec
 from purrception.tokenizers.base import VQTokenizer
 
 __all__ = ["register", "run"]
@@ -71,12 +70,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from purrception.io import default_cache_dir
 
+    sampler = sampler_from_args(args)
     info = init_distributed(args.device)
     try:
         generator, tokenizer, stem = _generator(args, info.device)
         settings = EvalSettings(
-            num_samples=args.num_samples, seed=args.seed, batch_size=args.batch_size, steps=args.steps,
-            tau=args.tau, cfg_scale=args.cfg_scale, solver=args.solver, ema=not args.raw_weights,
+            num_samples=args.num_samples, seed=args.seed, batch_size=args.batch_size, sample_steps=sampler.sample_steps,
+            tau=sampler.tau, cfg_scale=sampler.cfg_scale, solver=sampler.solver, ema=not args.raw_weights,
             protocol=args.protocol or "", reference=args.reference or "", fid_subsets=tuple(args.fid_subsets),
             reference_labels=args.reference_labels or "",
             precision_recall=not args.no_precision_recall, inception_path=args.inception or "",
@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
             return 0
         out = Path(args.out) if args.out else stem.with_name(
             f"{stem.name}.eval-{report['protocol']}-n{args.num_samples}.json")
-        report["command"] = {k: as_spec(v) for k, v in vars(args).items() if k != "func"}
+        # the sampler's flags as checked and recorded (a schedule by its spec), the others as given
+        report["command"] = {**{k: v for k, v in vars(args).items() if k != "func"}, **sampler.record()}
         atomic_save_json(out, report)
         print(format_table(report))
         print(f"report: {out}")

@@ -42,8 +42,9 @@ def scores_from_report(report: Any, method: str, step: int | None, path: str) ->
         raise PurrError(f"{path} scores {ckpt.get('method')} step {ckpt.get('step')}, but the export is {method} "
                         f"step {step}; pass the report of this checkpoint")
     context = {"protocol": report.get("protocol"), "num_samples": sampling.get("num_samples"),
-               "steps": sampling.get("steps"), "solver": sampling.get("solver"), "tau": sampling.get("tau"),
-               "cfg_scale": sampling.get("cfg_scale")}
+               # reports before the name sample_steps recorded it as steps
+               "sample_steps": sampling.get("sample_steps", sampling.get("steps")), "solver": sampling.get("solver"),
+               "tau": sampling.get("tau"), "cfg_scale": sampling.get("cfg_scale")}
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
     return {**context, **scalars}
 

@@ -12,33 +12,60 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
+import shlex
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from purrception.cli.common import add_sampler_args, add_tokenizer_kind_arg, positive_int, seed_int
+from purrception.cli.common import add_sampler_args, add_tokenizer_kind_arg, positive_int, sampler_from_args, seed_int
 from purrception.errors import PurrError
 from purrception.generation.generate import balanced_labels, check_labels, repeat_labels
 from purrception.generation.uncertainty import entropy_heatmap
 from purrception.io import atomic_write
 from purrception.pipeline import PipelineOutput, PurrceptionPipeline
 from purrception.sampling.grid import image_grid, save_png, save_sample_folder
+from purrception.sampling.settings import SamplerSettings
 
-__all__ = ["register", "PIPELINE_FLAGS", "with_flags"]
+__all__ = ["register", "sample_argv", "sample_command"]
 
 log = logging.getLogger(__name__)
 
-#: the pipeline's parameter names -> the ``purr sample`` flags that set them
-PIPELINE_FLAGS = {"num_inference_steps": "--steps", "guidance_scale": "--cfg-scale", "class_labels": "--classes",
-                  "num_per_class": "--num", "batch_size": "--batch-size", "tau": "--tau", "topk": "--topk",
-                  "uncertainty_times": "--uncertainty-times"}
+
+def _number(value: float) -> str:
+    """The shortest text that reads back as exactly this float (``0.8``, ``1.0``, ``1e-05``)."""
+    return repr(float(value))
 
 
-def with_flags(message: str) -> str:
-    """A library message that names pipeline parameters, with the flags that set them instead."""
-    pattern = r"(?<![\w-])(" + "|".join(map(re.escape, PIPELINE_FLAGS)) + r")(?![\w])"
-    return re.sub(pattern, lambda m: PIPELINE_FLAGS[m.group(1)], message)
+def sample_argv(source: str, sampler: SamplerSettings, out: str, classes: Sequence[int] | None = None,
+                num: int | None = None, seed: int = 0, uncertainty_times: Sequence[float] | None = None,
+                topk: int = 0, position: tuple[int, int] | None = None) -> list[str]:
+    """The arguments of ``purr sample`` (after ``purr``) that make these images: every sampler setting spelled out
+    (a schedule by its spec), ``classes`` (``None``: every class, balanced), and with ``uncertainty_times`` (and
+    ``topk``, ``position``) the same entropy maps and top-k strips.
+
+    Raises:
+        PurrError: when ``sampler`` holds a knob no command line can name (a callable that is not a Schedule).
+    """
+    knobs = sampler.record()
+    argv = ["sample", str(source), "--out", str(out),
+            "--classes", "all" if classes is None else ",".join(str(int(c)) for c in classes)]
+    if num is not None:
+        argv += ["--num", str(int(num))]
+    argv += ["--seed", str(int(seed)), "--sample-steps", str(knobs["sample_steps"]), "--solver", knobs["solver"]]
+    for flag, name in (("--tau", "tau"), ("--cfg-scale", "cfg_scale")):
+        value = knobs[name]
+        argv += [flag, value if isinstance(value, str) else _number(value)]
+    if uncertainty_times is not None:
+        argv += ["--uncertainty-times", ",".join(_number(t) for t in uncertainty_times)]
+        if position is not None and topk > 0:
+            argv += ["--topk", str(int(topk)), "--position", f"{position[0]},{position[1]}"]
+    return argv
+
+
+def sample_command(*args, **kwargs) -> str:
+    """:func:`sample_argv` as one quoted shell line, ``purr sample ...``; what ``purr app`` shows and downloads."""
+    return "purr " + shlex.join(sample_argv(*args, **kwargs))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -124,6 +151,7 @@ def _save_uncertainty(out: Path, result: PipelineOutput, codebook_size: int, pos
 
 
 def run(args: argparse.Namespace) -> int:
+    sampler = sampler_from_args(args)
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise PurrError(f"{out} exists and is not empty; choose another --out (nothing was overwritten)")
@@ -132,18 +160,15 @@ def run(args: argparse.Namespace) -> int:
     pipe = PurrceptionPipeline.from_pretrained(args.checkpoint, args.device, args.tokenizer, args.tokenizer_kind,
                                                args.method)
     labels = _labels(args, pipe.num_classes)
-    try:
-        result = pipe(class_labels=labels, num_per_class=1, num_inference_steps=args.steps, tau=args.tau,
-                      guidance_scale=args.cfg_scale, solver=args.solver, seed=args.seed, batch_size=args.batch_size,
-                      uncertainty_times=args.uncertainty_times, topk=args.topk or 0, position=args.position,
-                      progress=True)
-    except PurrError as err:
-        raise PurrError(with_flags(str(err))) from None
+    result = pipe(class_labels=labels, num_per_class=1, num_inference_steps=sampler.sample_steps, tau=sampler.tau,
+                  guidance_scale=sampler.cfg_scale, solver=sampler.solver, seed=args.seed, batch_size=args.batch_size,
+                  uncertainty_times=args.uncertainty_times, topk=args.topk or 0, position=args.position,
+                  progress=True)
     out.mkdir(parents=True, exist_ok=True)
     images = result.pixels
     save_sample_folder(out, images, labels)
     if result.uncertainty is not None:
         _save_uncertainty(out, result, pipe.method.codebook_size, args.position)
-    log.info("wrote %d images, grid.png and samples.npz to %s (steps %d, solver %s, tau %s, cfg %s)",
-             len(images), out, args.steps, args.solver, args.tau, args.cfg_scale)
+    log.info("wrote %d images, grid.png and samples.npz to %s (sample_steps %d, solver %s, tau %s, cfg_scale %s)",
+             len(images), out, sampler.sample_steps, sampler.solver, sampler.tau, sampler.cfg_scale)
     return 0

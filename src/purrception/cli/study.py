@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 from purrception.checkpoint import resolve_checkpoint
-from purrception.cli.common import positive_float, positive_int, seed_int
+from purrception.cli.common import add_sample_steps_arg, positive_int, seed_int
 from purrception.data.datasets import DATASETS, get_dataset
 from purrception.distributed import init_distributed, main_process_first
 from purrception.errors import PurrError
 from purrception.evaluation.evaluate import EvalSettings
 from purrception.flows.base import METHODS, get_method
 from purrception.io import default_cache_dir
+from purrception.sampling.schedules import SHAPES, as_spec
+from purrception.sampling.settings import SamplerSettings
 from purrception.studies import studies
 from purrception.studies.core import StudyStore, TrackSettings
 from purrception.tokenizers.store import load_tokenizer
@@ -41,14 +44,17 @@ def _seeds(text: str) -> tuple[int, ...]:
     return seeds
 
 
+TAU_HELP = f"sampling temperature: a number > 0 or a schedule {'|'.join(SHAPES)}:START:END (default 1)"
+
+
 def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="study folder; re-running the same command resumes it")
     p.add_argument("--reference", default=None, metavar="DIR",
                    help="score with the folder protocol against this labelled image folder (the one the shards were "
                         "encoded from); default: the digits protocol, or the emoji folder for --data emoji")
     p.add_argument("--num-samples", type=positive_int, default=500, help="samples per evaluation (default 500)")
-    p.add_argument("--sample-steps", type=positive_int, default=50, help="Euler steps when sampling (default 50)")
-    p.add_argument("--cfg-scale", type=float, default=1.0)
+    add_sample_steps_arg(p, 50, alias=False)
+    p.add_argument("--cfg-scale", default=1.0, help="classifier-free guidance scale (1 = off): a number or a schedule")
     p.add_argument("--seed", type=seed_int, default=0, help="sampling seed")
     p.add_argument("--device", default="cpu")
 
@@ -59,8 +65,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
                    help="TrainConfig field shared by every run, e.g. --set steps=3000")
     p.add_argument("--eval-every", type=positive_int, default=500, help="evaluate every N training steps")
     p.add_argument("--seeds", type=_seeds, default=(0,), help="comma-separated training seeds (default 0)")
-    p.add_argument("--tau", type=positive_float, default=1.0,
-                   help="sampling temperature for methods with logits (paper Fig. 3 samples at 0.9)")
+    p.add_argument("--tau", default=1.0, help=TAU_HELP + " for methods with logits (paper Fig. 3 samples at 0.9)")
     p.add_argument("--data", default="digits", metavar="NAME|DIR",
                    help=f"data set to train on when no --shards: {', '.join(DATASETS)} (default digits), or a "
                         "labelled image folder; scored by its own protocol")
@@ -88,7 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         s.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
                        help="checkpoint files or run folders (several, e.g. one per training seed: mean ± std)")
         s.add_argument("--values", type=_floats, default=_floats(default), help=f"{help_} (default {default})")
-        s.add_argument("--tau", type=positive_float, default=1.0, help="temperature when sweeping CFG")
+        s.add_argument("--tau", default=1.0, help=TAU_HELP + " when sweeping CFG")
         s.add_argument("--data", default=None, metavar="NAME|DIR",
                        help=f"the data set the checkpoint was trained on ({', '.join(DATASETS)}, or its image "
                             "folder), to score with its protocol; default: the checkpoint's default protocol, or "
@@ -132,13 +137,20 @@ def _data(args: argparse.Namespace) -> StudyData:
     return StudyData(str(prepared.shards.folder), str(prepared.tokenizer_dir), protocol, reference)
 
 
-def _eval_settings(args: argparse.Namespace, protocol: str, reference: str, tau: float = 1.0) -> EvalSettings:
-    return EvalSettings(num_samples=args.num_samples, seed=args.seed, steps=args.sample_steps, tau=tau,
+def _eval_settings(args: argparse.Namespace, protocol: str, reference: str, tau: Any = 1.0) -> EvalSettings:
+    """The evaluation of every point (its sampler settings checked by ``SamplerSettings``)."""
+    return EvalSettings(num_samples=args.num_samples, seed=args.seed, sample_steps=args.sample_steps, tau=tau,
                         cfg_scale=args.cfg_scale, protocol=protocol, reference=reference,
                         cache_dir=str(default_cache_dir()))
 
 
+def _recorded(settings: EvalSettings) -> dict[str, Any]:
+    """EvalSettings as the study's settings record them (schedules by their spec)."""
+    return {k: as_spec(v) for k, v in vars(settings).items()}
+
+
 def run_tracked(args: argparse.Namespace) -> int:
+    tau = SamplerSettings(tau=args.tau).tau
     info = init_distributed(args.device)
     data = _data(args)
     shards, tokenizer_path = data.shards, data.tokenizer
@@ -147,9 +159,9 @@ def run_tracked(args: argparse.Namespace) -> int:
     base = resolve_config(args.preset, overrides=args.overrides).to_dict()
     seeds = args.seeds
     track = TrackSettings(base=base, eval_every=args.eval_every, seeds=seeds, eval=evaluation,
-                          tau_for=lambda m: args.tau if get_method(m).has_temperature else 1.0)
+                          tau_for=lambda m: tau if get_method(m).has_temperature else 1.0)
     settings = {"study": args.study, "train": base, "eval_every": args.eval_every, "seeds": list(seeds),
-                "tau": args.tau, "eval": vars(evaluation), "shards": shards}
+                "tau": as_spec(tau), "eval": _recorded(evaluation), "shards": shards}
     if args.study == "convergence":
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         unknown = [m for m in methods if m not in METHODS]
@@ -177,14 +189,15 @@ def run_sweep(args: argparse.Namespace) -> int:
     methods = sorted({c.method_name for c in ckpts})
     if len(methods) > 1:
         raise PurrError(f"the checkpoints are of different methods ({', '.join(methods)}); sweep one method at a time")
-    if args.field == "tau" and not ckpts[0].build_method().has_temperature:
-        raise PurrError(f"a {methods[0]} checkpoint has no logits, so no temperature to sweep")
     paths = [str(c.path) for c in ckpts]
     if len(set(paths)) < len(paths):
         raise PurrError("the same checkpoint is given twice; pass each run folder or checkpoint once")
     base = _eval_settings(args, *_scoring(args, args.data), tau=args.tau)
+    method = ckpts[0].build_method()
+    for value in args.values:  # the method's own check, before any sampling (e.g. no tau sweep without logits)
+        method.check_sampler(replace(base, **{args.field: value}).sampler())
     store = StudyStore(args.out, {"study": args.field, "checkpoints": paths, "steps": [c.step for c in ckpts],
-                                  "eval": vars(base)}, args.command_line)
+                                  "eval": _recorded(base)}, args.command_line)
     pairs = [(c, c.load_tokenizer()) for c in ckpts]
     points = studies.sampler_sweep(store, pairs, base, args.field, args.values, info)
     print(json.dumps([{args.field: p[args.field], "fid": p["fid"], "class_accuracy": p["class_accuracy"]}

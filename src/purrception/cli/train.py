@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
 from purrception.data.datasets import DATASETS, get_dataset
 from purrception.distributed import cleanup_distributed, init_distributed, main_process_first
-from purrception.errors import PurrError
 from purrception.flows.base import METHODS
 from purrception.training.config import PRESET_ALIASES, TRAIN_PRESETS, explicit_fields, resolve_config
 from purrception.training.loop import train
@@ -74,8 +72,6 @@ def run(args: argparse.Namespace) -> int:
         result = train(config, shards, args.out, tokenizer_path=tokenizer, resume=args.resume,
                        progress=args.progress, device=str(info.device),
                        explicit=explicit_fields(args.config, overrides))
-    except PurrError as err:  # the library names the parameter; name the flag that set it
-        raise PurrError(re.sub(r"(?<![\w-])init_from(?!\w)", "--init-from", str(err))) from None
     finally:
         cleanup_distributed()
     if info.is_main:

@@ -72,7 +72,7 @@ class EncodeOptions:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.part_size < 1:
-            raise PurrError("--batch-size and --part-size must be positive")
+            raise PurrError("`batch_size` and `part_size` must be positive")
 
 
 def preprocessing_record(tokenizer: VQTokenizer, flip: bool) -> dict[str, Any]:
@@ -113,11 +113,11 @@ def _refuse_foreign(out: Path) -> str | None:
     if not out.exists():
         return None
     if not out.is_dir():
-        return f"--out {out} is a file, not a folder; choose another --out (nothing was written)"
+        return f"`out` {out} is a file, not a folder; choose another `out` (nothing was written)"
     foreign = sorted(p.name for p in out.iterdir() if p.name != PARTS_DIR)
     if foreign:
         return (f"{out} is not empty and holds no unfinished encode ({len(foreign)} other entries, e.g. "
-                f"{foreign[0]!r}); choose a new or empty --out (nothing was written)")
+                f"{foreign[0]!r}); choose a new or empty `out` (nothing was written)")
     return None
 
 
@@ -129,7 +129,7 @@ def _check_plan(out: Path, plan: dict[str, Any]) -> str | None:
         if old != plan:
             diff = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
             return (f"{out} holds an unfinished encode of different inputs or settings ({', '.join(diff)} differ); "
-                    f"delete {parts_dir(out)} or choose another --out")
+                    f"delete {parts_dir(out)} or choose another `out`")
         return None
     atomic_save_json(plan_file, plan)
     return None
@@ -204,7 +204,7 @@ def _encode(tokenizer: VQTokenizer, source: ImageSource, out: Path, options: Enc
                 if same:
                     finished = True
                 else:
-                    error = f"{out} already holds token shards of other inputs; choose another --out or delete it"
+                    error = f"{out} already holds token shards of other inputs; choose another `out` or delete it"
             elif (parts_dir(out) / PLAN_NAME).is_file():
                 error = _check_plan(out, plan)
             else:
@@ -282,9 +282,9 @@ def encode_images(tokenizer_path: str | Path, out: str | Path, *, tokenizer_kind
         options: see :class:`EncodeOptions`.
     """
     if (images is None) == (embedded is None):
-        raise PurrError("give exactly one of --images FOLDER or --embedded SPLIT")
+        raise PurrError("give exactly one of `images` (a folder) or `embedded` (a split)")
     if labels_file is not None and images is None:
-        raise PurrError("--labels goes with --images (a flat image folder)")
+        raise PurrError("`labels_file` goes with `images` (a flat image folder)")
     if images is not None:
         try:
             source = folder_source(images, labels_file)

@@ -53,7 +53,7 @@ def _class_folders(class_names: Sequence[str]) -> list[str]:
 
 def _refuse_non_empty(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise PurrError(f"{out} already exists and is not an empty folder; choose another --out or remove it "
+        raise PurrError(f"{out} already exists and is not an empty folder; choose another `out` or remove it "
                         "(nothing was overwritten)")
 
 

@@ -112,7 +112,7 @@ def _list_class_folders(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
     loose = [p for p in entries if is_image_file(p)]
     if not class_dirs:
         if loose:
-            raise PurrError(f"{root} has no class sub-folders; put images in ROOT/<class>/ or pass --labels FILE")
+            raise PurrError(f"{root} has no class sub-folders; put images in ROOT/<class>/ or pass `labels_file=FILE`")
         raise PurrError(f"{root} holds no class sub-folders and no images; put images in ROOT/<class>/, one "
                         f"sub-folder per class")
     if loose:

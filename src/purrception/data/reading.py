@@ -114,14 +114,14 @@ def read_images(source: ImageSource, size: int, channels: int, workers: int = 0,
             be read.
     """
     if channels not in (1, 3):
-        raise PurrError(f"channels must be 1 or 3, got {channels}")
+        raise PurrError(f"`channels` must be 1 or 3, got {channels}")
     if size < 1:
-        raise PurrError(f"size must be positive, got {size}")
+        raise PurrError(f"`size` must be positive, got {size}")
     n = len(source)
     need = n * size * size * channels
     if need > max_bytes:
         raise PurrError(f"reading {n} images at {size}x{size}x{channels} needs {need / 2**30:.1f} GiB, over the "
-                        f"{max_bytes / 2**30:.1f} GiB limit; use a smaller --resolution or a subset of the images")
+                        f"{max_bytes / 2**30:.1f} GiB limit; use a smaller `resolution` or a subset of the images")
     out = np.empty((n, size, size) if channels == 1 else (n, size, size, 3), dtype=np.uint8)
     batches = [list(range(s, min(s + _READ_BATCH, n))) for s in range(0, n, _READ_BATCH)]
     with tqdm(total=n, unit="img", desc="read images", disable=not progress, dynamic_ncols=True) as bar:

@@ -11,7 +11,7 @@ Three protocols (:data:`PROTOCOLS`):
 - ``digits`` (embedded data): FID on the digit classifier's penultimate features against the embedded train split
   (the generator's training data; the classifier never saw it), precision / recall, and the accuracy with which the
   classifier reads the requested class.
-- ``folder`` (any labelled image folder, ``--reference DIR``): a judge classifier trained once on a class-balanced
+- ``folder`` (any labelled image folder, ``reference=DIR``): a judge classifier trained once on a class-balanced
   half of the folder (``evaluation.folder_judge``), FID on its penultimate features against the rest of the
   folder, precision / recall, and class accuracy; the judge's own accuracy on the rest is in the report.
 - ``inception`` (paper App. C): torch-fidelity's Inception-v3 FID against a reference set you give (the 50k ImageNet
@@ -25,7 +25,7 @@ import importlib.metadata
 import logging
 import platform
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -49,7 +49,7 @@ from purrception.evaluation.references import ReferenceSource, open_reference, t
 from purrception.generation.generate import balanced_labels, generate_images
 from purrception.generation.generator import Generator
 from purrception.io import atomic_write
-from purrception.sampling.schedules import Schedule, as_spec
+from purrception.sampling.schedules import Schedule
 from purrception.sampling.settings import SamplerSettings
 from purrception.tokenizers.base import VQTokenizer
 
@@ -63,15 +63,16 @@ log = logging.getLogger(__name__)
 class EvalSettings:
     """Everything that decides an evaluation's numbers (all of it goes into the JSON report).
 
-    ``tau`` and ``cfg_scale`` are constants or :class:`~purrception.sampling.schedules.Schedule` objects (read
-    with ``parse_schedule``); the report records a schedule by its spec string. Arbitrary callables are refused:
-    a report could not say what they were.
+    The sampler fields (``sample_steps``, ``tau``, ``cfg_scale``, ``solver``) are checked by
+    :class:`~purrception.sampling.settings.SamplerSettings` when the settings are made (a spec string becomes a
+    :class:`~purrception.sampling.schedules.Schedule`); the report records a schedule by its spec string. Arbitrary
+    callables are refused when the evaluation starts: a report could not say what they were.
     """
 
     num_samples: int = 1000
     seed: int = 0
     batch_size: int = 100
-    steps: int = 100
+    sample_steps: int = 100
     tau: float | Schedule = 1.0
     cfg_scale: float | Schedule = 1.0
     solver: str = "euler"
@@ -86,21 +87,21 @@ class EvalSettings:
     cache_dir: str = ""                         # reference statistics and judges; "" = the user cache (cache_root)
     feature_batch_size: int = 100
 
+    def __post_init__(self) -> None:
+        sampler = self.sampler()
+        self.sample_steps, self.tau, self.cfg_scale = sampler.sample_steps, sampler.tau, sampler.cfg_scale
+
     def sampler(self) -> SamplerSettings:
-        return SamplerSettings(steps=self.steps, tau=self.tau, cfg_scale=self.cfg_scale, solver=self.solver)
+        return SamplerSettings(sample_steps=self.sample_steps, tau=self.tau, cfg_scale=self.cfg_scale,
+                               solver=self.solver)
 
     def check(self) -> None:
-        for name in ("tau", "cfg_scale"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float, Schedule)):
-                raise PurrError(f"{name} must be a number or a Schedule (see parse_schedule) so that the report can "
-                                f"record it, got {type(value).__name__}")
+        self.sampler().record()  # refuses knobs a report could not record
         if self.num_samples < 2:
-            raise PurrError(f"{_named('num_samples')} must be at least 2 for FID, got {self.num_samples}")
+            raise PurrError(f"`num_samples` must be at least 2 for FID, got {self.num_samples}")
         bad = [n for n in self.fid_subsets if not 2 <= n <= self.num_samples]
         if bad:
-            raise PurrError(f"{_named('fid_subsets')} {bad[0]} is outside 2..{self.num_samples} (the number of "
-                            "samples)")
+            raise PurrError(f"`fid_subsets` entry {bad[0]} is outside 2..{self.num_samples} (the number of samples)")
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ class Protocol:
     build_extractor: Callable[[EvalSettings, torch.device, VQTokenizer], FeatureExtractor]
     default_reference: str | None
     summary: str
-    #: what ``--reference`` should name, for the error when a protocol without a default reference gets none
+    #: what ``reference`` should name, for the error when a protocol without a default reference gets none
     reference_hint: str = ""
     #: protocol-specific EvalSettings fields this protocol reads (setting one for another protocol is refused)
     reads: frozenset[str] = frozenset()
@@ -129,8 +130,8 @@ def _folder(settings: EvalSettings, device: torch.device, tokenizer: VQTokenizer
 
 def _inception(settings: EvalSettings, device: torch.device, tokenizer: VQTokenizer) -> FeatureExtractor:
     if not settings.inception_path:
-        raise PurrError(f"the inception protocol needs torch-fidelity's weights: pass {_named('inception_path')} "
-                        "PATH/pt_inception-2015-12-05-6726825d.pth (nothing is downloaded)")
+        raise PurrError("the inception protocol needs torch-fidelity's weights: pass "
+                        "`inception_path=PATH/pt_inception-2015-12-05-6726825d.pth` (nothing is downloaded)")
     return InceptionFeatures(settings.inception_path, device, settings.feature_batch_size)
 
 
@@ -138,7 +139,7 @@ PROTOCOLS: dict[str, Protocol] = {
     "digits": Protocol("digits", _digits, "digits:train",
                        "digit-classifier features (embedded data); FID, precision/recall, class accuracy"),
     "folder": Protocol("folder", _folder, None,
-                       "a judge trained on half of a labelled folder (--reference DIR); FID on its features "
+                       "a judge trained on half of a labelled folder (the reference DIR); FID on its features "
                        "against the rest, precision/recall, class accuracy",
                        reference_hint="DIR, the labelled image folder the generator was trained on",
                        reads=frozenset({"reference_labels"})),
@@ -151,14 +152,6 @@ PROTOCOLS: dict[str, Protocol] = {
 
 #: protocol-specific settings: refused by the protocols that do not read them
 _PROTOCOL_OPTIONS = ("inception_path", "reference_labels")
-#: the ``purr eval`` flag of each EvalSettings field whose name differs from the flag's
-_FLAGS = {"inception_path": "--inception"}
-
-
-def _named(field: str) -> str:
-    """An EvalSettings field as errors name it: the ``purr eval`` flag, then the field, e.g. ``--reference
-    (reference=)``, so that the message serves the command line and Python alike."""
-    return f"{_FLAGS.get(field, '--' + field.replace('_', '-'))} ({field}=)"
 
 
 def default_protocol(tokenizer: VQTokenizer) -> str:
@@ -260,11 +253,11 @@ def evaluate_generator(generator: Generator, tokenizer: VQTokenizer, settings: E
     protocol = PROTOCOLS[protocol_name]
     for option in _PROTOCOL_OPTIONS:
         if getattr(settings, option) and option not in protocol.reads:
-            raise PurrError(f"{_named(option)} is not used by the {protocol_name} protocol; drop it or pick another "
-                            f"{_named('protocol')}")
+            raise PurrError(f"`{option}` is not used by the {protocol_name} protocol; drop it or pick another "
+                            "`protocol`")
     reference_spec = settings.reference or protocol.default_reference
     if not reference_spec:
-        raise PurrError(f"the {protocol_name} protocol has no default reference: pass {_named('reference')} "
+        raise PurrError(f"the {protocol_name} protocol has no default reference: pass `reference` "
                         f"{protocol.reference_hint}")
     tokenizer.to(info.device)
 
@@ -273,7 +266,7 @@ def evaluate_generator(generator: Generator, tokenizer: VQTokenizer, settings: E
     if extractor.num_classes is not None and extractor.num_classes != generator.num_classes:
         raise PurrError(f"the {protocol_name} protocol's classifier knows {extractor.num_classes} classes but the "
                         f"checkpoint generates {generator.num_classes}; pass the labelled folder the generator was "
-                        f"trained on as {_named('reference')}")
+                        "trained on as `reference`")
 
     t0 = time.perf_counter()
     indices, labels, images = generate_slice(generator, tokenizer, settings, info, progress and info.is_main)
@@ -296,8 +289,7 @@ def evaluate_generator(generator: Generator, tokenizer: VQTokenizer, settings: E
     source = extractor.own_reference() or open_reference(reference_spec, tokenizer)
     reference = reference_features(source, extractor, settings.cache_dir, settings.feature_batch_size)
     metrics = score(samples, all_labels, reference, settings, info.device)
-    sampler_settings = settings.sampler()
-    sampler = {f.name: as_spec(getattr(sampler_settings, f.name)) for f in fields(sampler_settings)}
+    sampler = settings.sampler().record()
     return {
         "protocol": protocol_name,
         "metrics": metrics,
@@ -327,8 +319,9 @@ def format_table(report: dict[str, Any]) -> str:
     """A plain-text table of a report's metrics and the settings that produced them."""
     s, m = report["sampling"], report["metrics"]
     head = (f"{report['protocol']} protocol | {report['checkpoint']['method']} step {report['checkpoint']['step']} | "
-            f"N={s['num_samples']} seed={s['seed']} steps={s['steps']} tau={s['tau']} cfg={s['cfg_scale']} "
-            f"{s['solver']} | reference {report['reference']['spec']} ({report['reference']['count']} images)")
+            f"N={s['num_samples']} seed={s['seed']} sample_steps={s['sample_steps']} tau={s['tau']} "
+            f"cfg={s['cfg_scale']} {s['solver']} | reference {report['reference']['spec']} "
+            f"({report['reference']['count']} images)")
     rows = [(_LABELS.get(k) or (f"FID (first {k.rsplit('_', 1)[1]})" if k.startswith("fid_first_") else k), v)
             for k, v in m.items()]
     width = max(len(name) for name, _ in rows)

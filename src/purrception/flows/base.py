@@ -16,6 +16,7 @@ import torch
 
 from purrception.errors import PurrError
 from purrception.models.dit import DiT
+from purrception.sampling.schedules import as_spec
 from purrception.sampling.settings import SamplerSettings
 from purrception.sampling.solvers import EndpointFn, StepCallback, VelocityFn, integrate
 
@@ -160,23 +161,42 @@ class FlowMethod(abc.ABC):
 
         return (lambda z, t: endpoint_velocity(mu(z, t), z, t)), mu
 
+    def check_sampler(self, sampler: SamplerSettings) -> None:
+        """Refuse settings this method cannot sample with: a temperature other than 1 when the method has no logits
+        (``has_temperature``). The range of each knob is :class:`SamplerSettings`' own check; this is the method's.
+
+        Raises:
+            PurrError: naming the field.
+        """
+        if not self.has_temperature and sampler.tau != 1.0:
+            raise PurrError(f"`tau` has no meaning for {self.name} (it has no logits), got {as_spec(sampler.tau)}; "
+                            "leave `tau` at 1")
+
     @torch.no_grad()
     def generate(self, model: DiT, noise: torch.Tensor, y: torch.Tensor, sampler: SamplerSettings, snap: Snap,
                  callback: StepCallback | None = None) -> torch.Tensor:
-        """Codes ``(B, h, w)``: integrate ``dz/dt = v`` from ``z0 = noise`` ``(B, d, h, w)`` to ``t = 1`` (paper
-        App. B; an endpoint predictor's last step is ``z <- mu``), then ``snap`` ``z_1`` to codes.
+        """Codes ``(B, h, w)`` from ``noise``: :meth:`check_sampler`, then :meth:`sample`. Every generation path
+        (``generation.generate``, ``generation.uncertainty``, the training loop's grids) comes through here.
 
         Args:
             model: the backbone.
-            noise: ``z0``.
+            noise: ``z0`` ``(B, d, h, w)``.
             y: labels ``(B,)``.
-            sampler: steps, solver, ``tau(t)``, ``cfg_scale(t)``.
+            sampler: sample_steps, solver, ``tau(t)``, ``cfg_scale(t)``.
             snap: latents ``(B, d, h, w)`` -> codes ``(B, h, w)``: the tokenizer's own
                 :meth:`~purrception.tokenizers.base.VQTokenizer.snap`.
             callback: called with ``(t_i, z_{t_i})`` at every grid time before ``t = 1`` (uncertainty maps).
         """
+        self.check_sampler(sampler)
+        return self.sample(model, noise, y, sampler, snap, callback)
+
+    def sample(self, model: DiT, noise: torch.Tensor, y: torch.Tensor, sampler: SamplerSettings, snap: Snap,
+               callback: StepCallback | None = None) -> torch.Tensor:
+        """The sampler behind :meth:`generate` (settings already checked): integrate ``dz/dt = v`` from ``z0 =
+        noise`` to ``t = 1`` (paper App. B; an endpoint predictor's last step is ``z <- mu``), then ``snap``
+        ``z_1`` to codes."""
         v, mu = self.fields(model, y, sampler)
-        return snap(integrate(v, noise, sampler.steps, sampler.solver, endpoint=mu, callback=callback))
+        return snap(integrate(v, noise, sampler.sample_steps, sampler.solver, endpoint=mu, callback=callback))
 
 
 METHODS: dict[str, type[FlowMethod]] = {}

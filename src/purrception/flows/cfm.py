@@ -19,7 +19,6 @@ import abc
 
 import torch
 
-from purrception.errors import PurrError
 from purrception.flows.base import FlowMethod, LossOutput, PathSample, drop_labels, make_path_sample, register_method
 from purrception.models.dit import DiT
 from purrception.sampling.guidance import guided_features
@@ -40,7 +39,7 @@ class RegressionFlow(FlowMethod):
         label_dropout: probability of the null class during training (trains CFG).
     """
 
-    #: no logits, so no temperature (read by tools that sweep tau)
+    #: no logits, so no temperature: ``check_sampler`` refuses a tau other than 1, and studies sample at 1
     has_temperature = False
 
     @abc.abstractmethod
@@ -65,9 +64,8 @@ class RegressionFlow(FlowMethod):
 
     def output(self, model: DiT, z: torch.Tensor, t: float, y: torch.Tensor, tau: float,
                cfg_scale: float) -> torch.Tensor:
-        """Guided backbone output ``(B, d, h, w)``: CFG mixes the features, the affine head then runs once."""
-        if tau != 1.0:
-            raise PurrError(f"temperature tau={tau} has no meaning for {self.name} (it has no logits); leave tau at 1")
+        """Guided backbone output ``(B, d, h, w)``: CFG mixes the features, the affine head then runs once. ``tau``
+        is always 1 here (``has_temperature`` is false, so :meth:`~FlowMethod.check_sampler` refuses any other)."""
         return regression_output(model, guided_features(model, z, t, y, cfg_scale))
 
     def velocity(self, model: DiT, z: torch.Tensor, t: float, y: torch.Tensor, tau: float,

@@ -159,7 +159,7 @@ def discrete_euler(draw: DrawFn, noise: torch.Tensor, steps: int, kappa: Schedul
         callback: called with ``(t_s, x_{t_s})`` before every step.
     """
     if steps <= 0:
-        raise PurrError(f"steps must be a positive integer, got {steps}")
+        raise PurrError(f"`steps` must be a positive integer, got {steps}")
     if noise.shape[1] < 2:
         raise PurrError(f"DFM sampling reads 2 noise channels per position, got {noise.shape[1]}; use a tokenizer "
                         "with latent dim >= 2")
@@ -175,10 +175,7 @@ def discrete_euler(draw: DrawFn, noise: torch.Tensor, steps: int, kappa: Schedul
         if not bool(reveal.any()):
             continue  # no position changes this step, so the denoiser's output would be unused
         t = s / steps
-        tau = tau_at(t)
-        if tau <= 0:
-            raise PurrError(f"temperature tau must be > 0, got {tau}")
-        x = torch.where(reveal, draw(x, t, reveal, w_draw, tau), x)
+        x = torch.where(reveal, draw(x, t, reveal, w_draw, tau_at(t)), x)
     return x
 
 
@@ -241,18 +238,20 @@ class DFM(FlowMethod):
         """
         return logits_from_features(model, guided_features(model, x, t, y, cfg_scale))
 
-    @torch.no_grad()
-    def generate(self, model: DiT, noise: torch.Tensor, y: torch.Tensor, sampler: SamplerSettings, snap: Snap,
-                 callback: StepCallback | None = None) -> torch.Tensor:
+    def check_sampler(self, sampler: SamplerSettings) -> None:
+        """As every method's, and only ``solver="euler"``: this is the discrete Euler sampler of the mixture path."""
+        super().check_sampler(sampler)
+        if sampler.solver != "euler":
+            raise PurrError(f"`solver` {sampler.solver!r} does not apply to dfm (it has its own discrete Euler "
+                            "sampler); use `solver=euler`")
+
+    def sample(self, model: DiT, noise: torch.Tensor, y: torch.Tensor, sampler: SamplerSettings, snap: Snap,
+               callback: StepCallback | None = None) -> torch.Tensor:
         """Codes ``(B, h, w)`` from the all-mask source; ``noise`` supplies the per-image randomness.
 
         The state is token ids throughout, so ``snap`` is never needed; ``callback`` sees ``(t_s, x_{t_s})``, the
-        ids (mask ``K``) at every step. Only ``sampler.solver == "euler"`` is accepted: this is the discrete Euler
-        sampler of the mixture path.
+        ids (mask ``K``) at every step.
         """
-        if sampler.solver != "euler":
-            raise PurrError(f"solver {sampler.solver!r} does not apply to dfm (it has its own discrete Euler sampler); "
-                            "use solver euler")
         def draw(x: torch.Tensor, t: float, reveal: torch.Tensor, w: torch.Tensor, tau: float) -> torch.Tensor:
             return quantile_draws(model, guided_features(model, x, t, y, sampler.cfg_at(t)), reveal, w, tau)
-        return discrete_euler(draw, noise, sampler.steps, self.kappa, self.mask_id, sampler.tau_at, callback)
+        return discrete_euler(draw, noise, sampler.sample_steps, self.kappa, self.mask_id, sampler.tau_at, callback)

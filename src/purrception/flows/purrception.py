@@ -50,7 +50,7 @@ class Purrception(FlowMethod):
                  head_kernel: str = "chunked"):
         super().__init__(codebook, label_dropout)
         if head_kernel not in HEAD_KERNELS:
-            raise PurrError(f"unknown head_kernel {head_kernel!r}; choose from {', '.join(HEAD_KERNELS)}")
+            raise PurrError(f"unknown `head_kernel` {head_kernel!r}; choose from {', '.join(HEAD_KERNELS)}")
         self.z_loss_weight = z_loss_weight
         self.head_kernel = head_kernel
 
@@ -75,9 +75,8 @@ class Purrception(FlowMethod):
 
     def endpoint(self, model: DiT, z: torch.Tensor, t: float, y: torch.Tensor, tau: float,
                  cfg_scale: float) -> torch.Tensor:
-        """Posterior mean ``mu = softmax(l / tau) E`` at ``(z, t)`` with CFG on the logits (eqs. 13, 15)."""
-        if tau <= 0:
-            raise PurrError(f"temperature tau must be > 0, got {tau}")
+        """Posterior mean ``mu = softmax(l / tau) E`` at ``(z, t)`` with CFG on the logits (eqs. 13, 15); ``tau > 0``
+        (``SamplerSettings`` holds only such temperatures)."""
         return posterior_mean(model, guided_features(model, z, t, y, cfg_scale), self.codebook, tau)
 
     def posterior_logits(self, model: DiT, z: torch.Tensor, t: float, y: torch.Tensor,

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 def noise_for(indices: Iterable[int], seed: int, shape: tuple[int, ...]) -> torch.Tensor:
     """Standard normal noise ``(len(indices), *shape)``; row ``j`` depends only on ``(seed, indices[j])``."""
     if seed < 0:
-        raise PurrError(f"a sampling seed must be >= 0, got {seed}")
+        raise PurrError(f"a sampling `seed` must be >= 0, got {seed}")
     rows = []
     for i in indices:
         gen = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, int(i)]).generate_state(1)[0]))
@@ -74,8 +74,6 @@ def generate_codes(method: FlowMethod, model: DiT, labels: np.ndarray, sampler: 
     ``snap`` turns the flow's final latents into codes: the tokenizer's own ``snap``.
     """
     check_labels(labels, model.config.num_classes)
-    if sampler.steps <= 0:
-        raise PurrError(f"steps must be a positive integer, got {sampler.steps}")
     side = model.config.input_size
     out = [method.generate(model, noise, y, sampler, snap).cpu()
            for noise, y in seeded_batches(labels, seed, (method.latent_dim, side, side), batch_size, first_index,

@@ -80,7 +80,7 @@ def trace_uncertainty(method: FlowMethod, model: DiT, noise: torch.Tensor, y: to
         model: its backbone.
         noise: ``z0`` ``(B, d, h, w)``.
         y: labels ``(B,)``.
-        sampler: steps, solver, ``tau(t)``, ``cfg_scale(t)``.
+        sampler: sample_steps, solver, ``tau(t)``, ``cfg_scale(t)``.
         snap: final latents -> codes, the tokenizer's own ``snap``.
         times: when to read the entropy (snapped to the grid).
         topk: how many candidate codes to report at ``position`` (0: none).
@@ -89,16 +89,14 @@ def trace_uncertainty(method: FlowMethod, model: DiT, noise: torch.Tensor, y: to
     if not (method.has_posterior and method.has_endpoint):
         raise PurrError(f"method {method.name!r} has no categorical posterior over codes along its flow; "
                         "uncertainty maps need a purrception checkpoint")
-    steps = sampler.steps
-    if steps <= 0:
-        raise PurrError(f"steps must be a positive integer, got {steps}")
+    steps = sampler.sample_steps
     b, _, h, w = noise.shape
     if topk < 0 or topk > method.codebook_size:
-        raise PurrError(f"topk must lie in 0..{method.codebook_size} (the codebook size), got {topk}")
+        raise PurrError(f"`topk` must lie in 0..{method.codebook_size} (the codebook size), got {topk}")
     if topk and position is None:
-        raise PurrError("topk needs a position (row, col) in the latent grid")
+        raise PurrError("`topk` needs a `position` (row, col) in the latent grid")
     if position is not None and not (0 <= position[0] < h and 0 <= position[1] < w):
-        raise PurrError(f"position ({position[0]}, {position[1]}) is outside the {h}x{w} latent grid")
+        raise PurrError(f"`position` ({position[0]}, {position[1]}) is outside the {h}x{w} latent grid")
     indices = snap_times(times, steps)
     slots: dict[int, list[int]] = {}
     for slot, i in enumerate(indices):

@@ -97,7 +97,7 @@ def read_dit_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
         for entry in WEIGHT_ENTRIES:
             if _is_state_dict(obj.get(entry)):
                 return dict(obj[entry]), entry
-    raise PurrError(f"init_from {path} holds no state dict of tensors (bare, or under "
+    raise PurrError(f"`init_from` {path} holds no state dict of tensors (bare, or under "
                     f"{' / '.join(repr(e) for e in WEIGHT_ENTRIES)}); pass a DiT or SiT checkpoint")
 
 
@@ -121,7 +121,7 @@ def plan_dit_import(theirs: Mapping[str, torch.Tensor], model: DiT, source: str 
     """
     config = model.config
     ours = model.state_dict()
-    where = f"init_from {source}"
+    where = f"`init_from` {source}"
     if config.pos_embed_layout != "dit":
         raise PurrError(f"{where}: the model uses the {config.pos_embed_layout!r} position table, but DiT trunks read "
                         f"DiT's; drop pos_embed_layout from model_overrides")

@@ -7,7 +7,8 @@ ones. A spec is a number (a constant) or ``shape:start:end``, which moves from `
 - ``linear``: ``start + (end - start) t``
 - ``cosine``: ``start + (end - start) (1 - cos(pi t)) / 2`` (flat at both ends)
 
-Both stay between ``start`` and ``end``, so a temperature schedule with two positive ends is positive throughout.
+Both stay between ``start`` and ``end``, so a temperature schedule with two positive ends is positive throughout
+(``SamplerSettings`` asks a temperature for exactly that).
 A :class:`Schedule` is a frozen dataclass whose :attr:`Schedule.spec` (also ``str()``) parses back to an equal
 schedule; reports record schedules by that spec (:func:`as_spec`), never as objects.
 """
@@ -64,16 +65,18 @@ def as_spec(value: Any) -> Any:
     return value.spec if isinstance(value, Schedule) else value
 
 
-def parse_schedule(text: str, name: str = "value", positive: bool = False) -> float | Schedule:
+def parse_schedule(text: str, name: str = "value") -> float | Schedule:
     """``"0.8"`` -> ``0.8``; ``"linear:1.2:0.6"`` -> ``Schedule("linear", 1.2, 0.6)``.
+
+    Only the form is checked here (numbers, finite, a known shape); what range a knob takes is
+    :class:`~purrception.sampling.settings.SamplerSettings`' rule (e.g. a temperature's ends must be > 0).
 
     Args:
         text: the spec.
-        name: what the value is, for error messages (e.g. ``"--tau"``).
-        positive: refuse values ``<= 0`` (temperatures).
+        name: what the value is, for error messages, as messages name parameters (e.g. ``"`tau`"``).
 
     Raises:
-        PurrError: for a malformed spec, an unknown shape, or a non-positive value where ``positive``.
+        PurrError: for a malformed spec, an unknown shape, or a value that is not finite.
     """
     parts = text.strip().split(":")
     if len(parts) not in (1, 3):
@@ -82,8 +85,8 @@ def parse_schedule(text: str, name: str = "value", positive: bool = False) -> fl
         values = [float(p) for p in parts[-2:]] if len(parts) == 3 else [float(parts[0])]
     except ValueError:
         raise PurrError(f"{name} must be a number or SHAPE:START:END with numbers, got {text!r}") from None
-    if any(not math.isfinite(v) for v in values) or (positive and any(not v > 0 for v in values)):
-        raise PurrError(f"{name} must be {'> 0' if positive else 'finite'}, got {text!r}")
+    if any(not math.isfinite(v) for v in values):
+        raise PurrError(f"{name} must be finite, got {text!r}")
     if len(parts) == 1:
         return values[0]
     return Schedule(parts[0], values[0], values[1])

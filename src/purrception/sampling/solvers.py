@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -29,7 +30,7 @@ import torch
 from purrception.errors import PurrError
 
 __all__ = ["VelocityFn", "EndpointFn", "StepCallback", "Solver", "FixedGridSolver", "AdaptiveSolver", "SOLVERS",
-           "euler_step", "heun_step", "midpoint_step", "parse_solver", "integrate", "DEFAULT_TOLERANCE"]
+           "euler_step", "heun_step", "midpoint_step", "parse_solver", "check_solver", "integrate", "DEFAULT_TOLERANCE"]
 
 VelocityFn = Callable[[torch.Tensor, float], torch.Tensor]
 #: ``mu(z, t)``: the method's prediction of the endpoint ``z_1`` at ``(z, t)`` (eq. 13's posterior mean).
@@ -66,6 +67,10 @@ class Solver(abc.ABC):
               callback: Optional[StepCallback], option: str) -> torch.Tensor:
         """The state at ``t = 1``; ``option`` is the text after ``:`` in the solver name (``""`` if none)."""
 
+    @abc.abstractmethod
+    def check_option(self, name: str, option: str) -> None:
+        """Refuse an ``option`` (the text after ``:`` in the solver name ``name``) this solver cannot take."""
+
 
 @dataclass(frozen=True)
 class FixedGridSolver(Solver):
@@ -75,10 +80,13 @@ class FixedGridSolver(Solver):
     step: StepFn
     last_step: StepFn
 
+    def check_option(self, name: str, option: str) -> None:
+        if option:
+            raise PurrError(f"`solver` {name!r} is a fixed-grid solver and takes no tolerance (got ':{option}'); its "
+                            "grid is set by `sample_steps`")
+
     def solve(self, v: VelocityFn, z0: torch.Tensor, steps: int, endpoint: Optional[EndpointFn],
               callback: Optional[StepCallback], option: str) -> torch.Tensor:
-        if option:
-            raise PurrError(f"fixed-grid solvers take no tolerance (got ':{option}'); their grid is set by steps")
         z, h = z0, 1.0 / steps
         for i in range(steps):
             t = i / steps
@@ -103,18 +111,26 @@ class AdaptiveSolver(Solver):
 
     method: str
 
+    def tolerance(self, option: str) -> float:
+        """``rtol = atol`` from the option text (``""``: :data:`DEFAULT_TOLERANCE`)."""
+        try:
+            tol = float(option) if option else DEFAULT_TOLERANCE
+        except ValueError:
+            tol = float("nan")
+        if not (math.isfinite(tol) and tol > 0):
+            raise PurrError(f"`solver` tolerance must be a number > 0, e.g. {self.method}:1e-4; got {option!r}")
+        return tol
+
+    def check_option(self, name: str, option: str) -> None:
+        self.tolerance(option)
+
     def solve(self, v: VelocityFn, z0: torch.Tensor, steps: int, endpoint: Optional[EndpointFn],
               callback: Optional[StepCallback], option: str) -> torch.Tensor:
         try:
             odeint = importlib.import_module("torchdiffeq").odeint
         except ImportError:
-            raise PurrError(f"solver {self.method!r} needs torchdiffeq: pip install torchdiffeq") from None
-        try:
-            tol = float(option) if option else DEFAULT_TOLERANCE
-        except ValueError:
-            raise PurrError(f"solver tolerance must be a number, e.g. {self.method}:1e-4; got {option!r}") from None
-        if not tol > 0:
-            raise PurrError(f"solver tolerance must be > 0, e.g. {self.method}:1e-4; got {option!r}")
+            raise PurrError(f"`solver` {self.method!r} needs torchdiffeq: pip install torchdiffeq") from None
+        tol = self.tolerance(option)
         t_end = (steps - 1) / steps if endpoint is not None else 1.0
         grid = [i / steps for i in range(steps)] if callback is not None else [0.0]
         if grid[-1] < t_end:
@@ -146,10 +162,24 @@ SOLVERS: dict[str, Solver] = {
 
 def parse_solver(spec: str) -> tuple[Solver, str]:
     """``"name"`` or ``"name:option"`` -> the registered solver and its option string."""
+    if not isinstance(spec, str):
+        raise PurrError(f"`solver` must be a solver name like 'euler' or 'dopri5:1e-4', got {spec!r}")
     name, _, option = spec.partition(":")
     if name not in SOLVERS:
-        raise PurrError(f"unknown solver {name!r}; choose one of: {', '.join(SOLVERS)}")
+        raise PurrError(f"unknown `solver` {name!r}; choose one of: {', '.join(SOLVERS)} (adaptive ones as NAME:TOL)")
     return SOLVERS[name], option
+
+
+def check_solver(spec: str) -> str:
+    """``spec`` if it names a registered solver with an option that solver takes (``NAME``, or ``NAME:TOL`` for the
+    adaptive ones, ``TOL > 0``); the optional ``torchdiffeq`` is needed only when an adaptive solver runs.
+
+    Raises:
+        PurrError: naming ``solver``.
+    """
+    solver, option = parse_solver(spec)
+    solver.check_option(spec.partition(":")[0], option)
+    return spec
 
 
 def integrate(v: VelocityFn, z0: torch.Tensor, steps: int, solver: str = "euler",
@@ -168,6 +198,6 @@ def integrate(v: VelocityFn, z0: torch.Tensor, steps: int, solver: str = "euler"
         The state at ``t = 1``.
     """
     if steps <= 0:
-        raise PurrError(f"steps must be a positive integer, got {steps}")
-    chosen, option = parse_solver(solver)
+        raise PurrError(f"`steps` must be a positive integer, got {steps}")
+    chosen, option = parse_solver(check_solver(solver))
     return chosen.solve(v, z0, steps, endpoint, callback, option)

@@ -35,6 +35,8 @@ class StudyStore:
 
     A folder only resumes a study with the same settings. The one exception is ``seeds``: every point is keyed by its
     seed, so re-running with more seeds extends a finished study (only the new seeds are trained and evaluated).
+    Settings recorded by older versions are read with today's names (:func:`_upgraded`: ``eval.steps`` is
+    ``eval.sample_steps``), so their folders resume.
     """
 
     def __init__(self, folder: str | Path, settings: dict[str, Any], command: str):
@@ -44,8 +46,8 @@ class StudyStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         settings = json.loads(json.dumps(settings))  # compare as JSON sees it (tuples become lists)
         data = load_json(self.path, "study results") if self.path.exists() else {"settings": settings, "points": {}}
-        if _without_seeds(data.get("settings", {})) != _without_seeds(settings):
-            raise PurrError(f"{self.folder} holds a study made with other settings; use another --out "
+        if _without_seeds(_upgraded(data.get("settings", {}))) != _without_seeds(settings):
+            raise PurrError(f"{self.folder} holds a study made with other settings; use another `folder` "
                             f"(or the same settings, with any seeds, to resume or extend it)")
         data["settings"] = settings
         self.data = data
@@ -117,6 +119,16 @@ def train_and_track(store: StudyStore, variants: list[Variant], track: TrackSett
                 key = f"{variant.name}|seed={seed}|step={ckpt.step}"
                 point = store.get_or_measure(key, lambda: evaluate_point(ckpt, tokenizer, settings, info))
                 log.info("study: %s fid %.3f acc %.3f", key, point["fid"], point.get("class_accuracy", float("nan")))
+
+
+def _upgraded(settings: dict[str, Any]) -> dict[str, Any]:
+    """Recorded study settings with today's names: the evaluation's sampling steps were ``steps`` before they were
+    ``sample_steps`` (the name of the quantity everywhere)."""
+    evaluation = settings.get("eval")
+    if isinstance(evaluation, dict) and "steps" in evaluation and "sample_steps" not in evaluation:
+        evaluation = {("sample_steps" if k == "steps" else k): v for k, v in evaluation.items()}
+        return {**settings, "eval": evaluation}
+    return settings
 
 
 def _without_seeds(settings: dict[str, Any]) -> dict[str, Any]:

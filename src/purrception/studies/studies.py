@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ from purrception.checkpoint import Checkpoint
 from purrception.distributed import DistInfo
 from purrception.evaluation.evaluate import EvalSettings
 from purrception.flows.base import get_method
+from purrception.sampling.schedules import as_spec
 from purrception.studies.core import (
     StudyStore,
     TrackSettings,
@@ -53,7 +54,7 @@ def _fid_axis(settings: EvalSettings) -> str:
 def _caption(kind: str, track: TrackSettings) -> str:
     e = track.eval
     return (f"{kind}: {json.dumps(track.base, sort_keys=True)}; eval every {track.eval_every} steps; seeds "
-            f"{list(track.seeds)}; {_protocol(e)}, N={e.num_samples}, Euler {e.steps} steps, cfg {e.cfg_scale}, "
+            f"{list(track.seeds)}; {_protocol(e)}, N={e.num_samples}, Euler {e.sample_steps} steps, cfg {e.cfg_scale}, "
             f"EMA weights")
 
 
@@ -224,9 +225,9 @@ def sampler_sweep(store: StudyStore, checkpoints: list[tuple[Checkpoint, Any]], 
     label = {"tau": "temperature tau", "cfg_scale": "CFG scale"}[field]
     rows = [[p[field], *(_sweep_cell(p, m) for m in metrics)] for p in points]
     shown = "; ".join(f"{c.method_name} checkpoint {c.path} (step {c.step})" for c, _ in checkpoints)
-    caption = (f"{store.command} | {shown}; {_protocol(base)}, N={base.num_samples}, Euler {base.steps} steps, "
+    caption = (f"{store.command} | {shown}; {_protocol(base)}, N={base.num_samples}, Euler {base.sample_steps} steps, "
                f"seed {base.seed}; "
-               + json.dumps({k: v for k, v in asdict(base).items() if k in ("tau", "cfg_scale") and k != field}))
+               + json.dumps({k: as_spec(getattr(base, k)) for k in ("tau", "cfg_scale") if k != field}))
     spread = " (mean ± std over the checkpoints)" if len(checkpoints) > 1 else ""
     notes = [caption, f"best mean FID at {field} = {best[field]:g}"]
     if len(checkpoints) > 1:

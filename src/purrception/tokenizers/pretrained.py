@@ -206,7 +206,7 @@ class VQGANLayout:
     Attributes:
         family: how hints name a file laid out like this one, e.g. ``"an LDM / SD VQ file"``.
         container_keys: where the file keeps its weights, in order of preference (else the file is the weights).
-        looks_like: does a file's key list look like this layout? (for "use --tokenizer-kind X" hints)
+        looks_like: does a file's key list look like this kind's layout? (for "use `tokenizer_kind=X`" hints)
         to_ldm_keys: renames the file's keys into the LDM layout of :mod:`~purrception.tokenizers.ldm_vq`, called
             as ``to_ldm_keys(state, num_levels)``; ``None`` when the file already uses it.
     """
@@ -273,12 +273,12 @@ def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _kind_hint(raw_keys: Iterable[str], kind: TokenizerKind) -> str:
-    """``"; it looks like a ... file: use --tokenizer-kind OTHER"`` when another kind recognises the keys."""
+    """``"; it looks like a ... file: use `tokenizer_kind=OTHER`"`` when another kind recognises the keys."""
     keys = list(raw_keys)
     for other in pretrained_kinds().values():
         layout = other.file.layout
         if other.name != kind.name and isinstance(layout, VQGANLayout) and layout.looks_like(keys):
-            return f"; it looks like {layout.family}: use --tokenizer-kind {other.name}"
+            return f"; it looks like {layout.family}: use `tokenizer_kind={other.name}`"
     return ""
 
 
@@ -327,7 +327,7 @@ def load_pretrained_vqgan(path: str | Path, kind: str) -> VQGANTokenizer:
     entry, layout = _vqgan_kind(kind)
     path = Path(path)
     if path.is_dir():
-        raise PurrError(f"{path} is a folder; --tokenizer-kind {kind} expects the checkpoint file "
+        raise PurrError(f"{path} is a folder; `tokenizer_kind={kind}` expects the checkpoint file "
                         f"{entry.file.file_hint}")
     obj = read_checkpoint(path, f"{kind} checkpoint")
     raw = _strip_prefix(_find_state_dict(obj, path, entry, layout))

@@ -65,7 +65,7 @@ def load_tokenizer(path: str | Path, kind: str | None = None) -> VQTokenizer:
         if kind is not None and tokenizer.kind != kind:
             raise PurrError(f"{path} holds a {tokenizer.kind} tokenizer, not {kind}; drop the kind or fix the path")
     else:
-        raise PurrError(f"{path} is a file: name its kind with --tokenizer-kind ({', '.join(pretrained_kinds())}), "
+        raise PurrError(f"{path} is a file: name its kind with `tokenizer_kind` ({', '.join(pretrained_kinds())}), "
                         f"or pass a tokenizer folder made by `purr tokenizer train`")
     tokenizer.eval().requires_grad_(False)
     return tokenizer
@@ -81,7 +81,7 @@ def load_matching_tokenizer(path: str | Path, expected: TokenizerIdentity, kind:
     tokenizer = load_tokenizer(path, kind)
     if tokenizer.identity() != expected:
         raise PurrError(f"tokenizer {path} is {tokenizer.identity().describe()}, but the codes were made by "
-                        f"{expected.describe()}; pass the matching --tokenizer")
+                        f"{expected.describe()}; pass the matching `tokenizer=PATH`")
     return tokenizer
 
 

@@ -161,7 +161,7 @@ def _restore(path: Path, plan: dict[str, Any], model: TrainableTokenizer, opt: t
         old = state.get("plan") or {}
         differ = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
         raise PurrError(f"{path.parent} holds an unfinished tokenizer run with other {', '.join(differ)}; "
-                        f"repeat its settings to resume it, or choose another --out")
+                        f"repeat its settings to resume it, or choose another `out`")
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
@@ -216,9 +216,9 @@ def fit_tokenizer(train_images: np.ndarray, heldout_images: np.ndarray, out: str
     out = Path(out)
     work = out / WORK_DIR
     if (out / CONFIG_NAME).is_file():
-        raise PurrError(f"{out} already holds a trained tokenizer; choose another --out (nothing was overwritten)")
+        raise PurrError(f"{out} already holds a trained tokenizer; choose another `out` (nothing was overwritten)")
     if out.is_file() or (out.is_dir() and any(p.name != WORK_DIR for p in out.iterdir())):
-        raise PurrError(f"{out} exists and is not an unfinished tokenizer run; choose a new or empty --out "
+        raise PurrError(f"{out} exists and is not an unfinished tokenizer run; choose a new or empty `out` "
                         "(nothing was written)")
     t0 = time.perf_counter()
     tokenizer = train_tokenizer(train_images, model_config, train_config, progress, device, work_dir=work)

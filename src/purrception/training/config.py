@@ -83,14 +83,14 @@ class TrainConfig:
         if isinstance(self.init_from, os.PathLike):
             self.init_from = os.fspath(self.init_from)
         if self.precision not in PRECISIONS:
-            raise PurrError(f"precision {self.precision!r} is not one of {', '.join(PRECISIONS)}; "
-                            f"e.g. --set precision=bf16")
+            raise PurrError(f"`precision` {self.precision!r} is not one of {', '.join(PRECISIONS)}; "
+                            f"e.g. `precision=bf16`")
         for name in ("steps", "batch_size", "log_every", "ckpt_every", "sample_images", "sample_steps"):
             if int(getattr(self, name)) <= 0:
-                raise PurrError(f"{name} must be a positive integer, got {getattr(self, name)}")
+                raise PurrError(f"`{name}` must be a positive integer, got {getattr(self, name)}")
         for name in ("micro_batch_size", "keep_last", "keep_every", "sample_every", "warmup_steps", "seed"):
             if int(getattr(self, name)) < 0:
-                raise PurrError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise PurrError(f"`{name}` must be >= 0, got {getattr(self, name)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -155,7 +155,7 @@ def _checked(name: str, type_name: Any, value: Any) -> Any:
     if accepted is None:
         return value
     if not isinstance(value, accepted) or (bool not in accepted and isinstance(value, bool)):
-        raise PurrError(f"config field {name} must be {type_name}, got {value!r}; e.g. --set {name}=<{type_name}>")
+        raise PurrError(f"config field `{name}` must be {type_name}, got {value!r}; e.g. `{name}=<{type_name}>`")
     return float(value) if type_name == "float" else value
 
 
@@ -239,7 +239,7 @@ def resumed_config(saved: TrainConfig, asked: TrainConfig, explicit: Collection[
     if clashing:
         conflicts = ", ".join(f"{n} is {_shown(getattr(saved, n))} in the checkpoint but {_shown(getattr(asked, n))} "
                               f"was asked" for n in clashing)
-        raise PurrError(f"cannot resume: {conflicts}; drop the override or train into a new --out")
+        raise PurrError(f"cannot resume: {conflicts}; drop the override or train into a new `run_dir`")
     taken = {name: getattr(asked, name) for name in TrainConfig.ADJUSTABLE if name in names}
     return TrainConfig.from_dict({**saved.to_dict(), **taken})
 
@@ -251,7 +251,7 @@ def config_differences(run: TrainConfig, asked: TrainConfig) -> dict[str, dict[s
 
 
 def _shown(value: Any) -> str:
-    """A config value as it would be typed after ``--set key=`` (JSON)."""
+    """A config value as it would be typed after ``key=`` in an override (JSON)."""
     return json.dumps(list(value) if isinstance(value, tuple) else value)
 
 

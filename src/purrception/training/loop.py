@@ -178,14 +178,14 @@ class _RunWriter:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise PurrError("tensorboard=true needs the tensorboard package: pip install tensorboard "
-                                "(or drop --set tensorboard=true)") from None
+                raise PurrError("`tensorboard=True` needs the tensorboard package: pip install tensorboard "
+                                "(or set `tensorboard=False`)") from None
             if self.active:
                 self.tb = SummaryWriter(str(run_dir / "tensorboard"))
         if config.sample_every > 0:
             if not tokenizer_path:
-                raise PurrError("sample_every needs the tokenizer that made the shards; pass --tokenizer PATH "
-                                "or --set sample_every=0")
+                raise PurrError("`sample_every` needs the tokenizer that made the shards; pass `tokenizer_path=PATH` "
+                                "or `sample_every=0`")
             if self.active:
                 self.tokenizer = _load_sampling_tokenizer(tokenizer_path, shards, info.device)
 
@@ -209,7 +209,7 @@ class _RunWriter:
 
         n = self.config.sample_images
         labels = balanced_labels(n, num_classes)
-        sampler = SamplerSettings(steps=self.config.sample_steps)
+        sampler = SamplerSettings(sample_steps=self.config.sample_steps)
         images = generate_images(method, ema_model, self.tokenizer, labels, sampler, self.config.seed,
                                  batch_size=n, device=str(device))
         grid = image_grid(images, rows=max(1, int(math.sqrt(n))))
@@ -266,7 +266,8 @@ def _resume_point(run_dir: Path, resume: bool, info: DistInfo) -> Checkpoint | N
     if existing is None:
         return None
     if not resume:
-        raise PurrError(f"{run_dir} already holds checkpoints; pass --resume to continue it or choose another --out")
+        raise PurrError(f"{run_dir} already holds checkpoints; pass `resume=True` to continue it or choose another "
+                        "`run_dir`")
     resumed = load_checkpoint(existing)
     if info.is_main:
         log.info("resuming %s from step %d", run_dir, resumed.step)
@@ -363,7 +364,7 @@ class _Run:
         state = ckpt.state
         if state.optimizer is None or state.ema_updates is None:
             raise PurrError(f"checkpoint {ckpt.path} holds no optimizer or EMA state, so it cannot be resumed; "
-                            f"train into a new --out")
+                            f"train into a new `run_dir`")
         self.model.load_state_dict(state.model)
         self.ema.load_state_dict({"model": state.ema, "num_updates": state.ema_updates})
         self.opt.load_state_dict(state.optimizer)
