@@ -53,7 +53,8 @@ from purrception.sampling.schedules import Schedule
 from purrception.sampling.settings import SamplerSettings
 from purrception.tokenizers.base import VQTokenizer
 
-__all__ = ["EvalSettings", "Protocol", "PROTOCOLS", "default_protocol", "generate_slice", "reference_features",
+__all__ = ["EvalSettings", "Protocol", "PROTOCOLS", "default_protocol", "check", "generate_slice", "gather_samples",
+           "score_samples", "build_report", "reference_features",
            "score", "evaluate_checkpoint", "evaluate_generator", "save_adm_npz", "format_table"]
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,19 @@ class Protocol:
     reference_hint: str = ""
     #: protocol-specific EvalSettings fields this protocol reads (setting one for another protocol is refused)
     reads: frozenset[str] = frozenset()
+
+    def reference_for(self, settings: EvalSettings) -> str:
+        """The reference spec these settings score against under this protocol, after refusing settings meant for
+        another protocol and a missing reference where the protocol has no default."""
+        for option in _PROTOCOL_OPTIONS:
+            if getattr(settings, option) and option not in self.reads:
+                raise PurrError(f"`{option}` is not used by the {self.name} protocol; drop it or pick another "
+                                "`protocol`")
+        spec = settings.reference or self.default_reference
+        if not spec:
+            raise PurrError(f"the {self.name} protocol has no default reference: pass `reference` "
+                            f"{self.reference_hint}")
+        return spec
 
 
 def _digits(settings: EvalSettings, device: torch.device, tokenizer: VQTokenizer) -> FeatureExtractor:
@@ -236,6 +250,10 @@ def evaluate_generator(generator: Generator, tokenizer: VQTokenizer, settings: E
                        export_npz: str | Path | None = None, progress: bool = False) -> dict[str, Any] | None:
     """Run the whole evaluation on every rank; rank 0 returns the report, the other ranks return None.
 
+    Four steps: **check** the settings against the protocol and the generator (:func:`check`), **generate** this
+    rank's share of the samples and gather them on rank 0 (:func:`generate_slice`, :func:`gather_samples`),
+    **score** them against the reference's features (:func:`score_samples`), and **report** (:func:`build_report`).
+
     Args:
         generator: what to sample from (:meth:`Generator.from_checkpoint`, or a saved pipeline's
             ``PurrceptionPipeline.generator()``).
@@ -245,38 +263,50 @@ def evaluate_generator(generator: Generator, tokenizer: VQTokenizer, settings: E
         export_npz: also write all N samples as an ADM-suite ``.npz`` (``arr_0`` uint8 N x H x W x 3).
         progress: show a progress bar (rank 0 only).
     """
-    settings.check()
     started = time.perf_counter()
+    protocol, reference_spec, extractor = check(generator, tokenizer, settings, info)
+    t0 = time.perf_counter()
+    indices, labels, images = generate_slice(generator, tokenizer, settings, info, progress and info.is_main)
+    sample_seconds = time.perf_counter() - t0
+    gathered = gather_samples(indices, labels, images, extractor, settings, info, export_npz)
+    if gathered is None:
+        return None
+    all_labels, samples = gathered
+    reference, metrics = score_samples(samples, all_labels, extractor, reference_spec, tokenizer, settings, info)
+    seconds = {"sampling_rank0": round(sample_seconds, 2), "total": round(time.perf_counter() - started, 2)}
+    return build_report(protocol, reference_spec, reference, metrics, extractor, generator, tokenizer, settings, info,
+                        export_npz, seconds)
+
+
+def check(generator: Generator, tokenizer: VQTokenizer, settings: EvalSettings,
+          info: DistInfo) -> tuple[Protocol, str, FeatureExtractor]:
+    """The protocol, the reference spec and the protocol's feature extractor (trained and cached on first use, by
+    rank 0 first), after refusing settings the protocol cannot read and a generator of another class count."""
+    settings.check()
     protocol_name = settings.protocol or default_protocol(tokenizer)
     if protocol_name not in PROTOCOLS:
         raise PurrError(f"unknown protocol {protocol_name!r}; choose one of: {', '.join(PROTOCOLS)}")
     protocol = PROTOCOLS[protocol_name]
-    for option in _PROTOCOL_OPTIONS:
-        if getattr(settings, option) and option not in protocol.reads:
-            raise PurrError(f"`{option}` is not used by the {protocol_name} protocol; drop it or pick another "
-                            "`protocol`")
-    reference_spec = settings.reference or protocol.default_reference
-    if not reference_spec:
-        raise PurrError(f"the {protocol_name} protocol has no default reference: pass `reference` "
-                        f"{protocol.reference_hint}")
+    reference_spec = protocol.reference_for(settings)
     tokenizer.to(info.device)
-
     with main_process_first():  # on first use the extractor trains / caches its classifier
         extractor = protocol.build_extractor(settings, info.device, tokenizer)
     if extractor.num_classes is not None and extractor.num_classes != generator.num_classes:
         raise PurrError(f"the {protocol_name} protocol's classifier knows {extractor.num_classes} classes but the "
                         f"checkpoint generates {generator.num_classes}; pass the labelled folder the generator was "
                         "trained on as `reference`")
+    return protocol, reference_spec, extractor
 
-    t0 = time.perf_counter()
-    indices, labels, images = generate_slice(generator, tokenizer, settings, info, progress and info.is_main)
-    sample_seconds = time.perf_counter() - t0
-    extracted = extractor.extract(images)
-    parts = gather_to_rank0((indices.start, labels, extracted, images if export_npz else None))
+
+def gather_samples(indices: range, labels: np.ndarray, images: np.ndarray, extractor: FeatureExtractor,
+                   settings: EvalSettings, info: DistInfo,
+                   export_npz: str | Path | None) -> tuple[np.ndarray, Extracted] | None:
+    """Every rank's features (and images, for ``export_npz``) gathered on rank 0 in sample order: ``(labels,
+    features)`` there, None on the other ranks."""
+    parts = gather_to_rank0((indices.start, labels, extractor.extract(images), images if export_npz else None))
     barrier()
     if not info.is_main:
         return None
-
     parts = sorted(parts, key=lambda p: p[0])
     all_labels = np.concatenate([p[1] for p in parts])
     samples = Extracted.concat([p[2] for p in parts])
@@ -285,17 +315,29 @@ def evaluate_generator(generator: Generator, tokenizer: VQTokenizer, settings: E
     if export_npz:
         save_adm_npz(export_npz, np.concatenate([p[3] for p in parts]), all_labels)
         log.info("wrote %d samples to %s (ADM evaluation-suite format)", settings.num_samples, export_npz)
+    return all_labels, samples
 
+
+def score_samples(samples: Extracted, labels: np.ndarray, extractor: FeatureExtractor, reference_spec: str,
+                  tokenizer: VQTokenizer, settings: EvalSettings,
+                  info: DistInfo) -> tuple[ReferenceFeatures, dict[str, float]]:
+    """The reference's features (the extractor's own reference, else ``reference_spec``; cached) and every metric of
+    the samples against them (:func:`score`)."""
     source = extractor.own_reference() or open_reference(reference_spec, tokenizer)
     reference = reference_features(source, extractor, settings.cache_dir, settings.feature_batch_size)
-    metrics = score(samples, all_labels, reference, settings, info.device)
-    sampler = settings.sampler().record()
+    return reference, score(samples, labels, reference, settings, info.device)
+
+
+def build_report(protocol: Protocol, reference_spec: str, reference: ReferenceFeatures, metrics: dict[str, float],
+                 extractor: FeatureExtractor, generator: Generator, tokenizer: VQTokenizer, settings: EvalSettings,
+                 info: DistInfo, export_npz: str | Path | None, seconds: dict[str, float]) -> dict[str, Any]:
+    """The JSON report: the metrics and everything that decided them."""
     return {
-        "protocol": protocol_name,
+        "protocol": protocol.name,
         "metrics": metrics,
         "checkpoint": dict(generator.source),
         "tokenizer": tokenizer.identity().to_dict(),
-        "sampling": {**sampler, "num_samples": settings.num_samples, "seed": settings.seed,
+        "sampling": {**settings.sampler().record(), "num_samples": settings.num_samples, "seed": settings.seed,
                      "labels": "class-balanced: sample i has class i mod num_classes",
                      "noise": "sample i seeded by (seed, i) only", "batch_size": settings.batch_size},
         "reference": {"spec": reference_spec, **reference.info.get("source", {}),
@@ -306,7 +348,7 @@ def evaluate_generator(generator: Generator, tokenizer: VQTokenizer, settings: E
         "distributed": {"world_size": info.world_size, "device": str(info.device)},
         "versions": _versions(),
         "exported_npz": str(export_npz) if export_npz else None,
-        "seconds": {"sampling_rank0": round(sample_seconds, 2), "total": round(time.perf_counter() - started, 2)},
+        "seconds": seconds,
     }
 
 
