@@ -89,7 +89,9 @@ def _legacy_record() -> dict:
 
 
 def _codes(method, model, codebook, record) -> torch.Tensor:
-    return generate_codes(method, model, np.array(record["labels"]), SamplerSettings(**record["sampler"]),
+    # the record was written by the code before the change, whose SamplerSettings called sample_steps "steps"
+    knobs = {("sample_steps" if k == "steps" else k): v for k, v in record["sampler"].items()}
+    return generate_codes(method, model, np.array(record["labels"]), SamplerSettings(**knobs),
                           record["seed"], lambda z: nearest_code(z, codebook), batch_size=len(record["labels"]))
 
 
@@ -271,19 +273,19 @@ def _model(**overrides) -> DiT:
 
 @pytest.mark.parametrize("change,message", [
     (lambda s: s.pop("blocks.1.mlp.fc2.weight"),
-     r"init_from f.pt lacks 1 key\(s\) of the DiT layout \(blocks.1.mlp.fc2.weight\); pass a complete DiT or SiT "
+     r"`init_from` f.pt lacks 1 key\(s\) of the DiT layout \(blocks.1.mlp.fc2.weight\); pass a complete DiT or SiT "
      r"checkpoint"),
     (lambda s: s.update({"blocks.0.norm1.weight": torch.ones(32)}),
-     r"init_from f.pt holds 1 key\(s\) outside the DiT layout \(blocks.0.norm1.weight\); pass a DiT or SiT checkpoint"),
+     r"`init_from` f.pt holds 1 key\(s\) outside the DiT layout \(blocks.0.norm1.weight\); pass a DiT or SiT checkpoint"),
     (lambda s: s.update({k.replace("blocks.0.", "blocks.3."): v for k, v in list(s.items())
                          if k.startswith("blocks.0.")}),
-     r"init_from f.pt lacks 10 key\(s\) of the DiT layout \(blocks.2.attn.qkv.weight, blocks.2.attn.qkv.bias, "
+     r"`init_from` f.pt lacks 10 key\(s\) of the DiT layout \(blocks.2.attn.qkv.weight, blocks.2.attn.qkv.bias, "
      r"blocks.2.attn.proj.weight, ...\); pass a complete DiT or SiT checkpoint"),
     (lambda s: s.update({"pos_embed": sincos_pos_embed_2d(32, 7, "row-major")[None]}),
-     r"init_from f.pt: its pos_embed \(1x49x32\) is not DiT's fixed 2-D sin-cos table; pass a DiT or SiT checkpoint "
+     r"`init_from` f.pt: its pos_embed \(1x49x32\) is not DiT's fixed 2-D sin-cos table; pass a DiT or SiT checkpoint "
      r"with fixed positions"),
     (lambda s: s.update({"blocks.0.mlp.fc1.weight": torch.zeros(64, 32)}),
-     r"init_from f.pt: blocks.0.mlp.fc1.weight is 64x32 but the model's blocks.0.mlp.0.weight is 128x32; choose the "
+     r"`init_from` f.pt: blocks.0.mlp.fc1.weight is 64x32 but the model's blocks.0.mlp.0.weight is 128x32; choose the "
      r"model preset \(and mlp_ratio\) the checkpoint was trained as"),
 ])
 def test_init_from_refuses_a_file_that_does_not_fit_in_one_line(change, message):
@@ -332,7 +334,7 @@ def test_resume_does_not_read_init_from_again_and_pins_it(tiny_shards_dir, tmp_p
                  tiny_shards_dir, tmp_path / "run", resume=True, progress=False, explicit={"steps", "init_from"})
     assert more.step == 3 and more.start_step == 2
     with pytest.raises(PurrError, match=r"^cannot resume: init_from is \S+dit.pt\" in the checkpoint but \"other.pt\" "
-                                        r"was asked; drop the override or train into a new --out$"):
+                                        r"was asked; drop the override or train into a new `run_dir`$"):
         train(tiny_config(model_overrides=TRUNK_MODEL, init_from="other.pt", steps=4), tiny_shards_dir,
               tmp_path / "run", resume=True, progress=False, explicit={"steps", "init_from"})
 
