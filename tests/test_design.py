@@ -21,7 +21,8 @@ from purrception.pipeline import PurrceptionPipeline
 PACKAGE = Path(purrception.__file__).parent
 
 
-def test_nothing_is_written_into_the_working_directory(tiny_checkpoint, tmp_path, monkeypatch):
+def test_nothing_is_written_into_the_working_directory(tiny_checkpoint, tiny_shards_dir, tiny_tokenizer_dir, tmp_path,
+                                                        monkeypatch):
     """The pipeline's evaluation (whose cache used to default to the current folder) and the commands that write,
     each given explicit outputs elsewhere, leave an empty working directory empty."""
     cwd = tmp_path / "cwd"
@@ -36,7 +37,8 @@ def test_nothing_is_written_into_the_working_directory(tiny_checkpoint, tmp_path
         ["eval", str(tiny_checkpoint), "-n", "20", "--out", str(out / "report.json")],
         ["export", str(tiny_checkpoint), "--out", str(out / "pipeline")],
         ["data", "export", "--data", "digits", "--split", "heldout", "--out", str(out / "digits")],
-        ["train", "--out", str(out / "run"), "--set", "steps=1", "--set", f"model_overrides={json.dumps(TINY_MODEL)}",
+        ["train", "--shards", str(tiny_shards_dir), "--tokenizer", str(tiny_tokenizer_dir), "--out", str(out / "run"),
+         "--set", "steps=1", "--set", f"model_overrides={json.dumps(TINY_MODEL)}",
          "--set", "batch_size=4", "--no-progress"],
     ]
     for argv in commands:
