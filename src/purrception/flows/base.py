@@ -15,6 +15,7 @@ from typing import Any, Callable, ClassVar, NamedTuple
 import torch
 
 from purrception.errors import PurrError
+from purrception.flows.known import KnownCodes, integrate_from, start_state
 from purrception.models.dit import DiT
 from purrception.sampling.settings import SamplerSettings
 from purrception.sampling.solvers import EndpointFn, StepCallback, VelocityFn, integrate
@@ -177,6 +178,30 @@ class FlowMethod(abc.ABC):
         """
         v, mu = self.fields(model, y, sampler)
         return snap(integrate(v, noise, sampler.steps, sampler.solver, endpoint=mu, callback=callback))
+
+    # Editing hooks (flows/known.py, generation/editing.py).
+
+    def known_fields(self, model: DiT, y: torch.Tensor, sampler: SamplerSettings, target: torch.Tensor,
+                     keep: torch.Tensor, noise: torch.Tensor) -> tuple[VelocityFn, EndpointFn | None]:
+        """:meth:`fields` with the positions where ``keep`` ``(B, 1, h, w)`` carried along their conditional path
+        ``z_t = t E[c] + (1 - t) z0`` to ``target = E[c]`` ``(B, d, h, w)`` from ``noise = z0`` (flows/known.py).
+        Each method implements it in its own module."""
+        raise PurrError(f"method {self.name!r} does not support editing (inpainting or variations)")
+
+    @torch.no_grad()
+    def edit(self, model: DiT, noise: torch.Tensor, y: torch.Tensor, sampler: SamplerSettings, snap: Snap,
+             known: KnownCodes, first_step: int = 0, callback: StepCallback | None = None) -> torch.Tensor:
+        """Codes ``(B, h, w)`` generated with ``known.codes`` kept where ``known.keep``, from grid step
+        ``first_step`` of ``sampler.steps`` (flows/known.py); kept codes are returned exactly. ``first_step = 0``
+        with nothing kept is :meth:`generate`; ``first_step = steps`` returns the source codes."""
+        known.check(noise)
+        if first_step == sampler.steps:
+            return known.codes.long().clone()
+        target = known.latents(self.codebook)
+        v, mu = self.known_fields(model, y, sampler, target, known.keep[:, None], noise)
+        z = integrate_from(v, mu, start_state(noise, target, first_step, sampler.steps), sampler.steps, first_step,
+                           sampler.solver, callback)
+        return torch.where(known.keep, known.codes.long(), snap(z))
 
 
 METHODS: dict[str, type[FlowMethod]] = {}
