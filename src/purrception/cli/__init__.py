@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "purrception.cli.encode",
     "purrception.cli.train",
     "purrception.cli.sample",
+    "purrception.cli.edit",
     "purrception.cli.export",
     "purrception.cli.app",
     "purrception.cli.eval",

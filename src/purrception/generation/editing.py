@@ -39,12 +39,13 @@ from purrception.flows.known import KnownCodes
 from purrception.generation.generate import seeded_batches
 from purrception.models.dit import DiT
 from purrception.pixels import images_to_tensor, tensor_to_images
+from purrception.sampling.grid import image_grid
 from purrception.sampling.settings import SamplerSettings
 from purrception.sampling.solvers import StepCallback
 from purrception.tokenizers.base import VQTokenizer
 
 __all__ = ["REGIONS", "EditOutput", "region_mask", "code_mask", "mask_from_image", "keep_mask", "prepare_images",
-           "first_step_for", "edit_labels", "encode_images", "edit_codes", "edit_images"]
+           "first_step_for", "edit_labels", "encode_images", "edit_codes", "edit_images", "edit_grid"]
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ def code_mask(pixel_keep: np.ndarray, image_size: int, side: int) -> np.ndarray:
     kept only if all ``F x F`` pixels of its footprint are (``F = image_size / side``; module docstring)."""
     keep = np.asarray(pixel_keep, dtype=bool)
     if keep.shape[-2:] != (image_size, image_size):
-        raise PurrError(f"keep mask is {keep.shape[-1]}x{keep.shape[-2]} pixels but the tokenizer works at "
+        raise PurrError(f"the mask is {keep.shape[-1]}x{keep.shape[-2]} pixels but the tokenizer works at "
                         f"{image_size}x{image_size}; give a mask of that size (true / white = keep)")
     if side <= 0 or image_size % side:
         raise PurrError(f"a {image_size}x{image_size} image does not split into a {side}x{side} code grid")
@@ -300,7 +301,7 @@ def edit_images(method: FlowMethod, model: DiT, tokenizer: VQTokenizer, images: 
         if empty.size:
             f = size // side
             raise PurrError(f"keep keeps no whole code of image {int(empty[0])} (a code is kept only if all its "
-                            f"{f}x{f} pixels are); keep a larger region, or give a strength for a variation")
+                            f"{f}x{f} pixels are); choose a larger region, or set strength for a variation")
     if grid_keep.all():
         log.warning("the keep mask keeps every code: the completions are the source images")
     per_image = edit_labels(class_labels, n, model.config.num_classes)
@@ -314,3 +315,20 @@ def edit_images(method: FlowMethod, model: DiT, tokenizer: VQTokenizer, images: 
                              for i in range(0, len(codes), batch_size)])
     return EditOutput([Image.fromarray(p) for p in pixels], pixels, codes, labels, source_index, keep_codes, sources,
                       source_codes, first_step)
+
+
+def edit_grid(output: EditOutput) -> np.ndarray:
+    """One row per source image: the source, its code-grid mask (white = kept, black = regenerated, at pixel
+    scale) and its completions; uint8 like the images."""
+    sources, pixels = output.sources, output.pixels
+    n, size = len(sources), sources.shape[1]
+    per_image = len(pixels) // n
+    f = size // output.keep.shape[-1]
+    panels = []
+    for i in range(n):
+        first = i * per_image
+        mask = np.kron(output.keep[first].astype(np.uint8) * 255, np.ones((f, f), dtype=np.uint8))
+        if sources.ndim == 4:
+            mask = np.repeat(mask[..., None], sources.shape[-1], axis=-1)
+        panels += [sources[i], mask, *pixels[first:first + per_image]]
+    return image_grid(np.stack(panels), rows=n)
