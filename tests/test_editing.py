@@ -390,3 +390,17 @@ def test_purr_edit_bad_input_is_one_line(checkpoints, digits, tmp_path, capsys, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_readme_edit_commands_parse():
+    import shlex
+    from pathlib import Path
+
+    from purrception.cli import build_parser
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    lines = [line.split("#")[0] for line in readme.splitlines() if line.startswith("purr edit ")]
+    assert len(lines) == 4
+    for line in lines:
+        args = build_parser().parse_args(shlex.split(line)[1:])
+        assert args.command == "edit" and args.input and args.out
