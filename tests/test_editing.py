@@ -214,7 +214,7 @@ def test_a_code_is_kept_only_if_its_whole_footprint_is_kept():
     assert np.array_equal(code_mask(region_mask("top", 28), 28, 7)[:, 0], [True] * 3 + [False] * 4)  # F = 4
     assert keep_mask(None, 2, 8, 4).shape == (2, 4, 4) and not keep_mask(None, 2, 8, 4).any()
     assert np.array_equal(keep_mask("top", 2, 8, 4)[1], code_mask(region_mask("top", 8), 8, 4))
-    with pytest.raises(PurrError, match="keep mask is 6x6 pixels but the tokenizer works at 8x8"):
+    with pytest.raises(PurrError, match="the mask is 6x6 pixels but the tokenizer works at 8x8"):
         code_mask(np.ones((6, 6), dtype=bool), 8, 4)
     with pytest.raises(PurrError, match="boolean"):
         keep_mask(np.ones((8, 8)), 1, 8, 4)
