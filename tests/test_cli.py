@@ -18,9 +18,9 @@ from purrception.training.config import TrainConfig
 
 def test_console_script_lists_every_subcommand():
     out = subprocess.run([sys.executable, "-m", "purrception", "--help"], capture_output=True, text=True, check=True)
-    for name in ("demo", "data", "tokenizer", "encode", "train", "sample", "app", "eval", "study"):
+    for name in ("demo", "data", "tokenizer", "encode", "train", "sample", "edit", "app", "eval", "study"):
         assert f"    {name}" in out.stdout
-    assert len(COMMAND_MODULES) == 10 and build_parser().prog == "purr"
+    assert len(COMMAND_MODULES) == 11 and build_parser().prog == "purr"
 
 
 def test_tokenizer_train_encode_decode(tmp_path, capsys):

@@ -276,7 +276,8 @@ def _model(**overrides) -> DiT:
      r"`init_from` f.pt lacks 1 key\(s\) of the DiT layout \(blocks.1.mlp.fc2.weight\); pass a complete DiT or SiT "
      r"checkpoint"),
     (lambda s: s.update({"blocks.0.norm1.weight": torch.ones(32)}),
-     r"`init_from` f.pt holds 1 key\(s\) outside the DiT layout \(blocks.0.norm1.weight\); pass a DiT or SiT checkpoint"),
+     r"`init_from` f.pt holds 1 key\(s\) outside the DiT layout \(blocks.0.norm1.weight\); pass a DiT or SiT "
+     r"checkpoint"),
     (lambda s: s.update({k.replace("blocks.0.", "blocks.3."): v for k, v in list(s.items())
                          if k.startswith("blocks.0.")}),
      r"`init_from` f.pt lacks 10 key\(s\) of the DiT layout \(blocks.2.attn.qkv.weight, blocks.2.attn.qkv.bias, "

@@ -35,6 +35,7 @@ from purrception.distributed import DistInfo
 from purrception.errors import PurrError
 from purrception.evaluation.evaluate import EvalSettings, evaluate_generator
 from purrception.flows.base import FlowMethod, get_method
+from purrception.generation.editing import EditOutput, edit_images
 from purrception.generation.generate import check_labels, generate_codes
 from purrception.generation.generator import Generator
 from purrception.generation.uncertainty import UncertaintyTrace, candidate_codes, trace_labels
@@ -286,6 +287,46 @@ class PurrceptionPipeline:
             swapped = candidate_codes(trace.codes, position, trace.topk_codes).flatten(0, 1)     # (N*k, h, w)
             candidates = self.decode(swapped, batch_size).reshape(len(labels), topk, *pixels.shape[1:])
         return PipelineOutput([Image.fromarray(p) for p in pixels], pixels, codes, labels, trace, candidates)
+
+    # -- editing (generation/editing.py) ---------------------------------------------------------------------------
+
+    def inpaint(self, images: Any, keep: Any, class_labels: Any = None, num_per_image: int = 1,
+                num_inference_steps: int = 100, tau: Knob = 1.0, guidance_scale: Knob = 1.0, solver: str = "euler",
+                seed: int = 0, batch_size: int = 64, first_index: int = 0, progress: bool = False) -> EditOutput:
+        """Regenerate what ``keep`` does not keep, with the kept codes clamped (inpainting, outpainting).
+
+        Args:
+            images: uint8 ``(N, H, W[, C])`` or a list of PIL images / arrays; brought to the tokenizer's
+                resolution as ``purr encode`` does.
+            keep: what to keep: a boolean pixel mask ``(H, W)`` or ``(N, H, W)`` at the tokenizer's resolution, a
+                mask image (white = keep), or a region (``top``, ``bottom``, ``left``, ``right``, ``centre``, a pixel
+                box ``"x0,y0,x1,y1"``, ``"not:REGION"``); a code is kept only if its whole footprint is.
+            class_labels: ``None`` (unconditional), one class id, or one id (or ``None``) per image.
+            num_per_image: completions per image; completion ``k`` uses the noise of ``(seed, first_index + k)``.
+            num_inference_steps, tau, guidance_scale, solver, seed, batch_size, first_index, progress: as for
+                :meth:`__call__`.
+        """
+        return edit_images(self.method, self.model, self.tokenizer, images,
+                           self.sampler(num_inference_steps, tau, guidance_scale, solver), keep=keep,
+                           class_labels=class_labels, num_per_image=num_per_image, seed=seed,
+                           batch_size=_positive_int(batch_size, "batch_size"), first_index=first_index,
+                           device=str(self.device), progress=progress)
+
+    def variations(self, images: Any, strength: float, class_labels: Any = None, num_per_image: int = 1,
+                   num_inference_steps: int = 100, tau: Knob = 1.0, guidance_scale: Knob = 1.0,
+                   solver: str = "euler", seed: int = 0, batch_size: int = 64, first_index: int = 0,
+                   keep: Any = None, progress: bool = False) -> EditOutput:
+        """Variations of ``images`` (SDEdit for flows): the last ``floor(strength * num_inference_steps)`` grid
+        steps from the images' codes noised to ``t = 1 - strength`` (generation/editing.py); ``strength = 1`` is
+        ordinary sampling, a strength near 0 returns the images' codes. ``class_labels`` may name other classes;
+        ``keep`` optionally clamps a region as :meth:`inpaint` does; the other arguments are :meth:`inpaint`'s."""
+        if strength is None:
+            raise PurrError("strength must be a number in (0, 1], got None")
+        return edit_images(self.method, self.model, self.tokenizer, images,
+                           self.sampler(num_inference_steps, tau, guidance_scale, solver), keep=keep,
+                           strength=strength, class_labels=class_labels, num_per_image=num_per_image, seed=seed,
+                           batch_size=_positive_int(batch_size, "batch_size"), first_index=first_index,
+                           device=str(self.device), progress=progress)
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor, batch_size: int = 64) -> np.ndarray:

@@ -31,6 +31,7 @@ COMMAND_MODULES = [
     "purrception.cli.encode",
     "purrception.cli.train",
     "purrception.cli.sample",
+    "purrception.cli.edit",
     "purrception.cli.export",
     "purrception.cli.app",
     "purrception.cli.eval",

@@ -15,6 +15,7 @@ from typing import Any, Callable, ClassVar, NamedTuple
 import torch
 
 from purrception.errors import PurrError
+from purrception.flows.known import KnownCodes, integrate_from, start_state
 from purrception.models.dit import DiT
 from purrception.sampling.schedules import as_spec
 from purrception.sampling.settings import SamplerSettings
@@ -197,6 +198,31 @@ class FlowMethod(abc.ABC):
         ``z_1`` to codes."""
         v, mu = self.fields(model, y, sampler)
         return snap(integrate(v, noise, sampler.sample_steps, sampler.solver, endpoint=mu, callback=callback))
+
+    # Editing hooks (flows/known.py, generation/editing.py).
+
+    def known_fields(self, model: DiT, y: torch.Tensor, sampler: SamplerSettings, target: torch.Tensor,
+                     keep: torch.Tensor, noise: torch.Tensor) -> tuple[VelocityFn, EndpointFn | None]:
+        """:meth:`fields` with the positions where ``keep`` ``(B, 1, h, w)`` carried along their conditional path
+        ``z_t = t E[c] + (1 - t) z0`` to ``target = E[c]`` ``(B, d, h, w)`` from ``noise = z0`` (flows/known.py).
+        Each method implements it in its own module."""
+        raise PurrError(f"method {self.name!r} does not support editing (inpainting or variations)")
+
+    @torch.no_grad()
+    def edit(self, model: DiT, noise: torch.Tensor, y: torch.Tensor, sampler: SamplerSettings, snap: Snap,
+             known: KnownCodes, first_step: int = 0, callback: StepCallback | None = None) -> torch.Tensor:
+        """Codes ``(B, h, w)`` generated with ``known.codes`` kept where ``known.keep``, from grid step
+        ``first_step`` of ``sampler.sample_steps`` (flows/known.py); kept codes are returned exactly. ``first_step =
+        0`` with nothing kept is :meth:`generate`; ``first_step = sample_steps`` returns the source codes."""
+        known.check(noise)
+        self.check_sampler(sampler)
+        if first_step == sampler.sample_steps:
+            return known.codes.long().clone()
+        target = known.latents(self.codebook)
+        v, mu = self.known_fields(model, y, sampler, target, known.keep[:, None], noise)
+        z = integrate_from(v, mu, start_state(noise, target, first_step, sampler.sample_steps), sampler.sample_steps,
+                           first_step, sampler.solver, callback)
+        return torch.where(known.keep, known.codes.long(), snap(z))
 
 
 METHODS: dict[str, type[FlowMethod]] = {}

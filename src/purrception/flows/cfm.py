@@ -20,8 +20,11 @@ import abc
 import torch
 
 from purrception.flows.base import FlowMethod, LossOutput, PathSample, drop_labels, make_path_sample, register_method
+from purrception.flows.known import clamped_velocity_fields
 from purrception.models.dit import DiT
 from purrception.sampling.guidance import guided_features
+from purrception.sampling.settings import SamplerSettings
+from purrception.sampling.solvers import EndpointFn, VelocityFn
 
 __all__ = ["RegressionFlow", "CFM", "regression_output"]
 
@@ -85,3 +88,9 @@ class CFM(RegressionFlow):
 
     def velocity_from_output(self, out: torch.Tensor, z: torch.Tensor, t: float) -> torch.Tensor:
         return out
+
+    def known_fields(self, model: DiT, y: torch.Tensor, sampler: SamplerSettings, target: torch.Tensor,
+                     keep: torch.Tensor, noise: torch.Tensor) -> tuple[VelocityFn, EndpointFn | None]:
+        """Known positions: the velocity is the straight path's own, ``u = E[c] - z0`` (eq. 5's target), so
+        ``z_t = t E[c] + (1 - t) z0`` there at every ``t``."""
+        return clamped_velocity_fields(self.fields(model, y, sampler)[0], target - noise, keep), None

@@ -6,7 +6,10 @@ import torch
 
 from purrception.flows.base import PathSample, endpoint_velocity, register_method
 from purrception.flows.cfm import RegressionFlow
+from purrception.flows.known import clamped_endpoint_fields
 from purrception.models.dit import DiT
+from purrception.sampling.settings import SamplerSettings
+from purrception.sampling.solvers import EndpointFn, VelocityFn
 
 __all__ = ["CFMEndpoint"]
 
@@ -33,3 +36,8 @@ class CFMEndpoint(RegressionFlow):
                  cfg_scale: float) -> torch.Tensor:
         """The guided endpoint prediction ``z1_hat`` ``(B, d, h, w)``."""
         return self.output(model, z, t, y, tau, cfg_scale)
+
+    def known_fields(self, model: DiT, y: torch.Tensor, sampler: SamplerSettings, target: torch.Tensor,
+                     keep: torch.Tensor, noise: torch.Tensor) -> tuple[VelocityFn, EndpointFn | None]:
+        """Known positions: the endpoint prediction is replaced by ``E[c]`` (flows/known.py)."""
+        return clamped_endpoint_fields(self.fields(model, y, sampler)[1], target, keep)

@@ -49,13 +49,14 @@ import torch.nn.functional as F
 from purrception.errors import PurrError
 from purrception.flows.base import FlowMethod, LossOutput, Snap, drop_labels, register_method, sample_time
 from purrception.flows.categorical import chunk_rows, logits_from_features, masked_cross_entropy_and_zloss, matmul_dtype
+from purrception.flows.known import KnownCodes
 from purrception.models.dit import DiT
 from purrception.sampling.guidance import guided_features
 from purrception.sampling.settings import SamplerSettings
 from purrception.sampling.solvers import StepCallback
 
 __all__ = ["KAPPA_SCHEDULERS", "SAMPLE_COPIES_PER_LOGIT", "get_scheduler", "mask_path_sample", "sample_from_quantile",
-           "draws_from_logits", "quantile_draws", "discrete_euler", "DFM"]
+           "draws_from_logits", "quantile_draws", "discrete_euler", "edit_start", "DFM"]
 
 Scheduler = Callable[[torch.Tensor], torch.Tensor]
 #: ``(x_t (B, h, w) ids, t, reveal (B, h, w) bool, w (B, h, w) quantiles, tau) -> codes (B, h, w)``; only the
@@ -144,7 +145,8 @@ def quantile_draws(model: DiT, h: torch.Tensor, reveal: torch.Tensor, w: torch.T
 
 
 def discrete_euler(draw: DrawFn, noise: torch.Tensor, steps: int, kappa: Scheduler, mask_id: int,
-                   tau_at: Callable[[float], float], callback: StepCallback | None = None) -> torch.Tensor:
+                   tau_at: Callable[[float], float], callback: StepCallback | None = None,
+                   start: torch.Tensor | None = None, first_step: int = 0) -> torch.Tensor:
     """Masked-DFM Euler sampler (module docstring): tokens ``(B, h, w)`` from the all-mask source.
 
     Args:
@@ -157,6 +159,9 @@ def discrete_euler(draw: DrawFn, noise: torch.Tensor, steps: int, kappa: Schedul
         mask_id: the mask token id (``K``).
         tau_at: temperature at ``t`` (``softmax(logits / tau)``).
         callback: called with ``(t_s, x_{t_s})`` before every step.
+        start: the ids ``(B, h, w)`` at step ``first_step`` (default: all ``mask_id``); tokens in it are never
+            changed (editing: :meth:`DFM.edit`).
+        first_step: the grid step to start from (0: ``t = 0``).
     """
     if steps <= 0:
         raise PurrError(f"`steps` must be a positive integer, got {steps}")
@@ -166,8 +171,8 @@ def discrete_euler(draw: DrawFn, noise: torch.Tensor, steps: int, kappa: Schedul
     u_reveal = torch.special.ndtr(noise[:, 0].double())                   # (B, h, w)
     w_draw = torch.special.ndtr(noise[:, 1].double())                     # (B, h, w)
     k = kappa(torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)).tolist()
-    x = torch.full(u_reveal.shape, mask_id, dtype=torch.long, device=noise.device)
-    for s in range(steps):
+    x = torch.full(u_reveal.shape, mask_id, dtype=torch.long, device=noise.device) if start is None else start.long()
+    for s in range(first_step, steps):
         if callback is not None:
             callback(s / steps, x)
         masked = x == mask_id
@@ -177,6 +182,27 @@ def discrete_euler(draw: DrawFn, noise: torch.Tensor, steps: int, kappa: Schedul
         t = s / steps
         x = torch.where(reveal, draw(x, t, reveal, w_draw, tau_at(t)), x)
     return x
+
+
+def edit_start(known: KnownCodes, noise: torch.Tensor, steps: int, first_step: int, kappa: Scheduler,
+               mask_id: int) -> torch.Tensor:
+    """The ids at step ``first_step`` for :meth:`DFM.edit`: kept tokens everywhere ``known.keep``; elsewhere the
+    source token where the image's reveal uniform ``u = Phi(noise[:, 0])`` is ``<= kappa(t_s)``, ``t_s = first_step
+    / steps``, and the mask otherwise.
+
+    Those are exactly the positions that :func:`discrete_euler` reveals before step ``first_step`` when it starts
+    from the all-mask source, so the state is a draw of the mixture path ``p_t(x | x_1 = codes)`` at ``t_s``: a
+    variation re-masks each position with probability ``1 - kappa(t_s)`` (``= (steps - first_step) / steps`` for
+    the linear scheduler), seeded by the image's own noise, and the rest is sampled as ordinary sampling would
+    continue. ``first_step = 0`` re-masks every unkept position.
+    """
+    codes = known.codes.long()
+    x = torch.full_like(codes, mask_id)
+    if first_step > 0:
+        k = kappa(torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)).tolist()   # as discrete_euler's grid
+        revealed = torch.special.ndtr(noise[:, 0].double()) <= k[first_step]
+        x = torch.where(revealed, codes, x)
+    return torch.where(known.keep, codes, x)
 
 
 @register_method
@@ -255,3 +281,24 @@ class DFM(FlowMethod):
         def draw(x: torch.Tensor, t: float, reveal: torch.Tensor, w: torch.Tensor, tau: float) -> torch.Tensor:
             return quantile_draws(model, guided_features(model, x, t, y, sampler.cfg_at(t)), reveal, w, tau)
         return discrete_euler(draw, noise, sampler.sample_steps, self.kappa, self.mask_id, sampler.tau_at, callback)
+
+    @torch.no_grad()
+    def edit(self, model: DiT, noise: torch.Tensor, y: torch.Tensor, sampler: SamplerSettings, snap: Snap,
+             known: KnownCodes, first_step: int = 0, callback: StepCallback | None = None) -> torch.Tensor:
+        """Codes ``(B, h, w)`` with ``known.codes`` kept where ``known.keep``: kept tokens are revealed from the start
+        (never masked, so never redrawn) and only the others are revealed by the sampler; from ``first_step`` > 0
+        the unkept positions start from :func:`edit_start`. ``first_step = 0`` with nothing kept is
+        :meth:`generate`; ``first_step = steps`` returns the source codes."""
+        known.check(noise)
+        self.check_sampler(sampler)
+        if first_step == sampler.sample_steps:
+            return known.codes.long().clone()
+        if not 0 <= first_step < sampler.sample_steps:
+            raise PurrError(f"`first_step` must be in 0 .. `sample_steps` - 1 = {sampler.sample_steps - 1}, got "
+                            f"{first_step}")
+        start = edit_start(known, noise, sampler.sample_steps, first_step, self.kappa, self.mask_id)
+
+        def draw(x: torch.Tensor, t: float, reveal: torch.Tensor, w: torch.Tensor, tau: float) -> torch.Tensor:
+            return quantile_draws(model, guided_features(model, x, t, y, sampler.cfg_at(t)), reveal, w, tau)
+        return discrete_euler(draw, noise, sampler.sample_steps, self.kappa, self.mask_id, sampler.tau_at, callback,
+                              start=start, first_step=first_step)

@@ -16,9 +16,12 @@ from purrception.flows.base import (
     register_method,
 )
 from purrception.flows.categorical import cross_entropy_and_zloss, logits_from_features, posterior_mean
+from purrception.flows.known import clamped_endpoint_fields
 from purrception.flows.liger_head import liger_cross_entropy_and_zloss
 from purrception.models.dit import DiT
 from purrception.sampling.guidance import guided_features
+from purrception.sampling.settings import SamplerSettings
+from purrception.sampling.solvers import EndpointFn, VelocityFn
 
 __all__ = ["Purrception", "purrception_velocity"]
 
@@ -83,3 +86,8 @@ class Purrception(FlowMethod):
                          cfg_scale: float) -> torch.Tensor:
         """Guided logits ``l`` ``(B, h, w, K)`` of the posterior ``pi = softmax(l / tau)`` (eq. 15), materialised."""
         return logits_from_features(model, guided_features(model, z, t, y, cfg_scale))
+
+    def known_fields(self, model: DiT, y: torch.Tensor, sampler: SamplerSettings, target: torch.Tensor,
+                     keep: torch.Tensor, noise: torch.Tensor) -> tuple[VelocityFn, EndpointFn | None]:
+        """Known positions: the posterior is the one-hot of the known code, so ``mu = E[c]`` there (eq. 13)."""
+        return clamped_endpoint_fields(self.fields(model, y, sampler)[1], target, keep)
