@@ -66,7 +66,7 @@ def test_liger_kernel_is_refused_clearly_where_it_cannot_run(monkeypatch):
                           num_heads=2, num_classes=5))
     with pytest.raises(PurrError, match="head_kernel='liger'"):
         method.loss(model, torch.randint(0, 8, (2, 4, 4)), torch.zeros(2, dtype=torch.long))
-    with pytest.raises(PurrError, match="unknown head_kernel 'fast'"):
+    with pytest.raises(PurrError, match="unknown `head_kernel` 'fast'"):
         Purrception(torch.randn(8, 3), head_kernel="fast")
 
 

@@ -51,6 +51,7 @@ PARAMETER_FLAGS = {
     "run_dir": "--out",
     "folder": "--out",
     "tokenizer_path": "--tokenizer",
+    "labels_file": "--labels",
 }
 #: the ``dest`` of a ``--set KEY=VALUE`` option: a parameter with a value that no flag sets becomes ``--set K=V``
 OVERRIDES_DEST = "overrides"
