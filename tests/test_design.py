@@ -12,6 +12,7 @@ import pytest
 from conftest import TINY_MODEL
 
 import purrception
+import purrception.errors
 from purrception.cli import main
 from purrception.data.datasets import DATASETS, ImageFolderData, LabelledImages, exported_folder, register_dataset
 from purrception.data.tokenizer_folder import FOLDER_RECIPE
@@ -121,3 +122,21 @@ def test_layers_import_only_downwards(package, forbidden):
     for path in sorted((PACKAGE / package).rglob("*.py")):
         bad = sorted(n for n in _imports(path) if n.startswith(forbidden))
         assert not bad, f"{path.relative_to(PACKAGE)} imports {bad}"
+
+
+def test_a_folder_path_is_a_data_set_read_as_purr_tokenizer_train_reads_it(tmp_path):
+    """``--data DIR``: an ad-hoc entry whose size and channels are the folder's, as the tokenizer would infer them."""
+    from PIL import Image
+
+    from purrception.data.datasets import get_dataset
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.fromarray(np.full((28, 28), 40 * i, dtype=np.uint8)).save(tmp_path / name / f"{i}.png")
+    entry = get_dataset(str(tmp_path))
+    assert (entry.size, entry.channels, entry.protocol, entry.preset) == (28, 1, "folder", "folder-cpu")
+    assert entry.reference() == str(tmp_path.resolve())
+    assert get_dataset(str(tmp_path), size=16, channels=3).size == 16
+    with pytest.raises(purrception.errors.PurrError, match="unknown data set 'nowhere'"):
+        get_dataset("nowhere")

@@ -273,7 +273,8 @@ def get_dataset(name: str, *, size: int | None = None, channels: int | None = No
 
     Args:
         name: a registered name (or a deprecated alias), or the path of a labelled image folder.
-        size: for a folder: the image side (default 32).
+        size: for a folder: the image side (default: the folder's most common shorter side, as ``purr tokenizer
+            train --images`` infers it).
         channels: for a folder: 1 or 3 (default: 1 if every image is grey, else 3).
     """
     if name in DATASET_ALIASES:
@@ -293,12 +294,13 @@ def get_dataset(name: str, *, size: int | None = None, channels: int | None = No
 def _folder_dataset(path: Path, size: int | None, channels: int | None) -> ImageFolderData:
     from purrception.data.images import folder_source
 
-    if channels is None:
-        channels = infer_image_format(folder_source(path), FOLDER_RECIPE.model_config().downsample)[1]
+    if size is None or channels is None:  # as purr tokenizer train --images infers them
+        inferred = infer_image_format(folder_source(path), FOLDER_RECIPE.model_config(check=False).downsample)
+        size, channels = size or inferred[0], channels or inferred[1]
     resolved = path.resolve()
     return ImageFolderData(name=str(path), summary=f"the image folder {path}", preset="folder-cpu",
                            protocol="folder", tokenizer=FOLDER_RECIPE, folder=lambda cache: resolved,
-                           size=size or 32, channels=channels)
+                           size=size, channels=channels)
 
 
 def _emoji_images() -> LabelledImages:
