@@ -208,7 +208,7 @@ def build_page(session: AppSession) -> gr.Blocks:
                 with gr.Row():
                     with gr.Column(scale=1, min_width=280):
                         pick = gr.Gallery(label="pick an image of the grid", columns=4, format="png",
-                                          object_fit="contain", allow_preview=False, height="auto",
+                                          object_fit="contain", allow_preview=False, height=GALLERY_HEIGHT // 2,
                                           elem_id="edit-pick", elem_classes="purr-pixels")
                         source_image = gr.Image(label="the image to complete (or upload one)", sources=["upload"],
                                                 type="numpy", format="png", elem_id="edit-source",
