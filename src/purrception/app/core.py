@@ -84,7 +84,8 @@ MARK_COLOR = (0, 230, 255)
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask for, so that no request holds the queue for long (the page's slider maxima)."""
+    """What one request may ask for, so that no request holds the queue for long (the page's slider maxima):
+    ``max_images`` caps a grid and the Edit tab's number of completions, ``max_steps`` the steps of either."""
 
     max_images: int = 16
     max_steps: int = 64
