@@ -14,25 +14,36 @@ import pytest
 
 from purrception.app.core import (
     ARCHIVE_FOLDER,
+    CLASS_CHOSEN,
+    CLASS_NONE,
+    CLASS_OWN,
+    EDIT_INPUT,
     MARK_COLOR,
+    REGION_BOX,
     TAU_CONSTANT,
     TAU_SCHEDULE,
     AppSession,
+    EditRequest,
+    EditSource,
     Limits,
     SampleRequest,
     display_factor,
     entropy_items,
     gallery_items,
     mark_position,
+    mask_image,
+    parse_edit_form,
     parse_form,
     pixel_to_position,
     python_command,
+    python_edit_command,
     to_rgb,
     topk_items,
     upscale,
 )
 from purrception.cli import build_parser, explain_for, main, subcommand_parser
 from purrception.cli.app import MISSING_EXTRA
+from purrception.cli.edit import edit_command
 from purrception.cli.sample import sample_command
 from purrception.errors import PurrError
 from purrception.pipeline import PurrceptionPipeline
@@ -256,6 +267,160 @@ def test_session_cleans_its_own_folder(pipe, tiny_checkpoint):
     assert result.archive.is_file()
     session.close()
     assert not session.workdir.exists()
+
+
+# -- the Edit tab -----------------------------------------------------------------------------------------------
+
+#: a grid image of class 7 (index 3 of a grid), at the tiny tokenizer's 28x28 with a 7x7 code grid (4x4 pixels)
+GRID_SOURCE = EditSource(np.zeros((28, 28), np.uint8), label=7, index=3,
+                         request=SampleRequest((7,), 4, "1.0", 1.0, 2, "euler", 0))
+
+
+def edit_form(**changes):
+    """The Edit tab's form with its defaults, as positional values in parse_edit_form's order."""
+    values = dict(source=GRID_SOURCE, region="top", box="", class_mode=CLASS_OWN, class_name=None, num_per_image=2,
+                  tau=1.0, cfg_scale=1.0, sample_steps=8, solver="euler", seed=0)
+    values.update(changes)
+    return list(values.values())
+
+
+def parse_edit(limits=Limits(), **changes) -> EditRequest:
+    return parse_edit_form(*edit_form(**changes), class_names=NAMES, image_size=28, side=7, limits=limits)
+
+
+def test_edit_form_to_inpaint_kwargs():
+    request = parse_edit(region="not:centre", class_mode=CLASS_CHOSEN, class_name="4", num_per_image=3.0, tau=0.8,
+                         cfg_scale=1.5, sample_steps=12, solver="heun", seed=5)
+    assert request == EditRequest(keep="not:centre", class_label=4, num_per_image=3, tau="0.8", cfg_scale=1.5,
+                                  sample_steps=12, solver="heun", seed=5)
+    assert request.inpaint_kwargs() == {"keep": "not:centre", "class_labels": [4], "num_per_image": 3,
+                                        "num_inference_steps": 12, "tau": "0.8", "guidance_scale": 1.5,
+                                        "solver": "heun", "seed": 5}
+    assert parse_edit().class_label == 7                                        # the grid image's own class
+    assert parse_edit(source=EditSource(np.zeros((28, 28), np.uint8))).class_label is None   # an upload has none
+    assert parse_edit(class_mode=CLASS_NONE).class_label is None
+    assert parse_edit(region=REGION_BOX, box=" 0,0,28,8 ").keep == "0,0,28,8"
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"source": None}, "`images` is empty; pick an image of the grid or upload one"),
+    ({"region": "middle"}, "`keep` must be one of top, bottom"),
+    ({"region": REGION_BOX, "box": ""}, "`keep` is a box but the box is empty"),
+    ({"region": REGION_BOX, "box": "0,0,40,8"}, "`keep`: box '0,0,40,8' must satisfy 0 <= x0 < x1 <= 28"),
+    ({"region": REGION_BOX, "box": "1,2,3"}, "`keep`: a box region is x0,y0,x1,y1"),
+    ({"region": REGION_BOX, "box": "1,1,4,4"}, "`keep` '1,1,4,4' keeps no whole code (a code is kept only if all "
+                                               "its 4x4 pixels are)"),
+    ({"region": REGION_BOX, "box": "0,0,28,28"}, "`keep` '0,0,28,28' keeps every code"),
+    ({"class_mode": CLASS_CHOSEN, "class_name": None}, "`class_labels` is empty; pick a class"),
+    ({"class_mode": CLASS_CHOSEN, "class_name": "fox"}, "unknown class 'fox'"),
+    ({"num_per_image": 0}, "`num_per_image` must be a positive integer, got 0"),
+    ({"num_per_image": 17}, "`num_per_image` is at most 16 in this app (start it with a larger `max_images`"),
+    ({"sample_steps": 65}, "`sample_steps` is at most 64 in this app"),
+    ({"tau": 0}, "`tau` must be a number > 0"),
+    ({"solver": "dopri5"}, "`solver` must be one of euler, heun, midpoint"),
+    ({"seed": -2}, "`seed` must be a non-negative integer"),
+])
+def test_edit_form_refusals_name_the_field(changes, message):
+    with pytest.raises(PurrError) as err:
+        parse_edit(**changes)
+    assert message in str(err.value)
+
+
+def test_edit_errors_in_the_page_name_the_flags_of_purr_edit(pipe, tiny_checkpoint, tmp_path):
+    root = build_parser()
+    explain = explain_for(*(subcommand_parser(root, [name]) for name in ("app", "sample", "edit")))
+    session = AppSession(pipe, tiny_checkpoint, workdir=tmp_path, command=sample_command, explain=explain,
+                         edit_command=edit_command)
+    shown = []
+    for changes in ({"num_per_image": 17}, {"region": REGION_BOX, "box": "0,0,40,8"}, {"region": "bottom",
+                                                                                       "box": "", "seed": -1}):
+        with pytest.raises(PurrError) as err:
+            session.parse_edit(*edit_form(**changes))
+        shown.append(session.error_message(err.value))
+    assert shown[0] == ("--num-per-image is at most 16 in this app (start it with a larger --max-images to allow "
+                        "more), got 17")
+    assert shown[1].startswith("--keep: box '0,0,40,8' must satisfy") and shown[2].startswith("--seed must be")
+
+
+def test_edit_commands_round_trip():
+    request = parse_edit(region=REGION_BOX, box="0,0,28,12", class_mode=CLASS_NONE, tau=1e-05, seed=3)
+    argv = shlex.split(request.command(edit_command, "/runs/my run", "in dir/a.png", out="out dir"))
+    assert argv[:3] == ["purr", "edit", "/runs/my run"]
+    assert dict(zip(argv[3::2], argv[4::2])) == {
+        "--input": "in dir/a.png", "--out": "out dir", "--keep": "0,0,28,12", "--classes": "none",
+        "--num-per-image": "2", "--seed": "3", "--sample-steps": "8", "--solver": "euler", "--tau": "1e-05",
+        "--cfg-scale": "1.0"}
+    args = build_parser().parse_args(argv[1:])
+    assert (args.keep, args.classes, args.num_per_image, args.tau) == ("0,0,28,12", "none", 2, "1e-05")
+    assert "class_labels=[None]" in request.command(python_edit_command, "run", "a.png")
+    assert GRID_SOURCE.file_name() == "purr-samples/00003_class7.png"
+
+
+def test_edit_a_grid_image_and_read_where_the_model_invents(pipe, tiny_checkpoint, tmp_path, monkeypatch):
+    session = AppSession(pipe, tiny_checkpoint, times=(0.0, 0.5), workdir=tmp_path / "work", command=sample_command,
+                         edit_command=edit_command)
+    grid_request = parse(classes=["3", "7"], num_images=4, sample_steps=3, seed=1)
+    grid = session.generate(grid_request)
+    source = EditSource.from_grid(grid_request, grid.pixels, grid.labels, 2)
+    assert source.label == 7 and (source.pixels == grid.pixels[2]).all()
+    request = session.parse_edit(*edit_form(source=source, num_per_image=3, sample_steps=4, seed=2))
+    run = session.edit(source, request)
+    out = run.output
+    assert out.pixels.shape == (3, 28, 28) and out.labels.tolist() == [7, 7, 7]
+    kept = out.keep[0]
+    assert kept[:3].all() and not kept[3:].any()             # top: code rows 0..2 (pixels 0..11) wholly kept
+    assert (out.codes[:, :3] == out.source_codes[0, :3]).all()
+    overview = run.overview_items()
+    assert overview[0][0].shape == (224, 224, 3) and (overview[1][0][:96] == 255).all()
+    assert (overview[1][0][96:] == 0).all() and len(run.completion_items(NAMES)) == 3
+
+    looked = session.inspect_edit(run, 1)
+    assert (looked.image == out.pixels[1]).all() and looked.label == 7       # completion 1, regenerated alone
+    assert looked.entropy.shape == (2, 7, 7)
+    assert (looked.entropy[:, :3] == 0).all()                  # kept codes: the posterior is their one-hot
+    assert (looked.entropy[0, 3:] > 0.5).all()                 # at t = 0 the model is unsure where it invents
+    assert len(looked.entropy_gallery()) == 2 and "Completion 1" in looked.summary(NAMES)
+    with pytest.raises(PurrError, match="completion 3 is not among these 3"):
+        session.inspect_edit(run, 3)
+
+    # the command: purr sample writes the source, purr edit the same completions from it
+    sample_line, edit_line = run.command.split(" && ")
+    assert sample_line == grid.command and run.files[-1].read_text().strip().splitlines()[-1] == run.command
+    monkeypatch.chdir(tmp_path)
+    for line in (sample_line, edit_line):
+        assert main(shlex.split(line)[1:]) == 0
+    with np.load(tmp_path / "purr-edits" / "samples.npz") as data:
+        assert (data["images"] == out.pixels).all() and data["labels"].tolist() == [7, 7, 7]
+
+
+def test_edit_an_upload_with_the_python_command(pipe, tiny_checkpoint, tmp_path):
+    session = AppSession(pipe, tiny_checkpoint, workdir=tmp_path / "work")
+    image = np.zeros((56, 56, 3), np.uint8)                   # another size, RGB: brought to 28x28 grey
+    image[10:40, 20:30] = 255
+    source = session.upload_source(image)
+    assert source.pixels.shape == (28, 28) and source.label is None and source.file_name() == EDIT_INPUT
+    request = session.parse_edit(*edit_form(source=source, region="left", num_per_image=2, sample_steps=2))
+    run = session.edit(source, request)
+    assert run.output.labels.tolist() == [10, 10]             # own class of an upload: unconditional (null class)
+    assert [f.name for f in run.files] == [EDIT_INPUT, "purr-app-edit-command.sh"]
+    argv = shlex.split(run.command)
+    assert argv[:2] == ["python", "-c"]
+    code = argv[2].replace(repr(EDIT_INPUT), repr(str(run.files[0]))).replace(repr("purr-edits"),
+                                                                            repr(str(tmp_path / "again")))
+    subprocess.run([sys.executable, "-c", code], check=True)
+    from PIL import Image
+    again = [np.asarray(Image.open(tmp_path / "again" / f"{k:05d}.png")) for k in range(2)]
+    assert all((a == b).all() for a, b in zip(again, run.output.pixels))
+    with pytest.raises(PurrError, match="`images` is empty"):
+        session.upload_source(None)
+
+
+def test_mask_image_is_the_code_grid_at_pixel_scale():
+    keep = np.zeros((7, 7), bool)
+    keep[1, 2] = True
+    big = mask_image(keep, (28, 28))
+    assert big.shape == (28, 28, 3) and set(np.unique(big)) == {0, 255}
+    assert (big[4:8, 8:12] == 255).all() and big.sum() == 16 * 3 * 255
 
 
 # -- the command ------------------------------------------------------------------------------------------------

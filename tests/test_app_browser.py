@@ -1,6 +1,7 @@
 """``purr app`` in a real headless browser: start it on a free localhost port, change τ (a number, then a schedule),
-generate, see the images change, click an image and a position, see the uncertainty panel, and check that every
-request stayed local.
+generate, see the images change, click an image and a position, see the uncertainty panel; in the Edit tab pick an
+image of the grid, have a box outside the image refused, keep its top, run two completions, click one and see its
+entropy maps; and check that every request stayed local.
 
 Needs gradio (the ``[app]`` extra), playwright (the ``[test]`` extra) and a Chromium binary from the system
 (Debian's ``chromium``; ``.ci/run`` installs it; ``PURR_CHROMIUM`` names another); skips, saying which is missing,
@@ -26,7 +27,7 @@ import pytest
 from PIL import Image
 
 import purrception
-from purrception.app.core import UNCERTAINTY_TIMES
+from purrception.app.core import REGION_BOX, UNCERTAINTY_TIMES
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO / "docs" / "app"
@@ -185,6 +186,35 @@ def test_page_in_a_browser(app_url):
             assert "--position 2,5" in page.inner_text("#inspect-info")
             if shots:
                 page.locator("#uncertainty").screenshot(path=str(SCREENSHOTS / "uncertainty.png"))
+
+            # the Edit tab: image 1 of the grid, a box outside the image refused, then its top kept, 2 completions
+            page.get_by_role("tab", name="Edit").click()
+            page.locator("#edit-pick img").nth(1).click()
+            page.get_by_text("Image 1 of the grid").first.wait_for()
+            page.get_by_role("radio", name=REGION_BOX, exact=True).check()
+            page.locator("#edit-box").locator("textarea, input").first.fill("0,0,40,8")
+            page.click("#edit-run")
+            page.get_by_text("--keep: box '0,0,40,8' must satisfy").first.wait_for()   # purr edit's flag
+            for close in page.locator("[data-testid=toast-close]").all():
+                close.click()
+            page.get_by_role("radio", name="top", exact=True).check()
+            page.fill("#edit-num input[type=number]", "2")
+            page.press("#edit-num input[type=number]", "Enter")
+            page.click("#edit-run")
+            page.wait_for_function("() => document.querySelectorAll('#edit-results img').length === 2"
+                                   " && document.querySelectorAll('#edit-overview img').length === 2")
+            source, mask = _images(page, "#edit-overview img")
+            assert source.shape == mask.shape and (mask[:96] == 255).all() and (mask[96:] == 0).all()  # rows 0..2 kept
+            line = page.inner_text("#edit-command")
+            assert "purr edit" in line and "--keep top" in line and "--num-per-image 2" in line
+            page.locator("#edit-results img").nth(1).click()
+            page.wait_for_function("n => document.querySelectorAll('#edit-entropy img').length === n",
+                                   arg=len(UNCERTAINTY_TIMES))
+            page.get_by_text("Completion 1").first.wait_for()
+            first = _images(page, "#edit-entropy img")[0]                  # t = 0
+            assert first[:96].max() <= 10 and first[96:].mean() > 30, "kept codes are certain, the rest is not"
+            if shots:
+                page.locator("#edit-tab").screenshot(path=str(SCREENSHOTS / "edit.png"))
         finally:
             browser.close()
 

@@ -25,6 +25,7 @@ from purrception.generation.editing import (
     region_mask,
 )
 from purrception.generation.generate import generate_codes, noise_for
+from purrception.generation.uncertainty import posterior_entropy, trace_edit, trace_edit_labels, trace_uncertainty
 from purrception.models.dit import DiT, DiTConfig
 from purrception.sampling.settings import SamplerSettings
 from purrception.tokenizers.base import nearest_code
@@ -98,6 +99,37 @@ def test_nothing_kept_is_ordinary_sampling_with_the_same_noise(name, solver):
     out = method.edit(model, noise, y, sampler, _snap(method), KnownCodes(codes, torch.zeros_like(codes, dtype=bool)))
     assert torch.equal(out, method.generate(model, noise, y, sampler, _snap(method)))
     assert not torch.equal(out, codes)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_trace_edit_reads_the_editing_posterior(solver):
+    """Nothing kept: trace_uncertainty's reading exactly; kept codes: entropy 0 there, the network's posterior at the
+    same state elsewhere, and the codes edit makes."""
+    method = _method("purrception")
+    model, codes, keep = _model(method), _codes(), _keep()
+    noise, y = torch.randn(3, D, SIDE, SIDE, generator=torch.Generator().manual_seed(3)), torch.tensor([0, 1, 2])
+    sampler = SamplerSettings(sample_steps=5, tau=0.7, solver=solver)
+    times = (0.0, 0.4, 0.8)
+    plain = trace_uncertainty(method, model, noise, y, sampler, _snap(method), times)
+    free = trace_edit(method, model, noise, y, sampler, _snap(method), KnownCodes(codes, torch.zeros_like(keep)), times)
+    assert torch.equal(free.codes, plain.codes) and torch.equal(free.entropy, plain.entropy)
+    assert free.times == plain.times == [0.0, 0.4, 0.8]
+
+    states = {}
+    known = KnownCodes(codes, keep)
+    edited = method.edit(model, noise, y, sampler, _snap(method), known,
+                         callback=lambda t, z: states.setdefault(round(t * 5), z.clone()))
+    traced = trace_edit(method, model, noise, y, sampler, _snap(method), known, times)
+    assert torch.equal(traced.codes, edited)
+    for slot, i in enumerate((0, 2, 4)):
+        expected = posterior_entropy(method.posterior_logits(model, states[i], i / 5, y, 1.0), 0.7)
+        assert (traced.entropy[:, slot][keep] == 0).all()
+        torch.testing.assert_close(traced.entropy[:, slot][~keep], expected[~keep])
+    assert (traced.entropy[:, 0][~keep] > 0).all()
+    alone = trace_edit_labels(method, model, codes, keep, np.array([0, 1, 2]), sampler, 9, _snap(method), times,
+                              batch_size=2)
+    assert torch.equal(alone.codes, edit_codes(method, model, codes, keep, np.array([0, 1, 2]), sampler, 9,
+                                               _snap(method), batch_size=3))
 
 
 @pytest.mark.parametrize("name,solver", [c for c in CASES if c[0] != "dfm"])

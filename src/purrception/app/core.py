@@ -14,6 +14,13 @@
   PNGs and the command), and, for one image of the grid regenerated alone (``first_index=i``), the posterior's
   per-position entropy maps over ``t`` and the top-``k`` codes at a clicked position, decoded side by side
   (:class:`Inspection`, from ``generation.uncertainty``).
+- The Edit tab: an :class:`EditSource` (an image of the grid, with its class and the command that makes it, or an
+  upload brought to the tokenizer's resolution), :func:`parse_edit_form` -> :class:`EditRequest` (a region of
+  :data:`REGION_CHOICES` or a pixel box to keep, a class, ``N`` completions, the knobs), :meth:`AppSession.edit`
+  (:meth:`~purrception.pipeline.PurrceptionPipeline.inpaint`, an :class:`EditRun` with the ``purr edit`` command
+  from the session's :data:`EditCommandBuilder`) and :meth:`AppSession.inspect_edit`: one completion regenerated
+  alone, the posterior's entropy read along its editing trajectory (:class:`EditInspection`,
+  ``generation.uncertainty.trace_edit``).
 - :func:`gallery_items`, :func:`entropy_items`, :func:`topk_items`, :func:`mark_position` and
   :func:`pixel_to_position` compose the images the page shows and map a click on the enlarged image to a latent
   position.
@@ -33,18 +40,22 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
+import torch
 
 from purrception.errors import PurrError
+from purrception.generation.editing import REGIONS, EditOutput, keep_mask, prepare_images
 from purrception.generation.generate import balanced_labels, check_labels, repeat_labels
-from purrception.generation.uncertainty import entropy_heatmap
-from purrception.sampling.grid import save_sample_folder
+from purrception.generation.uncertainty import entropy_heatmap, trace_edit_labels
+from purrception.sampling.grid import save_png, save_sample_folder
 from purrception.sampling.schedules import Schedule
 from purrception.sampling.settings import SamplerSettings
 
 __all__ = ["Limits", "SampleRequest", "parse_form", "AppSession", "Generation", "Inspection", "TAU_MODES",
            "SOLVER_CHOICES", "UNCERTAINTY_TIMES", "TOPK", "COMMAND_OUT", "CommandBuilder", "python_command",
            "to_rgb", "upscale", "display_factor", "pixel_to_position", "mark_position", "gallery_items",
-           "entropy_items", "topk_items", "write_archive"]
+           "entropy_items", "topk_items", "write_archive", "EditCommandBuilder", "python_edit_command", "EditSource",
+           "EditRequest", "parse_edit_form", "EditRun", "EditInspection", "CLASS_MODES", "REGION_CHOICES",
+           "REGION_BOX", "EDIT_OUT", "EDIT_INPUT", "mask_image"]
 
 #: the temperature's two forms on the page: one number, or a schedule from a start value to an end value over t
 TAU_CONSTANT, TAU_SCHEDULE = "constant", "start → end"
@@ -57,6 +68,14 @@ TOPK = 5
 #: ``--out`` of the reproducing command, and the folder inside the downloaded archive
 COMMAND_OUT = "purr-samples"
 ARCHIVE_FOLDER = "purr-app-samples"
+#: the Edit tab: the class of the completions (the source's own, one picked from the list, or none), the regions
+#: it offers (:data:`REGION_BOX` reads the box field), and the reproducing command's ``--out`` and uploaded input
+CLASS_OWN, CLASS_CHOSEN, CLASS_NONE = "the image's own", "a chosen class", "unconditional"
+CLASS_MODES = (CLASS_OWN, CLASS_CHOSEN, CLASS_NONE)
+REGION_BOX = "box x0,y0,x1,y1"
+REGION_CHOICES = (*REGIONS, *(f"not:{r}" for r in REGIONS), REGION_BOX)
+EDIT_OUT = "purr-edits"
+EDIT_INPUT = "purr-edit-source.png"
 #: the enlarged images are about this many pixels on their longer side
 DISPLAY_SIDE = 224
 #: the outline drawn around the clicked position
@@ -65,7 +84,8 @@ MARK_COLOR = (0, 230, 255)
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask for, so that no request holds the queue for long (the page's slider maxima)."""
+    """What one request may ask for, so that no request holds the queue for long (the page's slider maxima):
+    ``max_images`` caps a grid and the Edit tab's number of completions, ``max_steps`` the steps of either."""
 
     max_images: int = 16
     max_steps: int = 64
@@ -366,6 +386,250 @@ def _command_script(command: str) -> str:
             "# (seed, i)); run it where the model's path is valid.\n" + command + "\n")
 
 
+# -- the Edit tab -----------------------------------------------------------------------------------------------
+
+
+class EditCommandBuilder(Protocol):
+    """Makes the command that writes an edit's completions again from the one image file ``image``: ``purr edit``'s
+    (``purrception.cli.edit.edit_command``, what ``purr app`` passes) or :func:`python_edit_command` (the default).
+    ``class_label`` ``None`` means unconditional."""
+
+    def __call__(self, source: str, sampler: SamplerSettings, image: str, out: str, keep: str,
+                 class_label: int | None, num_per_image: int = 1, seed: int = 0) -> str: ...
+
+
+def python_edit_command(source: str, sampler: SamplerSettings, image: str, out: str, keep: str,
+                        class_label: int | None, num_per_image: int = 1, seed: int = 0) -> str:
+    """The default :data:`EditCommandBuilder` of :class:`AppSession`: ``python -c '...'`` that loads ``source``,
+    calls :meth:`~purrception.pipeline.PurrceptionPipeline.inpaint` on ``image`` and writes completion ``k`` to
+    ``out/NNNNN.png``."""
+    knobs = sampler.record()
+    call = (f"[Image.open({str(image)!r})], {str(keep)!r}, class_labels={[class_label]!r}, "
+            f"num_per_image={int(num_per_image)}, num_inference_steps={knobs['sample_steps']}, tau={knobs['tau']!r}, "
+            f"guidance_scale={knobs['cfg_scale']!r}, solver={knobs['solver']!r}, seed={int(seed)}")
+    code = ("import pathlib; from PIL import Image; from purrception import PurrceptionPipeline; "
+            "from purrception.sampling.grid import save_png; "
+            f"pipe = PurrceptionPipeline.from_pretrained({str(source)!r}); out = pipe.inpaint({call}); "
+            f"folder = pathlib.Path({str(out)!r}); folder.mkdir(parents=True, exist_ok=True); "
+            "[save_png(folder / f'{k:05d}.png', p) for k, p in enumerate(out.pixels)]")
+    return "python -c " + shlex.quote(code)
+
+
+@dataclass(frozen=True)
+class EditSource:
+    """The image the Edit tab completes, at the tokenizer's resolution.
+
+    Attributes:
+        pixels: uint8 ``(H, W)`` or ``(H, W, C)``.
+        label: its own class (an image of the grid), or ``None`` (an upload: it has none).
+        index: which image of the grid (``None``: an upload).
+        request: the grid it came from (``None``: an upload); its command writes the image again.
+    """
+
+    pixels: np.ndarray
+    label: int | None = None
+    index: int | None = None
+    request: SampleRequest | None = None
+
+    @classmethod
+    def from_grid(cls, request: SampleRequest, pixels: np.ndarray, labels: np.ndarray, index: int) -> EditSource:
+        """Image ``index`` of a grid ``request`` made (``pixels`` ``(N, H, W[, C])``, ``labels`` ``(N,)``)."""
+        if not 0 <= index < len(pixels):
+            raise PurrError(f"image {index} is not in this grid of {len(pixels)}; generate again and pick one")
+        return cls(np.asarray(pixels[index], dtype=np.uint8), int(labels[index]), int(index), request)
+
+    @classmethod
+    def from_upload(cls, image: Any, size: int, channels: int) -> EditSource:
+        """An uploaded image (uint8 array or PIL image), brought to ``size`` and ``channels`` as ``purr encode``
+        brings images (:func:`~purrception.generation.editing.prepare_images`)."""
+        if image is None:
+            raise PurrError("`images` is empty; pick an image of the grid or upload one")
+        return cls(prepare_images([image], size, channels)[0])
+
+    def file_name(self) -> str:
+        """The file the reproducing command reads: the grid command's PNG of this image, or the upload's."""
+        if self.index is None:
+            return EDIT_INPUT
+        return f"{COMMAND_OUT}/{self.index:05d}_class{self.label}.png"
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """One press of *Run* in the Edit tab, checked.
+
+    Attributes:
+        keep: the region to keep, as :meth:`~purrception.pipeline.PurrceptionPipeline.inpaint`'s ``keep`` takes it
+            (``top``, ..., ``not:centre``, ``x0,y0,x1,y1``).
+        class_label: the class of every completion, ``None`` for unconditional.
+        num_per_image: how many completions.
+        tau, cfg_scale, sample_steps, solver, seed: the sampler's knobs, as in :class:`SampleRequest`.
+    """
+
+    keep: str
+    class_label: int | None
+    num_per_image: int
+    tau: str
+    cfg_scale: float
+    sample_steps: int
+    solver: str
+    seed: int
+
+    def sampler(self) -> SamplerSettings:
+        return SamplerSettings(sample_steps=self.sample_steps, tau=self.tau, cfg_scale=self.cfg_scale,
+                               solver=self.solver)
+
+    def inpaint_kwargs(self) -> dict[str, Any]:
+        """Arguments of :meth:`~purrception.pipeline.PurrceptionPipeline.inpaint` after the images."""
+        return {"keep": self.keep, "class_labels": [self.class_label], "num_per_image": self.num_per_image,
+                "num_inference_steps": self.sample_steps, "tau": self.tau, "guidance_scale": self.cfg_scale,
+                "solver": self.solver, "seed": self.seed}
+
+    def command(self, build: EditCommandBuilder, source: str, image: str, out: str = EDIT_OUT) -> str:
+        """The command ``build`` makes for these completions of the image file ``image``."""
+        return build(source, self.sampler(), image, out, self.keep, self.class_label, self.num_per_image, self.seed)
+
+
+def _region(region: Any, box: Any) -> str:
+    if region == REGION_BOX:
+        text = "" if box is None else str(box).strip()
+        if not text:
+            raise PurrError("`keep` is a box but the box is empty; give x0,y0,x1,y1 in pixels, e.g. 0,0,28,14")
+        return text
+    if region not in REGION_CHOICES:
+        raise PurrError(f"`keep` must be one of {', '.join(REGION_CHOICES)}, got {region!r}")
+    return str(region)
+
+
+def parse_edit_form(source: EditSource | None, region: Any, box: Any, class_mode: str, class_name: Any,
+                    num_per_image: Any, tau: Any, cfg_scale: Any, sample_steps: Any, solver: str, seed: Any, *,
+                    class_names: Sequence[str], image_size: int, side: int,
+                    limits: Limits = Limits()) -> EditRequest:
+    """The Edit tab's form -> a checked :class:`EditRequest`.
+
+    Args:
+        source: the picked or uploaded image (``None``: none yet).
+        region: one of :data:`REGION_CHOICES`: what to keep (``not:REGION`` keeps the rest).
+        box: ``x0,y0,x1,y1`` in pixels at the tokenizer's resolution, read when ``region`` is :data:`REGION_BOX`.
+        class_mode: one of :data:`CLASS_MODES` (the source's own class: unconditional for an upload).
+        class_name: the class for :data:`CLASS_CHOSEN` (a name or an id).
+        num_per_image: how many completions (1 .. ``limits.max_images``).
+        tau, cfg_scale, sample_steps, solver, seed: as in :func:`parse_form` (``tau`` a number).
+        class_names: the model's classes, in id order.
+        image_size, side: the tokenizer's resolution and the code grid's side (a code is kept only if its whole
+            footprint is: generation/editing.py).
+        limits: the largest request this app serves.
+
+    Raises:
+        PurrError: naming the parameter and the fix, for the page to show.
+    """
+    if source is None:
+        raise PurrError("`images` is empty; pick an image of the grid or upload one")
+    keep = _region(region, box)
+    try:
+        grid = keep_mask(keep, 1, image_size, side)[0]
+    except PurrError as err:
+        raise PurrError(f"`keep`: {err}") from None
+    if not grid.any():
+        f = image_size // side
+        raise PurrError(f"`keep` {keep!r} keeps no whole code (a code is kept only if all its {f}x{f} pixels are); "
+                        "choose a larger region")
+    if grid.all():
+        raise PurrError(f"`keep` {keep!r} keeps every code, so nothing would be regenerated; choose a smaller region")
+    if class_mode == CLASS_OWN:
+        label = source.label
+    elif class_mode == CLASS_NONE:
+        label = None
+    elif class_mode == CLASS_CHOSEN:
+        if class_name is None or class_name == "" or class_name == []:
+            raise PurrError("`class_labels` is empty; pick a class from the list (or the image's own, or "
+                            "unconditional)")
+        (label,) = _class_ids([class_name], class_names)
+    else:
+        raise PurrError(f"`class_labels` is one of {', '.join(repr(m) for m in CLASS_MODES)}, got {class_mode!r}")
+    num = _whole(num_per_image, "num_per_image")
+    if num < 1:
+        raise PurrError(f"`num_per_image` must be a positive integer, got {num}")
+    _at_most(num, "num_per_image", limits.max_images, "max_images")
+    request = EditRequest(keep=keep, class_label=label, num_per_image=num, tau=_number(_finite(tau, "tau")),
+                          cfg_scale=_finite(cfg_scale, "cfg_scale"),
+                          sample_steps=_whole(sample_steps, "sample_steps"), solver=str(solver),
+                          seed=_whole(seed, "seed"))
+    request.sampler()                                   # the knobs' own rules
+    _at_most(request.sample_steps, "sample_steps", limits.max_steps, "max_steps")
+    if request.solver not in SOLVER_CHOICES:
+        raise PurrError(f"`solver` must be one of {', '.join(SOLVER_CHOICES)} in this app, got {solver!r}")
+    if request.seed < 0:
+        raise PurrError(f"`seed` must be a non-negative integer, got {request.seed}")
+    return request
+
+
+def mask_image(keep: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A code-grid mask ``(h, w)`` -> uint8 RGB ``size`` (white = kept, black = regenerated), nearest upsampling."""
+    rows = (np.arange(size[0]) * keep.shape[0]) // size[0]
+    cols = (np.arange(size[1]) * keep.shape[1]) // size[1]
+    return to_rgb(np.where(keep[rows][:, cols], 255, 0).astype(np.uint8))
+
+
+@dataclass
+class EditRun:
+    """The completions of one press of *Run* and how to make them again."""
+
+    request: EditRequest
+    source: EditSource
+    output: EditOutput
+    seconds: float
+    command: str
+    files: list[Path]
+
+    @property
+    def factor(self) -> int:
+        return display_factor(self.output.sources.shape[1:3])
+
+    def overview_items(self) -> list[tuple[np.ndarray, str]]:
+        """The source and its mask (white: kept codes), enlarged."""
+        big = upscale(to_rgb(self.output.sources[0]), self.factor)
+        return [(big, "source"), (mask_image(self.output.keep[0], big.shape[:2]), "kept (white) / regenerated")]
+
+    def completion_items(self, class_names: Sequence[str]) -> list[tuple[np.ndarray, str]]:
+        return [(upscale(to_rgb(p), self.factor), f"{k}: {_class_caption(int(label), class_names)}")
+                for k, (p, label) in enumerate(zip(self.output.pixels, self.output.labels))]
+
+    def summary(self) -> str:
+        kept = self.output.keep[0]
+        return (f"{len(self.output.pixels)} completions in {self.seconds:.1f} s, keeping `{self.request.keep}` "
+                f"({int(kept.sum())} of {kept.size} codes). Click a completion to see where the posterior was "
+                "uncertain.")
+
+
+def _class_caption(label: int, class_names: Sequence[str]) -> str:
+    return "unconditional" if label >= len(class_names) else f"class {class_names[label]}"
+
+
+@dataclass
+class EditInspection:
+    """What the posterior said along one completion's editing trajectory (regenerated alone)."""
+
+    index: int
+    label: int
+    image: np.ndarray                        # uint8 (H, W[, C])
+    keep: np.ndarray                         # (h, w) bool
+    times: list[float]
+    entropy: np.ndarray                      # (T, h, w) nats; 0 at kept codes
+    max_entropy: float
+
+    def entropy_gallery(self) -> list[tuple[np.ndarray, str]]:
+        size = upscale(to_rgb(self.image), display_factor(self.image.shape[:2])).shape[:2]
+        return entropy_items(self.entropy, self.times, self.max_entropy, size)
+
+    def summary(self, class_names: Sequence[str]) -> str:
+        regenerated = ~self.keep
+        means = ", ".join(f"{float(e[regenerated].mean()):.2f}" for e in self.entropy)
+        return (f"**Completion {self.index}** ({_class_caption(self.label, class_names)}), regenerated alone. Entropy "
+                f"of the posterior π = softmax(ℓ/τ) at each position (paper eq. 15), from 0 (black: one code; every "
+                f"kept code, whose posterior is its own one-hot) to log K = {self.max_entropy:.2f} nats (bright), at "
+                f"t = {', '.join(f'{t:.2f}' for t in self.times)}; mean over the regenerated codes: {means}.")
+
+
 # -- running the pipeline for the page --------------------------------------------------------------------------
 
 
@@ -450,13 +714,17 @@ class AppSession:
             line; ``purr app`` passes the ``purr sample`` command line).
         explain: rewrites an error message for the page (default: unchanged, naming the Python parameters;
             ``purr app`` passes the CLI's translation into flags).
+        edit_command: makes the command that writes an edit's completions again (default
+            :func:`python_edit_command`; ``purr app`` passes the ``purr edit`` command line).
     """
 
     def __init__(self, pipe: Any, source: str | Path, limits: Limits = Limits(),
                  times: Sequence[float] = UNCERTAINTY_TIMES, topk: int = TOPK, workdir: str | Path | None = None,
-                 command: CommandBuilder = python_command, explain: Callable[[str], str] = str):
+                 command: CommandBuilder = python_command, explain: Callable[[str], str] = str,
+                 edit_command: EditCommandBuilder = python_edit_command):
         self.pipe = pipe
         self.command = command
+        self.edit_command = edit_command
         self.explain = explain
         self.source = str(source)
         self.limits = limits
@@ -529,6 +797,62 @@ class AppSession:
             topk_probs=trace.topk_probs[0].tolist() if found else [],
             candidates=out.candidates[0] if found else None, final_time=float(trace.final_time),
             command=request.command(self.command, self.source, times=self.times, topk=self.topk, position=position))
+
+    # -- the Edit tab
+
+    @property
+    def image_size(self) -> int:
+        return int(self.pipe.tokenizer.image_size)
+
+    def upload_source(self, image: Any) -> EditSource:
+        """:meth:`EditSource.from_upload` at this tokenizer's resolution and channels."""
+        return EditSource.from_upload(image, self.image_size, int(self.pipe.tokenizer.image_channels))
+
+    def parse_edit(self, *values: Any) -> EditRequest:
+        """:func:`parse_edit_form` with this model's classes, code grid and this app's limits."""
+        return parse_edit_form(*values, class_names=self.class_names, image_size=self.image_size,
+                               side=self.latent[0], limits=self.limits)
+
+    def edit(self, source: EditSource, request: EditRequest) -> EditRun:
+        """Complete ``source`` as ``request`` asks and write the command that makes the same completions (after
+        the ``purr sample`` command that makes the source, for an image of the grid; next to the uploaded source,
+        saved as :data:`EDIT_INPUT`, for an upload)."""
+        start = time.perf_counter()
+        out = self.pipe.inpaint(source.pixels[None], **request.inpaint_kwargs())
+        seconds = time.perf_counter() - start
+        with self._lock:
+            folder = self.workdir / f"{next(self._counter):05d}"
+        folder.mkdir(parents=True)
+        command = request.command(self.edit_command, self.source, source.file_name())
+        files = []
+        if source.request is not None:
+            command = f"{source.request.command(self.command, self.source)} && {command}"
+        else:
+            save_png(folder / EDIT_INPUT, source.pixels)
+            files.append(folder / EDIT_INPUT)
+        script = folder / "purr-app-edit-command.sh"
+        script.write_text(_command_script(command).replace("the same images", "the same completions"))
+        files.append(script)
+        return EditRun(request, source, out, seconds, command, files)
+
+    def inspect_edit(self, run: EditRun, index: int) -> EditInspection:
+        """Regenerate completion ``index`` of ``run`` alone (its noise is ``(seed, index)``) and read the
+        posterior's entropy along its editing trajectory at :attr:`times`."""
+        if not self.pipe.has_posterior:
+            raise PurrError(f"this model ({self.pipe.method.name}) has no categorical posterior over codes; the "
+                            "uncertainty panel needs a purrception model")
+        out = run.output
+        if not 0 <= index < len(out.pixels):
+            raise PurrError(f"completion {index} is not among these {len(out.pixels)}; run again and pick one")
+        pipe = self.pipe
+        keep = torch.from_numpy(out.keep[index:index + 1].copy())
+        codes = out.source_codes[out.source_index[index:index + 1]]
+        trace = trace_edit_labels(pipe.method, pipe.model, codes, keep, out.labels[index:index + 1],
+                                  run.request.sampler(), run.request.seed, pipe.tokenizer.snap, self.times,
+                                  batch_size=1, first_index=index, device=str(pipe.device))
+        return EditInspection(index=index, label=int(out.labels[index]), image=pipe.decode(trace.codes)[0],
+                              keep=out.keep[index], times=list(trace.times), entropy=trace.entropy[0].numpy(),
+                              max_entropy=float(np.log(pipe.method.codebook_size)))
 
     def close(self) -> None:
         """Remove the downloads folder this session made."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 from pathlib import Path
 
 from purrception.cli.common import add_sampler_args, add_tokenizer_kind_arg, positive_int, seed_int
@@ -21,10 +22,41 @@ from purrception.errors import PurrError
 from purrception.generation.editing import REGIONS, EditOutput, edit_grid
 from purrception.pipeline import PurrceptionPipeline
 from purrception.sampling.grid import save_png, save_samples_npz
+from purrception.sampling.settings import SamplerSettings
 
-__all__ = ["register"]
+__all__ = ["register", "edit_argv", "edit_command"]
 
 log = logging.getLogger(__name__)
+
+
+def _number(value: float) -> str:
+    """The shortest text that reads back as exactly this float (``0.8``, ``1.0``, ``1e-05``)."""
+    return repr(float(value))
+
+
+def edit_argv(source: str, sampler: SamplerSettings, image: str, out: str, keep: str, class_label: int | None,
+              num_per_image: int = 1, seed: int = 0) -> list[str]:
+    """The arguments of ``purr edit`` (after ``purr``) that make the same completions of the one image file
+    ``image``: ``keep`` a region, ``class_label`` a class id or ``None`` (unconditional, ``--classes none``), every
+    sampler setting spelled out (a schedule by its spec).
+
+    Raises:
+        PurrError: when ``sampler`` holds a knob no command line can name (a callable that is not a Schedule).
+    """
+    knobs = sampler.record()
+    argv = ["edit", str(source), "--input", str(image), "--out", str(out), "--keep", str(keep),
+            "--classes", "none" if class_label is None else str(int(class_label)),
+            "--num-per-image", str(int(num_per_image)), "--seed", str(int(seed)),
+            "--sample-steps", str(knobs["sample_steps"]), "--solver", knobs["solver"]]
+    for flag, name in (("--tau", "tau"), ("--cfg-scale", "cfg_scale")):
+        value = knobs[name]
+        argv += [flag, value if isinstance(value, str) else _number(value)]
+    return argv
+
+
+def edit_command(*args, **kwargs) -> str:
+    """:func:`edit_argv` as one quoted shell line, ``purr edit ...``; what ``purr app``'s Edit tab shows."""
+    return "purr " + shlex.join(edit_argv(*args, **kwargs))
 
 def _strength(text: str) -> float:
     try:
