@@ -249,7 +249,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=200)
     p.add_argument("--cache-dir", default="", help="tokenizer, shards and the protocol classifier (default: "
                                                    "the user cache)")
-    p.add_argument("--grid", default="", help="write a source | mask | completions grid (first method) here")
+    p.add_argument("--grid", default="", help="write a source | mask | completions grid here (first method; top "
+                                              "half kept; the first source of each class, 6 completions each)")
     p.add_argument("--judge-epochs", type=int, default=30, help="epochs of the train-split judge (the protocol "
                                                                    "classifier's recipe has 30)")
     p.add_argument("--train-only", action="store_true")
@@ -274,7 +275,7 @@ def main() -> None:
     ref_stats = feature_stats(clean.features(heldout.images))
     idx = pick(args.num, len(heldout.images), args.seed)
     sources, labels = heldout.images[idx], heldout.labels[idx]
-    settings = {k: v for k, v in vars(args).items() if k not in ("grid", "train_only", "methods", "batch_size")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("grid", "train_only", "methods", "batch_size", "work")}
     store = Store(work / "results.json", settings)
     tokenizer = load_tokenizer(prepared.tokenizer_dir)
 
@@ -311,8 +312,9 @@ def main() -> None:
                       lambda: variation_point(pipe, s, heldout.images[v_idx], v_labels, targets, clean, args))
         print(f"{m}: run {run} (step {pipe.info.get('step')})", flush=True)
         if args.grid and m == methods[0]:
-            out = pipe.inpaint(heldout.images[idx[:6]], "top", class_labels=labels[:6].tolist(), num_per_image=6,
-                               num_inference_steps=args.steps, seed=args.seed)
+            rows = [idx[labels == c][0] for c in range(10) if (labels == c).any()]   # one source per class
+            out = pipe.inpaint(heldout.images[rows], "top", class_labels=heldout.labels[rows].tolist(),
+                               num_per_image=6, num_inference_steps=args.steps, seed=args.seed)
             Path(args.grid).parent.mkdir(parents=True, exist_ok=True)
             save_png(args.grid, edit_grid(out), scale=3)
         print(tables(store, methods, args), flush=True)
