@@ -18,16 +18,21 @@ For each method (trained here with the ``digits-demo`` preset, ``--set`` overrid
 
 Judges (digits). The ``digits`` protocol's classifier was trained on the held-out split, i.e. on the very images
 being completed, so it is not a clean judge of completions of them. The study therefore trains a second classifier,
-same network and recipe (:func:`~purrception.evaluation.classifier.fit_judge`, 30 epochs, seed 1234), on the
-*train* split, which the generator trained on but which holds none of the edited images: it never saw the held-out
-images, and neither did the generator. Its accuracy and its penultimate features (FID against all 1,000 held-out
-images) are the study's numbers; the protocol classifier's accuracy is reported beside them as an upper bound
-(it saw the sources). The FID of the untouched sources and of their tokenizer round trip are the floors at this N.
+same network and recipe (:func:`~purrception.evaluation.classifier.fit_judge`, seed 1234; ``--judge-epochs``, 30 as
+the protocol's by default), on the *train* split, which the generator trained on but which holds none of the edited
+images: it never saw the held-out images, and neither did the generator. Its accuracy and its penultimate
+features (FID against all 1,000 held-out images) are the study's numbers; the protocol classifier's accuracy is
+reported beside them as an upper bound (it saw the sources). The FID of the untouched sources and of their
+tokenizer round trip are the floors at this N.
 
 Usage::
 
     python bench/editing_study.py --work WORK [--data digits] [--methods purrception,cfm,cfm-endpoint,dfm]
-        [--steps 25] [--set steps=800] [--num 200] [--grid docs/editing/digits-top.png]
+        [--steps 25] [--set steps=800] [--num 200] [--judge-epochs 30] [--grid docs/editing/digits-top.png]
+
+Each method is trained, then measured, before the next one starts, so an interrupted study keeps whole rows. The
+emoji are not a ``--data`` choice yet: the folder protocol's generator trains on the whole folder, so a held-out
+set would first have to be removed from its training images.
 
 Everything measured is kept in ``WORK/<data>/results.json`` (rewritten after each measurement; a re-run resumes and
 re-prints the tables); training runs live in ``WORK/<data>/runs/<method>[-overrides]``.
