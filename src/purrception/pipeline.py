@@ -321,7 +321,7 @@ class PurrceptionPipeline:
         ordinary sampling, a strength near 0 returns the images' codes. ``class_labels`` may name other classes;
         ``keep`` optionally clamps a region as :meth:`inpaint` does; the other arguments are :meth:`inpaint`'s."""
         if strength is None:
-            raise PurrError("strength must be a number in (0, 1], got None")
+            raise PurrError("`strength` must be a number in (0, 1], got None")
         return edit_images(self.method, self.model, self.tokenizer, images,
                            self.sampler(num_inference_steps, tau, guidance_scale, solver), keep=keep,
                            strength=strength, class_labels=class_labels, num_per_image=num_per_image, seed=seed,
