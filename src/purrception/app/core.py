@@ -256,6 +256,17 @@ def _class_ids(selected: Sequence[Any] | None, class_names: Sequence[str]) -> tu
     return tuple(ids)
 
 
+def _check_in_app(request: SampleRequest | EditRequest, limits: Limits) -> None:
+    """The knobs' own rules (:class:`SamplerSettings`), then this app's: at most ``max_steps`` steps, a fixed-grid
+    solver, a non-negative seed."""
+    request.sampler()
+    _at_most(request.sample_steps, "sample_steps", limits.max_steps, "max_steps")
+    if request.solver not in SOLVER_CHOICES:
+        raise PurrError(f"`solver` must be one of {', '.join(SOLVER_CHOICES)} in this app, got {request.solver!r}")
+    if request.seed < 0:
+        raise PurrError(f"`seed` must be a non-negative integer, got {request.seed}")
+
+
 def parse_form(classes: Sequence[Any] | None, num_images: Any, tau_mode: str, tau: Any, tau_end: Any,
                tau_shape: str, cfg_scale: Any, sample_steps: Any, solver: str, seed: Any, *,
                class_names: Sequence[str], limits: Limits = Limits()) -> SampleRequest:
@@ -287,12 +298,7 @@ def parse_form(classes: Sequence[Any] | None, num_images: Any, tau_mode: str, ta
                             cfg_scale=_finite(cfg_scale, "cfg_scale"), sample_steps=_whole(sample_steps,
                                                                                             "sample_steps"),
                             solver=str(solver), seed=_whole(seed, "seed"))
-    request.sampler()                                   # the knobs' own rules
-    _at_most(request.sample_steps, "sample_steps", limits.max_steps, "max_steps")
-    if request.solver not in SOLVER_CHOICES:
-        raise PurrError(f"`solver` must be one of {', '.join(SOLVER_CHOICES)} in this app, got {solver!r}")
-    if request.seed < 0:
-        raise PurrError(f"`seed` must be a non-negative integer, got {request.seed}")
+    _check_in_app(request, limits)
     return request
 
 
@@ -554,12 +560,7 @@ def parse_edit_form(source: EditSource | None, region: Any, box: Any, class_mode
                           cfg_scale=_finite(cfg_scale, "cfg_scale"),
                           sample_steps=_whole(sample_steps, "sample_steps"), solver=str(solver),
                           seed=_whole(seed, "seed"))
-    request.sampler()                                   # the knobs' own rules
-    _at_most(request.sample_steps, "sample_steps", limits.max_steps, "max_steps")
-    if request.solver not in SOLVER_CHOICES:
-        raise PurrError(f"`solver` must be one of {', '.join(SOLVER_CHOICES)} in this app, got {solver!r}")
-    if request.seed < 0:
-        raise PurrError(f"`seed` must be a non-negative integer, got {request.seed}")
+    _check_in_app(request, limits)
     return request
 
 

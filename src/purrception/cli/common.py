@@ -13,7 +13,7 @@ from purrception.sampling.solvers import SOLVERS
 from purrception.tokenizers.registry import pretrained_kinds
 
 __all__ = ["positive_int", "positive_float", "seed_int", "integer_or_text", "DeprecatedAlias", "add_sample_steps_arg",
-           "add_sampler_args", "sampler_from_args", "add_tokenizer_kind_arg", "refuse_existing"]
+           "add_sampler_args", "add_generator_args", "sampler_from_args", "add_tokenizer_kind_arg", "refuse_existing"]
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,19 @@ def sampler_from_args(args: argparse.Namespace) -> SamplerSettings:
     """The checked :class:`SamplerSettings` of :func:`add_sampler_args`' flags (a bad value: a PurrError naming the
     field, which ``purr`` prints as its flag)."""
     return SamplerSettings(sample_steps=args.sample_steps, tau=args.tau, cfg_scale=args.cfg_scale, solver=args.solver)
+
+
+def add_generator_args(parser: argparse.ArgumentParser) -> None:
+    """The options of every command that samples a trained generator (``purr sample``, ``purr edit``): ``--seed
+    --method --tokenizer --tokenizer-kind --batch-size --device`` and the sampler's knobs (:func:`add_sampler_args`)."""
+    parser.add_argument("--seed", type=seed_int, default=0)
+    parser.add_argument("--method", default=None, help="assert the checkpoint's method")
+    parser.add_argument("--tokenizer", default=None,
+                        help="tokenizer path (default: the one recorded in the checkpoint)")
+    add_tokenizer_kind_arg(parser)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--device", default="cpu")
+    add_sampler_args(parser)
 
 
 def add_tokenizer_kind_arg(parser: argparse.ArgumentParser) -> None:

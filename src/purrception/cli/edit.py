@@ -16,7 +16,7 @@ import logging
 import shlex
 from pathlib import Path
 
-from purrception.cli.common import add_sampler_args, add_tokenizer_kind_arg, positive_int, seed_int
+from purrception.cli.common import add_generator_args, positive_int
 from purrception.data.edit_inputs import read_edit_inputs, read_image
 from purrception.errors import PurrError
 from purrception.generation.editing import REGIONS, EditOutput, edit_grid
@@ -91,13 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "default), 'none' (unconditional), one class, or one class per image (comma-separated ids "
                         "or names)")
     p.add_argument("--num-per-image", type=positive_int, default=1, help="completions per image (default 1)")
-    p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--method", default=None, help="assert the checkpoint's method")
-    p.add_argument("--tokenizer", default=None, help="tokenizer path (default: the one recorded in the checkpoint)")
-    add_tokenizer_kind_arg(p)
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--device", default="cpu")
-    add_sampler_args(p)
+    add_generator_args(p)
     p.set_defaults(func=run)
 
 

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from purrception.cli.common import add_sampler_args, add_tokenizer_kind_arg, positive_int, sampler_from_args, seed_int
+from purrception.cli.common import add_generator_args, positive_int, sampler_from_args
 from purrception.errors import PurrError
 from purrception.generation.generate import balanced_labels, check_labels, repeat_labels
 from purrception.generation.uncertainty import entropy_heatmap
@@ -74,13 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="new folder for PNGs, grid.png and samples.npz")
     p.add_argument("--classes", default="all", help="comma-separated class ids, or 'all' (balanced; default)")
     p.add_argument("--num", type=positive_int, default=None, help="number of images (default: 8 per class)")
-    p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--method", default=None, help="assert the checkpoint's method")
-    p.add_argument("--tokenizer", default=None, help="tokenizer path (default: the one recorded in the checkpoint)")
-    add_tokenizer_kind_arg(p)
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--device", default="cpu")
-    add_sampler_args(p)
+    add_generator_args(p)
     p.add_argument("--uncertainty-times", type=_times, default=None, metavar="T1,T2,...",
                    help="save per-position posterior entropy maps at these times in [0, 1] (purrception only)")
     p.add_argument("--topk", type=positive_int, default=None,
