@@ -195,16 +195,22 @@ class ImageFolderData(DataSet):
         fingerprint = folder_source(images).description["fingerprint"]
         return cache / f"folder-{sha256_parts(fingerprint, self.size, self.channels, length=12)}"
 
+    def located(self, cache: Path) -> tuple[Path, Path]:
+        """The image folder (made once, for an entry that makes it) and where its tokenizer and shards are cached."""
+        images = Path(self.folder(cache))
+        return images, self.work_dir(cache, images)
+
     def ensure_tokenizer(self, cache_dir: str | Path | None = None, *, tokenizer_steps: int | None = None,
                          progress: bool = True, device: str = "cpu") -> Path:
         """The folder's tokenizer: :attr:`tokenizer` at :attr:`size` and :attr:`channels`, trained once on the folder
         (``tokenizer_steps`` replaces the recipe's steps), then reused from the cache."""
-        cache = cache_root(cache_dir)
-        images = Path(self.folder(cache))
+        return self._tokenizer(*self.located(cache_root(cache_dir)), tokenizer_steps, progress, device)
+
+    def _tokenizer(self, images: Path, root: Path, tokenizer_steps: int | None, progress: bool, device: str) -> Path:
         recipe = self.tokenizer.with_overrides(image_size=self.size, image_channels=self.channels)
         if tokenizer_steps:
             recipe = recipe.with_train(steps=tokenizer_steps)
-        return cached_tokenizer(self.work_dir(cache, images), recipe, lambda out: train_tokenizer_on_folder(
+        return cached_tokenizer(root, recipe, lambda out: train_tokenizer_on_folder(
             images, out, recipe.model_config(), recipe.train, resolution=self.size, channels=self.channels,
             progress=progress, device=device))
 
@@ -212,13 +218,11 @@ class ImageFolderData(DataSet):
                 progress: bool = True, device: str = "cpu") -> PreparedData:
         from purrception.data.encode import EncodeOptions, encode_images
         from purrception.data.export_folder import exported_class_names
-        from purrception.data.images import folder_source
 
-        cache, timings = cache_root(cache_dir), {}
-        images = Path(self.folder(cache))
-        root = self.work_dir(cache, images)
-        tok_dir = _timed(timings, "tokenizer_s", lambda: self.ensure_tokenizer(
-            cache, tokenizer_steps=tokenizer_steps, progress=progress, device=device))
+        timings: dict[str, float] = {}
+        images, root = self.located(cache_root(cache_dir))
+        tok_dir = _timed(timings, "tokenizer_s", lambda: self._tokenizer(images, root, tokenizer_steps, progress,
+                                                                          device))
         shard_dir = root / f"shards-{load_tokenizer(tok_dir).identity().codebook_sha256}"
 
         def encode() -> TokenShards:
@@ -228,7 +232,7 @@ class ImageFolderData(DataSet):
             return TokenShards.open(shard_dir)
 
         shards = _timed(timings, "encode_s", encode)
-        folders = list(folder_source(images).class_names)
+        folders = list(shards.manifest["source"]["class_names"])  # the class sub-folders, as encoded
         class_names = exported_class_names(images, folders) or folders
         return PreparedData(tok_dir, shards, class_names, self.protocol, str(images), timings)
 
