@@ -13,9 +13,11 @@ ordinary word. The ``purr`` command rewrites each one that the invoked subcomman
 others as written (``purrception.cli.flag_message``); ``purr app`` shows the page's errors through the same rewrite.
 """
 
+import numbers
 import re
+from typing import Any
 
-__all__ = ["PurrError", "PARAMETER"]
+__all__ = ["PurrError", "PARAMETER", "positive_int"]
 
 #: a parameter as a message writes it: ```name``` or ```name=VALUE``` (groups: the name, the value or ``None``)
 PARAMETER = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)(?:=([^`]*))?`")
@@ -28,3 +30,11 @@ class PurrError(ValueError):
     parameter in backticks (```tau```, ```solver```; see the module docstring); the CLI prints ``str(error)`` with
     those names turned into its flags on one line and exits non-zero, without a traceback.
     """
+
+
+def positive_int(value: Any, name: str) -> int:
+    """``value`` as a positive ``int`` (bools and non-integers refused), else a :class:`PurrError` naming the
+    parameter ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise PurrError(f"`{name}` must be a positive integer, got {value!r}")
+    return int(value)

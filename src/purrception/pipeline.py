@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from purrception.checkpoint import Checkpoint, resolve_checkpoint
 from purrception.distributed import DistInfo
-from purrception.errors import PurrError
+from purrception.errors import PurrError, positive_int
 from purrception.evaluation.evaluate import EvalSettings, evaluate_generator
 from purrception.flows.base import FlowMethod, get_method
 from purrception.generation.editing import EditOutput, edit_images
@@ -82,13 +82,6 @@ class PipelineOutput:
     labels: np.ndarray
     uncertainty: UncertaintyTrace | None = None
     candidates: np.ndarray | None = None
-
-
-def _positive_int(value: Any, name: str) -> int:
-    """``value`` as a positive ``int`` (bools and non-integers refused), or a :class:`PurrError` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise PurrError(f"`{name}` must be a positive integer, got {value!r}")
-    return int(value)
 
 
 class PurrceptionPipeline:
@@ -222,7 +215,7 @@ class PurrceptionPipeline:
     def labels_for(self, class_labels: Sequence[int] | None, num_per_class: int) -> np.ndarray:
         """``class_labels`` each repeated ``num_per_class`` times (``None``: every class), checked against the
         model's classes."""
-        num_per_class = _positive_int(num_per_class, "num_per_class")
+        num_per_class = positive_int(num_per_class, "num_per_class")
         classes = np.arange(self.num_classes) if class_labels is None else np.asarray(list(class_labels))
         if classes.size == 0:
             raise PurrError("`class_labels` is empty; give class ids like [0, 3, 7] or None for every class")
@@ -268,7 +261,7 @@ class PurrceptionPipeline:
         """
         sampler = self.sampler(num_inference_steps, tau, guidance_scale, solver)
         labels = self.labels_for(class_labels, num_per_class)
-        batch_size = _positive_int(batch_size, "batch_size")
+        batch_size = positive_int(batch_size, "batch_size")
         if (topk > 0) != (position is not None):
             raise PurrError("`topk` and `position` go together: give both or neither")
         device = str(self.device)
@@ -309,7 +302,7 @@ class PurrceptionPipeline:
         return edit_images(self.method, self.model, self.tokenizer, images,
                            self.sampler(num_inference_steps, tau, guidance_scale, solver), keep=keep,
                            class_labels=class_labels, num_per_image=num_per_image, seed=seed,
-                           batch_size=_positive_int(batch_size, "batch_size"), first_index=first_index,
+                           batch_size=positive_int(batch_size, "batch_size"), first_index=first_index,
                            device=str(self.device), progress=progress)
 
     def variations(self, images: Any, strength: float, class_labels: Any = None, num_per_image: int = 1,
@@ -325,7 +318,7 @@ class PurrceptionPipeline:
         return edit_images(self.method, self.model, self.tokenizer, images,
                            self.sampler(num_inference_steps, tau, guidance_scale, solver), keep=keep,
                            strength=strength, class_labels=class_labels, num_per_image=num_per_image, seed=seed,
-                           batch_size=_positive_int(batch_size, "batch_size"), first_index=first_index,
+                           batch_size=positive_int(batch_size, "batch_size"), first_index=first_index,
                            device=str(self.device), progress=progress)
 
     @torch.no_grad()

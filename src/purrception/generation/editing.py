@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from purrception.data.images import ConversionLog, convert_channels, image_origin, prepare_image
-from purrception.errors import PurrError
+from purrception.errors import PurrError, positive_int
 from purrception.flows.base import FlowMethod, Snap
 from purrception.flows.known import KnownCodes
 from purrception.generation.generate import seeded_batches
@@ -287,8 +287,7 @@ def edit_images(method: FlowMethod, model: DiT, tokenizer: VQTokenizer, images: 
         device: where the tokenizer and model run.
         progress: show a progress bar.
     """
-    if isinstance(num_per_image, bool) or not isinstance(num_per_image, (int, np.integer)) or num_per_image <= 0:
-        raise PurrError(f"`num_per_image` must be a positive integer, got {num_per_image!r}")
+    num_per_image = positive_int(num_per_image, "num_per_image")
     size, side = tokenizer.image_size, model.config.input_size
     if tokenizer.latent_shape != (side, side):
         raise PurrError(f"the tokenizer's {tokenizer.latent_shape} code grid does not fit the model's {side}x{side}")

@@ -7,7 +7,7 @@ import numbers
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
-from purrception.errors import PurrError
+from purrception.errors import PurrError, positive_int
 from purrception.sampling.schedules import Schedule, as_spec, parse_schedule
 from purrception.sampling.solvers import check_solver
 
@@ -16,12 +16,6 @@ __all__ = ["SamplerSettings", "Knob"]
 #: a temperature or guidance scale as given: a number, a :class:`Schedule`, its spec string (``"linear:1.2:0.6"``),
 #: or any other callable of ``t`` (library use only: such a callable is not checked and cannot be recorded)
 Knob = float | Schedule | str | Callable[[float], float]
-
-
-def _sample_steps(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise PurrError(f"`sample_steps` must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _knob(value: Any, name: str, positive: bool) -> float | Schedule | Callable[[float], float]:
@@ -69,7 +63,7 @@ class SamplerSettings:
     solver: str = "euler"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sample_steps", _sample_steps(self.sample_steps))
+        object.__setattr__(self, "sample_steps", positive_int(self.sample_steps, "sample_steps"))
         object.__setattr__(self, "tau", _knob(self.tau, "tau", positive=True))
         object.__setattr__(self, "cfg_scale", _knob(self.cfg_scale, "cfg_scale", positive=False))
         object.__setattr__(self, "solver", check_solver(self.solver))
