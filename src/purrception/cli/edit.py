@@ -17,7 +17,8 @@ import shlex
 from pathlib import Path
 
 from purrception.cli.common import add_generator_args, positive_int
-from purrception.data.edit_inputs import read_edit_inputs, read_image
+from purrception.data.edit_inputs import read_edit_inputs
+from purrception.data.images import read_image_file
 from purrception.errors import PurrError
 from purrception.generation.editing import REGIONS, EditOutput, edit_grid
 from purrception.pipeline import PurrceptionPipeline
@@ -138,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     pipe = PurrceptionPipeline.from_pretrained(args.checkpoint, args.device, args.tokenizer, args.tokenizer_kind,
                                                args.method)
     inputs = read_edit_inputs(args.input, pipe.class_names, pipe.num_classes)
-    keep = read_image(Path(args.mask)) if args.mask is not None else args.keep
+    keep = read_image_file(Path(args.mask)) if args.mask is not None else args.keep
     labels = _class_labels(args.classes, inputs.labels, pipe.class_names)
     knobs = dict(class_labels=labels, num_per_image=args.num_per_image, num_inference_steps=args.sample_steps,
                  tau=args.tau, guidance_scale=args.cfg_scale, solver=args.solver, seed=args.seed,

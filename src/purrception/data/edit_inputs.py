@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from purrception.data.images import read_image_file
 from purrception.errors import PurrError
 from purrception.pixels import IMAGE_SUFFIXES, is_image_file, scan_image_files
 
-__all__ = ["EditInputs", "read_edit_inputs", "read_image"]
+__all__ = ["EditInputs", "read_edit_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +50,6 @@ class EditInputs:
         return len(self.labels)
 
 
-def read_image(path: Path) -> Image.Image:
-    """One image file, loaded (errors name the file)."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img
-    except UnidentifiedImageError:
-        raise PurrError(f"cannot read image {path}: Pillow does not recognise it as an image") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise PurrError(f"cannot read image {path}: {err}") from None
-
-
 def _class_id(name: str, class_names: Sequence[str], num_classes: int, folder: Path) -> int:
     if name in class_names:
         return list(class_names).index(name)
@@ -80,7 +69,7 @@ def _read_folder(root: Path, class_names: Sequence[str], num_classes: int) -> Ed
         if not loose:
             raise PurrError(f"{root} holds no images ({', '.join(IMAGE_SUFFIXES)}); give an image folder, an image "
                             "file or an .npz with 'images'")
-        return EditInputs([read_image(p) for p in loose], [None] * len(loose), [p.name for p in loose])
+        return EditInputs([read_image_file(p) for p in loose], [None] * len(loose), [p.name for p in loose])
     if loose:
         log.warning("%d image(s) directly in %s are ignored: with class sub-folders only those are read", len(loose),
                     root)
@@ -88,7 +77,7 @@ def _read_folder(root: Path, class_names: Sequence[str], num_classes: int) -> Ed
     for d, files in classes:
         label = _class_id(d.name, class_names, num_classes, root)
         for p in files:
-            images.append(read_image(p))
+            images.append(read_image_file(p))
             labels.append(label)
             names.append(p.relative_to(root).as_posix())
     log.info("%s: %d images in %d class folder(s)", root, len(images), len(classes))
@@ -135,4 +124,4 @@ def read_edit_inputs(path: str | Path, class_names: Sequence[str], num_classes: 
         return _read_folder(path, class_names, num_classes)
     if path.suffix.lower() == ".npz":
         return _read_npz(path, num_classes)
-    return EditInputs([read_image(path)], [None], [path.name])
+    return EditInputs([read_image_file(path)], [None], [path.name])

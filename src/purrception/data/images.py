@@ -35,11 +35,24 @@ from purrception.errors import PurrError
 from purrception.hashing import sha256_lines, sha256_parts
 from purrception.pixels import IMAGE_SUFFIXES, images_to_tensor, is_image_file, scan_image_files
 
-__all__ = ["ImageSource", "folder_source", "embedded_source", "resize_center_crop", "convert_channels", "GREY_MODES",
-           "prepare_image",
-           "image_to_tensor", "ImageOrigin", "image_origin", "describe_conversion", "ConversionLog"]
+__all__ = ["read_image_file", "ImageSource", "folder_source", "embedded_source", "resize_center_crop",
+           "convert_channels", "GREY_MODES", "prepare_image", "image_to_tensor", "ImageOrigin", "image_origin",
+           "describe_conversion", "ConversionLog"]
 
 log = logging.getLogger(__name__)
+
+
+def read_image_file(path: Path) -> Image.Image:
+    """One image file, loaded; an unreadable one is a :class:`PurrError` naming the file."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img
+    except UnidentifiedImageError:  # its own message repeats the path
+        raise PurrError(f"cannot read image {path}: Pillow does not recognise it as an image; "
+                        f"remove or fix the file") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise PurrError(f"cannot read image {path}: {err}; remove or fix the file") from None
 
 
 @dataclass
@@ -68,16 +81,7 @@ class ImageSource:
         """The ``index``-th image as a PIL image (errors name the file)."""
         if self.arrays is not None:
             return Image.fromarray(self.arrays[index])
-        path = self.files[index]
-        try:
-            with Image.open(path) as img:
-                img.load()
-                return img
-        except UnidentifiedImageError:  # its own message repeats the path
-            raise PurrError(f"cannot read image {path}: Pillow does not recognise it as an image; "
-                            f"remove or fix the file") from None
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-            raise PurrError(f"cannot read image {path}: {err}; remove or fix the file") from None
+        return read_image_file(self.files[index])
 
 
 def _read_labels_file(root: Path, labels_file: Path) -> tuple[list[Path], list[str]]:
