@@ -138,5 +138,11 @@ def test_a_folder_path_is_a_data_set_read_as_purr_tokenizer_train_reads_it(tmp_p
     assert (entry.size, entry.channels, entry.protocol, entry.preset) == (28, 1, "folder", "folder-cpu")
     assert entry.reference() == str(tmp_path.resolve())
     assert get_dataset(str(tmp_path), size=16, channels=3).size == 16
+    cache = tmp_path.parent / f"{tmp_path.name}-cache"
+    work = entry.work_dir(cache, tmp_path.resolve())  # a folder outside the cache: keyed by its listing
+    assert work.parent == cache and work.name.startswith("folder-")
+    assert work != get_dataset(str(tmp_path), size=16).work_dir(cache, tmp_path.resolve())
+    tokenizer = entry.ensure_tokenizer(cache, tokenizer_steps=2, progress=False)
+    assert tokenizer.parent == work and (tokenizer / "model.safetensors").is_file()
     with pytest.raises(purrception.errors.PurrError, match="unknown data set 'nowhere'"):
         get_dataset("nowhere")

@@ -193,7 +193,7 @@ class ImageFolderData(DataSet):
         from purrception.data.images import folder_source
 
         fingerprint = folder_source(images).description["fingerprint"]
-        return cache / f"folder-{sha256_parts(fingerprint, self.size, self.channels, length=12)}"
+        return cache / f"folder-{sha256_parts(fingerprint, str(self.size), str(self.channels), length=12)}"
 
     def located(self, cache: Path) -> tuple[Path, Path]:
         """The image folder (made once, for an entry that makes it) and where its tokenizer and shards are cached."""
