@@ -57,6 +57,7 @@ class DemoSettings:
         temperatures: the panels' temperatures ``tau`` (eq. 15), numbers or schedule specs, one panel each.
         per_class: samples per class and temperature.
         sample_steps: integration steps of the sampler.
+        solver: the sampler's ODE solver (``sampling.solvers``).
         cfg_scale: classifier-free guidance scale (1 = off).
         seed: sampling seed (image ``i`` of a panel uses the noise of ``(seed, i)``).
         tokenizer_steps: training steps of the tokenizer on first use; ``None``: the data set's recipe.
@@ -71,6 +72,7 @@ class DemoSettings:
     temperatures: tuple[float | str, ...] = (0.5, 0.8, 1.0, 1.3)
     per_class: int = 10
     sample_steps: int = 50
+    solver: str = "euler"
     cfg_scale: float = 1.0
     seed: int = 0
     tokenizer_steps: int | None = None
@@ -135,7 +137,8 @@ def generate(pipe: PurrceptionPipeline, settings: DemoSettings, progress: bool) 
     panels = []
     for tau in settings.temperatures:
         out = pipe(class_labels=None, num_per_class=settings.per_class, num_inference_steps=settings.sample_steps,
-                   tau=tau, guidance_scale=settings.cfg_scale, seed=settings.seed, progress=progress)
+                   tau=tau, guidance_scale=settings.cfg_scale, solver=settings.solver, seed=settings.seed,
+                   progress=progress)
         panels.append(DemoSamples(tau, out.pixels, out.labels))
     return panels
 
@@ -169,7 +172,7 @@ def report(settings: DemoSettings, dataset: DataSet, data: PreparedData, ckpt: C
         "training": {"checkpoint": str(result.checkpoint), "steps": result.step, "final_loss": result.last_loss,
                      "resumed_from_step": result.start_step, "config": ckpt.state.config,
                      "differs_from_asked": differs},
-        "sampling": {"solver": "euler", "sample_steps": settings.sample_steps, "cfg_scale": settings.cfg_scale,
+        "sampling": {"solver": settings.solver, "sample_steps": settings.sample_steps, "cfg_scale": settings.cfg_scale,
                      "temperatures": [p.tau for p in panels], "per_class": settings.per_class,
                      "seed": settings.seed, "weights": "EMA"},
         "classifier": judge.judge_facts,

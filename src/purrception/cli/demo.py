@@ -10,6 +10,7 @@ from purrception.data.datasets import DATASETS
 from purrception.demo import DemoSettings, run_demo
 from purrception.sampling.schedules import SHAPES, as_spec
 from purrception.sampling.settings import SamplerSettings
+from purrception.sampling.solvers import SOLVERS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,12 +28,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a training field of the data set's preset, e.g. --set steps=3000 (training steps; "
                         "sampling steps are --sample-steps; on a reused --out, more steps train the cached model on)")
-    p.add_argument("--tau", nargs="+", default=[0.5, 0.8, 1.0, 1.3],
+    taus = list(DemoSettings.temperatures)
+    p.add_argument("--tau", nargs="+", default=taus,
                    help=f"temperatures to sample at, one panel each: numbers > 0 or schedules {'|'.join(SHAPES)}:"
-                        "START:END (default 0.5 0.8 1.0 1.3)")
-    p.add_argument("--per-class", type=positive_int, default=10, help="samples per class and temperature")
-    add_sample_steps_arg(p, 50)
-    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (default 1 = off)")
+                        f"START:END (default {' '.join(map(str, taus))})")
+    p.add_argument("--per-class", type=positive_int, default=DemoSettings.per_class,
+                   help=f"samples per class and temperature (default {DemoSettings.per_class})")
+    add_sample_steps_arg(p, DemoSettings.sample_steps)
+    p.add_argument("--solver", default=DemoSettings.solver,
+                   help=f"ODE solver: {', '.join(SOLVERS)} (default {DemoSettings.solver})")
+    p.add_argument("--cfg-scale", type=float, default=DemoSettings.cfg_scale,
+                   help=f"classifier-free guidance scale (1 = off; default {DemoSettings.cfg_scale:g})")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--tokenizer-steps", type=positive_int, default=None,
                    help="training steps of the tokenizer, on first use (default: the data set's recipe, 1000 "
@@ -42,10 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    samplers = [SamplerSettings(sample_steps=args.sample_steps, tau=tau, cfg_scale=args.cfg_scale) for tau in args.tau]
+    samplers = [SamplerSettings(sample_steps=args.sample_steps, tau=tau, cfg_scale=args.cfg_scale, solver=args.solver)
+                for tau in args.tau]
     settings = DemoSettings(out_dir=args.out, data=args.data, cache_dir=args.cache_dir, train_overrides=args.overrides,
                             temperatures=tuple(as_spec(s.tau) for s in samplers), per_class=args.per_class,
-                            sample_steps=args.sample_steps,
+                            sample_steps=args.sample_steps, solver=samplers[0].solver,
                             cfg_scale=args.cfg_scale, seed=args.seed, tokenizer_steps=args.tokenizer_steps,
                             device=args.device)
     summary = run_demo(settings)

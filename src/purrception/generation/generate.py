@@ -18,6 +18,7 @@ from purrception.flows.base import FlowMethod, Snap
 from purrception.models.dit import DiT
 from purrception.pixels import tensor_to_images
 from purrception.sampling.settings import SamplerSettings
+from purrception.threads import ThreadGovernor
 from purrception.tokenizers.base import VQTokenizer
 
 __all__ = ["noise_for", "seeded_batches", "generate_codes", "generate_images", "balanced_labels", "repeat_labels",
@@ -58,9 +59,13 @@ def check_labels(labels: np.ndarray, num_classes: int) -> None:
 
 def seeded_batches(labels: np.ndarray, seed: int, shape: tuple[int, ...], batch_size: int, first_index: int = 0,
                    device: str = "cpu", progress: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """``(noise, y)`` batches for ``labels``: image ``k`` gets the noise of ``(seed, first_index + k)``."""
+    """``(noise, y)`` batches for ``labels``: image ``k`` gets the noise of ``(seed, first_index + k)``.
+
+    The CPU thread count follows the free cores between batches (:class:`~purrception.threads.ThreadGovernor`)."""
+    threads = ThreadGovernor(device)
     for start in tqdm(range(0, len(labels), batch_size), desc="sample", disable=not progress, dynamic_ncols=True):
         stop = min(start + batch_size, len(labels))
+        threads.check()
         noise = noise_for(range(first_index + start, first_index + stop), seed, shape).to(device)
         yield noise, torch.as_tensor(labels[start:stop], device=device)
 

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from purrception.errors import PurrError
 from purrception.io import atomic_write, safe_torch_load
 from purrception.pixels import images_to_tensor
+from purrception.threads import ThreadGovernor
 from purrception.tokenizers.base import TrainableTokenizer, VQTokenizer
 from purrception.tokenizers.registry import TokenizerKind, kind_for_config
 from purrception.tokenizers.store import CONFIG_NAME, save_tokenizer
@@ -115,7 +116,9 @@ def train_tokenizer(images: np.ndarray, model_config: Any, train_config: Tokeniz
     model.train()
     bar = tqdm(total=train_config.steps, initial=start, desc="tokenizer", disable=not progress, dynamic_ncols=True)
     t0 = time.perf_counter()
+    threads = ThreadGovernor(device)
     for step in range(start, train_config.steps):
+        threads.check()
         idx = torch.randint(0, images.shape[0], (train_config.batch_size,), generator=gen)
         x = images_to_tensor(images[idx.numpy()]).to(device)
         loss, rec = model.training_loss(x, reconstruction)

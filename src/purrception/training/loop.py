@@ -59,6 +59,7 @@ from purrception.flows.base import FlowMethod, LossOutput, get_method
 from purrception.io import atomic_save_json, partial_writes
 from purrception.models.dit import DiT, dit_config_from_preset
 from purrception.models.dit_import import import_dit_trunk
+from purrception.threads import ThreadGovernor
 from purrception.training.config import TrainConfig, config_differences, resumed_config
 from purrception.training.data import ShardBatches, slot_generator
 from purrception.training.ema import EMA
@@ -412,8 +413,10 @@ class _Run:
         if self.dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.dev)
         self.model.train()
+        threads = ThreadGovernor(self.dev)  # on a CPU: the thread count follows the cores other processes leave free
         try:
             for step in bar:
+                threads.check()
                 loss, parts, grad_norm = self.step(step)
                 done = step + 1
                 if done % config.log_every == 0 or done == config.steps:
