@@ -5,6 +5,7 @@ Everything is sized for 2 CPU cores: the whole session setup takes seconds.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,9 @@ from purrception.tokenizers.train import TokenizerTrainConfig, train_tokenizer
 from purrception.training.config import TrainConfig
 
 TINY_MODEL = {"hidden_size": 32, "depth": 1, "num_heads": 2}
+# torch's own thread count, fixed for the whole session, session fixtures included (tests that compare two runs bit
+# for bit need one count; the adaptive count is tested in test_threads.py)
+os.environ.setdefault("PURR_THREADS", str(torch.get_num_threads()))
 
 
 @pytest.fixture(autouse=True)

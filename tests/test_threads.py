@@ -92,3 +92,24 @@ def test_a_gpu_run_keeps_its_threads(monkeypatch):
     FakeMachine(monkeypatch)
     torch.set_num_threads(2)
     assert not threads.ThreadGovernor("cuda").adaptive and torch.get_num_threads() == 2
+
+
+def test_a_resumed_run_keeps_the_thread_count_it_was_trained_with(tiny_shards_dir, tmp_path, monkeypatch):
+    from conftest import tiny_config
+
+    from purrception.checkpoint import load_checkpoint
+    from purrception.training.loop import train
+
+    monkeypatch.setenv(threads.THREADS_ENV, "1")
+    first = train(tiny_config(steps=2, ckpt_every=2), tiny_shards_dir, tmp_path / "run", progress=False)
+    assert load_checkpoint(first.checkpoint).state.cpu_threads == 1
+    monkeypatch.delenv(threads.THREADS_ENV)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    monkeypatch.setattr(threads.ThreadGovernor, "free_cores", lambda self: 2)   # an idle machine would pick 2
+    torch.set_num_threads(2)
+    resumed = train(tiny_config(steps=4, ckpt_every=2), tiny_shards_dir, tmp_path / "run", resume=True,
+                    progress=False)
+    assert torch.get_num_threads() == 1 and load_checkpoint(resumed.checkpoint).state.cpu_threads == 1
+    monkeypatch.setenv(threads.THREADS_ENV, "2")                                     # the user's word wins
+    train(tiny_config(steps=6, ckpt_every=2), tiny_shards_dir, tmp_path / "run", resume=True, progress=False)
+    assert torch.get_num_threads() == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 
 import numpy as np
 import pytest
@@ -111,10 +112,11 @@ ORIGINAL_KEYS = {"format", "version", "config", "model_config", "method", "token
                  "world_size", "train_seconds"}
 
 
-def test_checkpoint_state_writes_the_original_keys_and_the_loss(tiny_checkpoint):
+def test_checkpoint_state_writes_the_original_keys_the_loss_and_the_thread_count(tiny_checkpoint):
     on_disk = torch.load(tiny_checkpoint, map_location="cpu", weights_only=True)
-    assert set(on_disk) == ORIGINAL_KEYS | {"loss"} and math.isfinite(on_disk["loss"])
-    assert set(load_checkpoint(tiny_checkpoint).state.to_dict()) == ORIGINAL_KEYS | {"loss"}
+    assert set(on_disk) == ORIGINAL_KEYS | {"loss", "cpu_threads"} and math.isfinite(on_disk["loss"])
+    assert on_disk["cpu_threads"] == int(os.environ["PURR_THREADS"])  # conftest fixes the count
+    assert set(load_checkpoint(tiny_checkpoint).state.to_dict()) == ORIGINAL_KEYS | {"loss", "cpu_threads"}
 
 
 def test_checkpoint_in_the_original_layout_loads_and_resumes_exactly(tiny_shards_dir, tiny_tokenizer_dir, tmp_path):

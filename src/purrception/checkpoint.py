@@ -65,6 +65,7 @@ class CheckpointState:
     optimizer: dict[str, Any] | None = None
     rng: list[dict[str, Any]] | None = None  # capture_rng_state() of every rank, in rank order
     world_size: int | None = None
+    cpu_threads: int | None = None       # torch's CPU thread count of the run (float rounding depends on it)
     # -- facts -------------------------------------------------------------------------------------------------
     latent_shape: list[int] | None = None
     data_position: dict[str, Any] | None = None  # {"step", "samples_seen", "seed"}

@@ -15,7 +15,12 @@ process's own CPU time, so it needs no pause to measure and can re-check during 
 3. otherwise the usable cores (the affinity mask, capped by a cgroup CPU quota) minus the cores other processes
    kept busy since the last check, at least one.
 
-Where the counters are missing (not Linux), the usable cores are used. docs/ARCHITECTURE.md (floor 1) places this
+Where the counters are missing (not Linux), the usable cores are used.
+
+The count changes float rounding: a parallel reduction splits its sum by thread, so the same training step run with
+one thread and with two differs in the last bits. Loops whose result must be reproducible (generator training, whose
+resume is bit-identical) therefore pick the count once with :func:`threads_for_run` and keep it; the checkpoint
+records it and a resumed run uses the recorded count again. docs/ARCHITECTURE.md (floor 1) places this
 module: it imports torch and nothing of the library.
 """
 
@@ -31,7 +36,7 @@ import torch
 
 from purrception.errors import PurrError
 
-__all__ = ["ThreadGovernor", "usable_cores", "thread_setting", "THREADS_ENV", "RECHECK_SECONDS"]
+__all__ = ["ThreadGovernor", "threads_for_run", "usable_cores", "thread_setting", "THREADS_ENV", "RECHECK_SECONDS"]
 
 log = logging.getLogger(__name__)
 
@@ -134,3 +139,14 @@ class ThreadGovernor:
         if count != torch.get_num_threads():
             log.info("using %d CPU thread(s) (%s; %s=N fixes it)", count, why, THREADS_ENV)
             torch.set_num_threads(count)
+
+
+def threads_for_run(device: str | torch.device = "cpu", recorded: int | None = None) -> int:
+    """Set the thread count a reproducible run keeps: ``recorded`` (the count a resumed run was trained with) when
+    the count is free to choose, else what :class:`ThreadGovernor` picks now; returns the count in use."""
+    governor = ThreadGovernor(device)
+    if governor.adaptive and recorded is not None and recorded != torch.get_num_threads():
+        log.info("using the run's %d CPU thread(s), as it was trained with, so the resume is bit-identical "
+                 "(%s=N sets another count)", recorded, THREADS_ENV)
+        torch.set_num_threads(recorded)
+    return torch.get_num_threads()

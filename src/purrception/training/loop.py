@@ -59,7 +59,7 @@ from purrception.flows.base import FlowMethod, LossOutput, get_method
 from purrception.io import atomic_save_json, partial_writes
 from purrception.models.dit import DiT, dit_config_from_preset
 from purrception.models.dit_import import import_dit_trunk
-from purrception.threads import ThreadGovernor
+from purrception.threads import threads_for_run
 from purrception.training.config import TrainConfig, config_differences, resumed_config
 from purrception.training.data import ShardBatches, slot_generator
 from purrception.training.ema import EMA
@@ -317,6 +317,8 @@ class _Run:
         self._build(resumed)
         if resumed is not None:
             self.restore(resumed)
+        else:  # the thread count is kept for the whole run and recorded: float rounding depends on it
+            self.cpu_threads = threads_for_run(self.dev)
         self._wrap()
         self._write_run_files(shards_path)
         self.writer = _RunWriter(config, run_dir, info, self.tokenizer_entry["path"], self.shards)
@@ -373,6 +375,7 @@ class _Run:
         self.train_seconds = ckpt.train_seconds or 0.0
         if state.rng is not None and len(state.rng) == self.info.world_size:
             restore_rng_state(state.rng[self.info.rank], self.dev)
+        self.cpu_threads = threads_for_run(self.dev, state.cpu_threads)
 
     def _wrap(self) -> None:
         """Optional per-block ``torch.compile`` and, over several processes, DistributedDataParallel."""
@@ -413,10 +416,8 @@ class _Run:
         if self.dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.dev)
         self.model.train()
-        threads = ThreadGovernor(self.dev)  # on a CPU: the thread count follows the cores other processes leave free
         try:
             for step in bar:
-                threads.check()
                 loss, parts, grad_norm = self.step(step)
                 done = step + 1
                 if done % config.log_every == 0 or done == config.steps:
@@ -489,7 +490,7 @@ class _Run:
             tokenizer=self.tokenizer_entry, codebook=self.codebook.clone(), num_classes=shards.num_classes, step=step,
             model=model.state_dict(), ema=self.ema.model.state_dict(), ema_updates=self.ema.num_updates,
             optimizer=self.opt.state_dict(), rng=rng, world_size=self.info.world_size,
-            latent_shape=list(shards.latent_shape),
+            cpu_threads=self.cpu_threads if self.dev.type == "cpu" else None, latent_shape=list(shards.latent_shape),
             data_position={"step": step, "samples_seen": step * config.batch_size, "seed": config.seed},
             train_seconds=self.train_seconds, loss=loss,
         )
