@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import re
 import tempfile
@@ -15,18 +17,27 @@ import torch
 from purrception.errors import PurrError
 from purrception.hashing import sha256_tensor as sha256_of_tensor  # the name older code imports from here
 
-__all__ = ["default_cache_dir", "cache_root", "atomic_write", "current_umask", "partial_writes", "atomic_save_json",
-           "atomic_torch_save", "load_json", "safe_torch_load", "why_unreadable", "sha256_of_tensor"]
+__all__ = ["default_cache_dir", "cache_root", "atomic_write", "append_line", "disk_full_error", "current_umask",
+           "partial_writes", "remove_partial_writes", "atomic_save_json", "atomic_torch_save", "load_json",
+           "safe_torch_load", "why_unreadable", "sha256_of_tensor"]
+
+log = logging.getLogger(__name__)
 
 #: suffix of atomic_write's temporary files (their names are ``.<target name>.<random>.tmp``)
 _TMP_SUFFIX = ".tmp"
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``.
+    """Call ``write(tmp_path)``, flush the file to disk, then rename it onto ``path``: the one way this library
+    writes a file.
 
-    A crash in the middle leaves the previous file (if any) untouched. A process killed outright (SIGKILL) also
-    leaves its hidden temporary file beside it; :func:`partial_writes` finds those.
+    The temporary file lies in the target's folder (so the rename is atomic), its contents are ``fsync``-ed before
+    the rename and the folder after it (where the filesystem supports it), so a reader, a crash or a power cut sees
+    the previous file or the new one, never part of one. A write that fails (an exception, a full disk, a file size
+    limit) removes its temporary file and leaves the previous file untouched; a full disk or a size limit raises a
+    one-line :class:`PurrError` (:func:`disk_full_error`). A process killed outright (SIGKILL) leaves its hidden
+    temporary file ``.<name>.<random>.tmp`` beside the target; :func:`partial_writes` and
+    :func:`remove_partial_writes` find and remove those.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -34,12 +45,85 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        _fsync_path(tmp)
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's file is private; the result is an ordinary file
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        full = disk_full_error(path, err)
+        if full is not None:
+            raise full from None
         raise
+    _fsync_dir(path.parent)
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append ``line`` and a newline to the log file ``path``, flushed to disk.
+
+    Append-only logs (``metrics.jsonl``) are the one exception to :func:`atomic_write`: each record is appended
+    and flushed, so a killed process leaves at most one line cut short, which their readers skip. A full disk or a
+    size limit raises :func:`disk_full_error`'s one-line :class:`PurrError`.
+    """
+    try:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        full = disk_full_error(Path(path), err)
+        if full is not None:
+            raise full from None
+        raise
+
+
+#: errno values of a full disk, a full quota and a hit file size limit (RLIMIT_FSIZE, ``ulimit -f``)
+_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+#: how writers that do not raise OSError report those: torch's zip writer ("unexpected pos", "failed writing"),
+#: safetensors' Rust errors ("os error 28") and the C library's messages
+_FULL_MESSAGES = re.compile(r"unexpected pos|PytorchStreamWriter failed writing|No space left on device|"
+                            r"File too large|Disk quota exceeded|os error (?:27|28|122)\b")
+
+
+def disk_full_error(path: str | os.PathLike, err: BaseException) -> PurrError | None:
+    """A one-line :class:`PurrError` when ``err`` (raised while writing ``path``) means the disk is full or a file
+    size limit was hit, else None."""
+    if isinstance(err, OSError) and err.errno in _FULL_ERRNOS:
+        detail = os.strerror(err.errno)
+    elif isinstance(err, (OSError, RuntimeError)) and _FULL_MESSAGES.search(str(err)):
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        detail = _ENFORCE_PREFIX.sub("", detail)[:120]
+    else:
+        return None
+    return PurrError(f"could not write {path}: the disk is full or a file size limit was hit ({detail}); free space "
+                     f"and run the command again (files written before are intact; a training run continues from "
+                     f"its last checkpoint with `resume=True`)")
+
+
+#: torch's C++ assertion prefix, "[enforce fail at inline_container.cc:672] ", which says nothing to a user
+_ENFORCE_PREFIX = re.compile(r"^\[enforce fail at [^\]]*\]\s*")
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable; filesystems that cannot sync a folder (some network ones) are skipped."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def current_umask() -> int:
@@ -52,7 +136,27 @@ def current_umask() -> int:
 def partial_writes(folder: str | os.PathLike, name_glob: str) -> list[Path]:
     """The temporary files that :func:`atomic_write` calls for targets matching ``name_glob`` in ``folder`` left
     when they were killed mid-write (never complete files: a finished write renames its temporary file)."""
-    return sorted(Path(folder).glob(f".{name_glob}.*{_TMP_SUFFIX}"))
+    return sorted(p for p in Path(folder).glob(f".{name_glob}.*{_TMP_SUFFIX}") if _TMP_NAME.match(p.name))
+
+
+#: the name of :func:`atomic_write`'s temporary file: ``.<target name>.<random characters>.tmp``
+_TMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
+
+
+def remove_partial_writes(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that writers killed mid-write left anywhere under ``folder``; return them.
+
+    Call it only as the folder's one writer (under :func:`purrception.locks.folder_lock`): another writer's
+    temporary file is in use until it is renamed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = sorted(p for p in folder.rglob(f".*{_TMP_SUFFIX}") if _TMP_NAME.match(p.name) and p.is_file())
+    for path in found:
+        path.unlink(missing_ok=True)
+        log.info("removed %s, a file write cut short when an earlier process was killed", path)
+    return found
 
 
 def atomic_save_json(path: str | os.PathLike, obj: Any) -> None:
