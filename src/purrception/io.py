@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -14,12 +15,17 @@ from typing import Any, Callable
 
 import torch
 
+try:
+    import resource
+except ImportError:  # not on Windows: no file size limit to hit
+    resource = None  # type: ignore[assignment]
+
 from purrception.errors import PurrError
 from purrception.hashing import sha256_tensor as sha256_of_tensor  # the name older code imports from here
 
 __all__ = ["default_cache_dir", "cache_root", "atomic_write", "append_line", "disk_full_error", "current_umask",
-           "partial_writes", "remove_partial_writes", "atomic_save_json", "atomic_torch_save", "load_json",
-           "safe_torch_load", "why_unreadable", "sha256_of_tensor"]
+           "partial_writes", "remove_partial_writes", "atomic_save_json", "atomic_copy", "atomic_torch_save",
+           "load_json", "safe_torch_load", "why_unreadable", "sha256_of_tensor"]
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +55,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's file is private; the result is an ordinary file
         os.replace(tmp, path)
     except BaseException as err:
+        at_limit = _filled_up(tmp)
         if os.path.exists(tmp):
             os.unlink(tmp)
-        full = disk_full_error(path, err)
+        full = disk_full_error(path, err, at_limit)
         if full is not None:
             raise full from None
         raise
@@ -85,12 +92,17 @@ _FULL_MESSAGES = re.compile(r"unexpected pos|PytorchStreamWriter failed writing|
                             r"File too large|Disk quota exceeded|os error (?:27|28|122)\b")
 
 
-def disk_full_error(path: str | os.PathLike, err: BaseException) -> PurrError | None:
+def disk_full_error(path: str | os.PathLike, err: BaseException, filled_up: bool = False) -> PurrError | None:
     """A one-line :class:`PurrError` when ``err`` (raised while writing ``path``) means the disk is full or a file
-    size limit was hit, else None."""
+    size limit was hit, else None.
+
+    Writers in C++ or Rust report it in their own words (torch's zip writer: "unexpected pos" or an iostream
+    error), so besides the known messages an I/O-looking error counts when ``filled_up`` says the file being written
+    reached the size limit or its disk is out of space (:func:`_filled_up`).
+    """
     if isinstance(err, OSError) and err.errno in _FULL_ERRNOS:
         detail = os.strerror(err.errno)
-    elif isinstance(err, (OSError, RuntimeError)) and _FULL_MESSAGES.search(str(err)):
+    elif isinstance(err, (OSError, RuntimeError)) and (filled_up or _FULL_MESSAGES.search(str(err))):
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         detail = _ENFORCE_PREFIX.sub("", detail)[:120]
     else:
@@ -102,6 +114,24 @@ def disk_full_error(path: str | os.PathLike, err: BaseException) -> PurrError | 
 
 #: torch's C++ assertion prefix, "[enforce fail at inline_container.cc:672] ", which says nothing to a user
 _ENFORCE_PREFIX = re.compile(r"^\[enforce fail at [^\]]*\]\s*")
+
+
+#: below this many free bytes a failed write is taken for a full disk
+_NEARLY_FULL = 1 << 20
+
+
+def _filled_up(tmp: str) -> bool:
+    """Whether the half-written ``tmp`` reached the process's file size limit or its disk has (almost) no room."""
+    try:
+        size = os.path.getsize(tmp)
+        if resource is not None:
+            soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+            if soft != resource.RLIM_INFINITY and size >= soft:
+                return True
+        st = os.statvfs(os.path.dirname(tmp) or ".")
+        return st.f_bavail * st.f_frsize < _NEARLY_FULL
+    except (OSError, AttributeError):
+        return False
 
 
 def _fsync_path(path: str) -> None:
@@ -168,6 +198,12 @@ def atomic_save_json(path: str | os.PathLike, obj: Any) -> None:
             f.write("\n")
 
     atomic_write(path, write)
+
+
+def atomic_copy(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy the file ``source`` to ``target`` through :func:`atomic_write` (``shutil.copytree``'s
+    ``copy_function`` for folders this library copies)."""
+    atomic_write(target, lambda tmp: shutil.copyfile(source, tmp))
 
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:

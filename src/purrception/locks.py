@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import json
 import logging
 import os
@@ -33,9 +34,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from purrception.errors import PurrError
-from purrception.io import remove_partial_writes
+from purrception.io import partial_writes, remove_partial_writes
 
-__all__ = ["LOCK_NAME", "folder_lock", "is_lock_file", "lock_holder"]
+__all__ = ["LOCK_NAME", "folder_lock", "file_lock", "is_lock_file", "lock_holder"]
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,10 @@ _HELD: dict[tuple[int, Path], list[int]] = {}
 
 
 def is_lock_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a :func:`folder_lock` lock file (to be skipped wherever a folder's contents count)."""
-    return Path(path).name == LOCK_NAME
+    """Whether ``path`` is a lock file of :func:`folder_lock` or :func:`file_lock` (to be skipped wherever a
+    folder's contents count)."""
+    name = Path(path).name
+    return name.startswith(".") and name.endswith(LOCK_NAME)
 
 
 def lock_holder(folder: str | os.PathLike) -> dict | None:
@@ -83,32 +86,60 @@ def folder_lock(folder: str | os.PathLike, param: str = "out") -> Iterator[Path]
         raise PurrError(f"cannot create the folder {folder} ({err.strerror}); choose another `{param}`") from None
     if not folder.is_dir():
         raise PurrError(f"`{param}` {folder} is a file, not a folder; choose another `{param}` (nothing was written)")
-    key = (os.getpid(), folder.resolve())
+    with _held(folder / LOCK_NAME, folder, param, created):
+        remove_partial_writes(folder)
+        yield folder
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike, param: str = "out") -> Iterator[Path]:
+    """Hold the exclusive lock of the output file ``path`` (a report, say) for the body; yields ``path``.
+
+    The lock file is ``.<name>.purr.lock`` beside it, so writers of other files in the same folder are not kept out.
+    Temporary files of an earlier write of ``path`` cut short are removed. Refusals as in :func:`folder_lock`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise PurrError(f"`{param}` {path} is a folder, not a file; choose another `{param}` (nothing was written)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PurrError(f"cannot create the folder {path.parent} ({err.strerror}); choose another `{param}`") from None
+    with _held(path.parent / f".{path.name}{LOCK_NAME}", path, param, created=False):
+        for partial in partial_writes(path.parent, glob.escape(path.name)):
+            partial.unlink(missing_ok=True)
+            log.info("removed %s, a write of %s cut short when an earlier process was killed", partial, path)
+        yield path
+
+
+@contextlib.contextmanager
+def _held(lock_path: Path, target: Path, param: str, created: bool) -> Iterator[None]:
+    """Hold ``lock_path`` (re-entrant in this process) for the body; release and tidy up after it."""
+    key = (os.getpid(), lock_path.resolve())
     if key in _HELD:
         _HELD[key][0] += 1
         try:
-            yield folder
+            yield
         finally:
             _HELD[key][0] -= 1
         return
-    fd = _acquire(folder, param)
+    fd = _acquire(lock_path, target, param)
     _HELD[key] = [1, fd]
     try:
-        remove_partial_writes(folder)
-        yield folder
+        yield
     finally:
         del _HELD[key]
-        _release(folder, fd, created)
+        _release(lock_path, fd, target if created else None)
 
 
-def _acquire(folder: Path, param: str) -> int:
-    """Lock ``folder/.purr.lock`` and record this process in it; return the open descriptor."""
-    path = folder / LOCK_NAME
+def _acquire(path: Path, folder: Path, param: str) -> int:
+    """Lock the lock file ``path`` of ``folder`` (a folder or file) and record this process in it; return the open
+    descriptor."""
     for _ in range(5):  # the file can be deleted (released) or replaced (taken over) between open and flock
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         except FileNotFoundError:  # a writer that created the folder and wrote nothing removed it on release
-            folder.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             continue
         try:
             locked = _try_flock(fd)
@@ -202,14 +233,14 @@ def _busy_message(folder: Path, holder: dict | None, param: str) -> str:
     return f"{folder} is being written by {who}; wait for it to finish or choose another `{param}`"
 
 
-def _release(folder: Path, fd: int, created: bool) -> None:
-    """Delete the lock file (while still holding it, so no one locks the doomed file), unlock, and remove a folder
-    the lock created that stayed empty."""
+def _release(path: Path, fd: int, created: Path | None) -> None:
+    """Delete the lock file (while still holding it, so no one locks the doomed file), unlock, and remove the folder
+    ``created`` by the lock if it stayed empty."""
     with contextlib.suppress(OSError):
-        if _same_file(fd, folder / LOCK_NAME):
-            os.unlink(folder / LOCK_NAME)
+        if _same_file(fd, path):
+            os.unlink(path)
     with contextlib.suppress(OSError):
         os.close(fd)
-    if created:
+    if created is not None:
         with contextlib.suppress(OSError):
-            folder.rmdir()  # only succeeds when empty
+            created.rmdir()  # only succeeds when empty
