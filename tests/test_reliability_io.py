@@ -389,3 +389,14 @@ def test_a_failed_encode_is_retried_on_the_repaired_folder(tiny_tokenizer_dir, t
     assert "the input images changed since the unfinished encode there stopped; discarding its 2 stale" in caplog.text
     assert len(TokenShards.open(out)) == 6 and not parts_dir(out).exists()
     assert sorted(p.name for p in out.iterdir()) == ["codebook.npy", "codes.npy", "labels.npy", "manifest.json"]
+
+
+def test_reserve_space_allocates_a_sparse_file_before_it_is_written_through_a_map(tmp_path):
+    from purrception.io import reserve_space
+
+    path = tmp_path / "codes.npy"
+    with open(path, "wb") as f:
+        f.truncate(8 << 20)  # sparse: no blocks yet
+    assert path.stat().st_blocks * 512 < 1 << 20
+    reserve_space(path)
+    assert path.stat().st_blocks * 512 >= 8 << 20 and path.stat().st_size == 8 << 20

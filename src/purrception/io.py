@@ -23,9 +23,9 @@ except ImportError:  # not on Windows: no file size limit to hit
 from purrception.errors import PurrError
 from purrception.hashing import sha256_tensor as sha256_of_tensor  # the name older code imports from here
 
-__all__ = ["default_cache_dir", "cache_root", "atomic_write", "append_line", "disk_full_error", "current_umask",
-           "partial_writes", "remove_partial_writes", "atomic_save_json", "atomic_copy", "atomic_torch_save",
-           "load_json", "safe_torch_load", "why_unreadable", "sha256_of_tensor"]
+__all__ = ["default_cache_dir", "cache_root", "atomic_write", "append_line", "disk_full_error", "reserve_space",
+           "current_umask", "partial_writes", "remove_partial_writes", "atomic_save_json", "atomic_copy",
+           "atomic_torch_save", "load_json", "safe_torch_load", "why_unreadable", "sha256_of_tensor"]
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,22 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     except OSError:
         pass
+    finally:
+        os.close(fd)
+
+
+def reserve_space(path: str | os.PathLike) -> None:
+    """Allocate the blocks of the (sparse) file ``path`` up to its size, so that a full disk is reported now as an
+    ``OSError`` instead of killing the process (SIGBUS) when a memory map of it is written. Filesystems without
+    ``posix_fallocate`` are left as they are."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as err:
+        if err.errno in _FULL_ERRNOS:
+            raise
     finally:
         os.close(fd)
 
