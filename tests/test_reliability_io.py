@@ -242,8 +242,8 @@ def test_two_trainings_into_one_folder_started_together_one_trains_one_refuses(t
 
     run = tmp_path / "run"
     argv = [sys.executable, "-m", "purrception", "train", "--shards", str(tiny_shards_dir), "--out", str(run),
-            "--no-progress", "--device", "cpu", "--set", "steps=40", "--set", "batch_size=8", "--set", "log_every=1",
-            "--set", "ckpt_every=20", "--set", "model_overrides=" + json.dumps(
+            "--no-progress", "--device", "cpu", "--set", "steps=120", "--set", "batch_size=8", "--set", "log_every=1",
+            "--set", "ckpt_every=60", "--set", "model_overrides=" + json.dumps(
                 {"hidden_size": 32, "depth": 1, "num_heads": 2})]
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -258,10 +258,10 @@ def test_two_trainings_into_one_folder_started_together_one_trains_one_refuses(t
     winner_pid = procs[[r[0] for r in results].index(0)].pid
     assert refused[2].startswith(f"purr: error: {run} is being written by pid {winner_pid} on "), refused[2]
     assert refused[2].rstrip().endswith("wait for it to finish or choose another --out") and loser.pid != winner_pid
-    assert json.loads(trained[1].splitlines()[-1])["step"] == 40
+    assert json.loads(trained[1].splitlines()[-1])["step"] == 120
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 41))  # one writer: no interleaved or repeated lines
-    assert load_checkpoint(run / "checkpoints" / "step_00000040.pt").step == 40
+    assert steps == list(range(1, 121))  # one writer: no interleaved or repeated lines
+    assert load_checkpoint(run / "checkpoints" / "step_00000120.pt").step == 120
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.json", "metrics.jsonl"]
 
 
