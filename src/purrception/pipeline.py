@@ -36,11 +36,12 @@ from purrception.errors import PurrError, positive_int
 from purrception.evaluation.evaluate import EvalSettings, evaluate_generator
 from purrception.flows.base import FlowMethod, get_method
 from purrception.generation.editing import EditOutput, edit_images
-from purrception.generation.generate import check_labels, generate_codes
+from purrception.generation.generate import check_images_fit, check_labels, generate_codes
 from purrception.generation.generator import Generator
 from purrception.generation.uncertainty import UncertaintyTrace, candidate_codes, trace_labels
 from purrception.hashing import sha256_file
-from purrception.io import atomic_save_json, atomic_write, load_json
+from purrception.io import atomic_copy, atomic_save_json, atomic_write, load_json
+from purrception.locks import folder_lock, is_lock_file
 from purrception.model_card import model_card
 from purrception.models.dit import LEGACY_POS_EMBED_LAYOUT, DiT, DiTConfig
 from purrception.pixels import tensor_to_images
@@ -222,7 +223,15 @@ class PurrceptionPipeline:
         if not np.issubdtype(classes.dtype, np.integer):
             raise PurrError(f"`class_labels` must be integers, got {list(class_labels)!r}")
         check_labels(classes, self.num_classes)
+        self.check_fits(classes.size * num_per_class, "num_per_class")
         return np.repeat(classes.astype(np.int64), num_per_class)
+
+    def check_fits(self, num_images: int, param: str = "num_images") -> None:
+        """Refuse a request of ``num_images`` images that memory cannot hold at once (before allocating any):
+        codes, pixels and a label per image (:func:`~purrception.generation.generate.check_images_fit`)."""
+        h, w = self.tokenizer.latent_shape
+        side, channels = self.tokenizer.image_size, self.tokenizer.image_channels
+        check_images_fit(num_images, 8 * h * w + side * side * channels + 8, param)
 
     def sampler(self, sample_steps: int = 100, tau: Knob = 1.0, cfg_scale: Knob = 1.0,
                 solver: str = "euler") -> SamplerSettings:
@@ -364,9 +373,18 @@ class PurrceptionPipeline:
                 ``metrics``).
         """
         folder = Path(folder)
-        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        if folder.exists() and not folder.is_dir():
             raise PurrError(f"{folder} exists and is not an empty folder; choose another (nothing was overwritten)")
-        folder.mkdir(parents=True, exist_ok=True)
+        with folder_lock(folder, param="folder"):  # one writer; the emptiness check sees no other writer's files
+            if any(not is_lock_file(p) for p in folder.iterdir()):
+                raise PurrError(f"{folder} exists and is not an empty folder; choose another "
+                                "(nothing was overwritten)")
+            self._write_folder(folder, metrics)
+        log.info("saved pipeline to %s", folder)
+        return folder
+
+    def _write_folder(self, folder: Path, metrics: dict[str, Any] | None) -> None:
+        """The files of :meth:`save_pretrained` (config.json last: it marks the folder complete)."""
         weights = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
         atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(weights, tmp))
         codebook = {"codebook": self.method.codebook.detach().contiguous().cpu()}
@@ -383,8 +401,6 @@ class PurrceptionPipeline:
         card = model_card(config)
         atomic_write(folder / "README.md", lambda tmp: Path(tmp).write_text(card))
         atomic_save_json(folder / CONFIG_NAME, config)          # last: it marks the folder complete
-        log.info("saved pipeline to %s", folder)
-        return folder
 
     def _save_tokenizer(self, folder: Path) -> dict[str, Any]:
         """Copy a tokenizer folder of this library into ``folder/tokenizer``; point to any other by path."""
@@ -395,7 +411,8 @@ class PurrceptionPipeline:
         if source is None:
             raise PurrError("this pipeline does not know where its tokenizer lives; load it with `tokenizer=PATH`")
         if (source / TOKENIZER_CONFIG).is_file():
-            shutil.copytree(source, folder / TOKENIZER_DIR)
+            shutil.copytree(source, folder / TOKENIZER_DIR, copy_function=atomic_copy,
+                            ignore=lambda _, names: [n for n in names if is_lock_file(n) or n.endswith(".tmp")])
             entry["path"], entry["folder"] = None, TOKENIZER_DIR
         return entry
 

@@ -155,11 +155,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except PurrError as err:
+        _close_progress_bars()
         print(f"purr: error: {flag_message(str(err), [_invoked_parser(parser, args)])}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("purr: interrupted", file=sys.stderr)
         return 130
+
+
+def _close_progress_bars() -> None:
+    """Close the progress bars an error left open, so that the message starts a line of its own (a bar's line
+    ends without a newline while it runs)."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,8 +8,10 @@ exactly ``--num-samples`` images are generated in total and the numbers do not d
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -20,6 +22,7 @@ from purrception.errors import PurrError
 from purrception.evaluation.evaluate import PROTOCOLS, EvalSettings, evaluate_generator, format_table
 from purrception.generation.generator import Generator
 from purrception.io import atomic_save_json
+from purrception.locks import file_lock
 from purrception.pipeline import PurrceptionPipeline, is_saved_pipeline
 from purrception.tokenizers.base import VQTokenizer
 
@@ -81,19 +84,25 @@ def run(args: argparse.Namespace) -> int:
             reference_labels=args.reference_labels or "",
             precision_recall=not args.no_precision_recall, inception_path=args.inception or "",
             cache_dir=str(args.cache_dir or default_cache_dir()), feature_batch_size=args.feature_batch_size)
-        report = evaluate_generator(generator, tokenizer, settings, info, export_npz=args.export_npz, progress=True)
-        if report is None:
-            return 0
-        out = Path(args.out) if args.out else stem.with_name(
-            f"{stem.name}.eval-{report['protocol']}-n{args.num_samples}.json")
-        # the sampler's flags as checked and recorded (a schedule by its spec), the others as given
-        report["command"] = {**{k: v for k, v in vars(args).items() if k != "func"}, **sampler.record()}
-        atomic_save_json(out, report)
-        print(format_table(report))
-        print(f"report: {out}")
+        # --out: one writer of the report (rank 0, which writes it) for the whole evaluation
+        with file_lock(args.out, param="out") if args.out and info.is_main else contextlib.nullcontext():
+            report = evaluate_generator(generator, tokenizer, settings, info, export_npz=args.export_npz,
+                                        progress=True)
+            if report is not None:
+                _write_report(report, args, stem, sampler)
         return 0
     finally:
         cleanup_distributed()
+
+
+def _write_report(report: dict[str, Any], args: argparse.Namespace, stem: Path, sampler: Any) -> None:
+    out = Path(args.out) if args.out else stem.with_name(
+        f"{stem.name}.eval-{report['protocol']}-n{args.num_samples}.json")
+    # the sampler's flags as checked and recorded (a schedule by its spec), the others as given
+    report["command"] = {**{k: v for k, v in vars(args).items() if k != "func"}, **sampler.record()}
+    atomic_save_json(out, report)
+    print(format_table(report))
+    print(f"report: {out}")
 
 
 def _generator(args: argparse.Namespace, device: torch.device) -> tuple[Generator, VQTokenizer, Path]:

@@ -104,7 +104,10 @@ def _position(text: str) -> tuple[int, int]:
     return row, col
 
 
-def _labels(args: argparse.Namespace, num_classes: int) -> np.ndarray:
+def _labels(args: argparse.Namespace, pipe: PurrceptionPipeline) -> np.ndarray:
+    num_classes = pipe.num_classes
+    if args.num is not None:
+        pipe.check_fits(args.num)  # before the labels of an impossible request are allocated
     if args.classes == "all":
         return balanced_labels(args.num or 8 * num_classes, num_classes)
     try:
@@ -147,13 +150,15 @@ def _save_uncertainty(out: Path, result: PipelineOutput, codebook_size: int, pos
 def run(args: argparse.Namespace) -> int:
     sampler = sampler_from_args(args)
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise PurrError(f"`out` {out} is a file, not a folder; choose another `out` (nothing was written)")
     if out.exists() and any(out.iterdir()):
         raise PurrError(f"{out} exists and is not empty; choose another --out (nothing was overwritten)")
     if (args.topk is None) != (args.position is None):
         raise PurrError("--topk and --position go together: e.g. --topk 5 --position 3,3")
     pipe = PurrceptionPipeline.from_pretrained(args.checkpoint, args.device, args.tokenizer, args.tokenizer_kind,
                                                args.method)
-    labels = _labels(args, pipe.num_classes)
+    labels = _labels(args, pipe)
     result = pipe(class_labels=labels, num_per_class=1, num_inference_steps=sampler.sample_steps, tau=sampler.tau,
                   guidance_scale=sampler.cfg_scale, solver=sampler.solver, seed=args.seed, batch_size=args.batch_size,
                   uncertainty_times=args.uncertainty_times, topk=args.topk or 0, position=args.position,

@@ -167,17 +167,17 @@ def run_tracked(args: argparse.Namespace) -> int:
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
             raise PurrError(f"unknown method {unknown[0]!r}; choose from {', '.join(sorted(METHODS))}")
-        store = StudyStore(args.out, {**settings, "methods": methods}, args.command_line)
-        result = studies.convergence(store, track, methods, shards, tokenizer_path, tokenizer, info)
+        with StudyStore(args.out, {**settings, "methods": methods}, args.command_line) as store:
+            result = studies.convergence(store, track, methods, shards, tokenizer_path, tokenizer, info)
         print(json.dumps({"speedups": result, "table": str(store.folder / "convergence.md")}, indent=2))
     elif args.study == "zloss":
-        store = StudyStore(args.out, {**settings, "weights": args.weights}, args.command_line)
-        studies.zloss(store, track, args.weights, shards, tokenizer_path, tokenizer, info)
+        with StudyStore(args.out, {**settings, "weights": args.weights}, args.command_line) as store:
+            studies.zloss(store, track, args.weights, shards, tokenizer_path, tokenizer, info)
         print(json.dumps({"table": str(store.folder / "zloss.md")}))
     else:
         ranks = [int(r) for r in args.ranks.split(",")]
-        store = StudyStore(args.out, {**settings, "ranks": ranks}, args.command_line)
-        result = studies.head(store, track, ranks, shards, tokenizer_path, tokenizer, info)
+        with StudyStore(args.out, {**settings, "ranks": ranks}, args.command_line) as store:
+            result = studies.head(store, track, ranks, shards, tokenizer_path, tokenizer, info)
         print(json.dumps({"equal_wall_time": result, "tables": [str(store.folder / "head.md"),
                                                                 str(store.folder / "head_wall_time.md")]}, indent=2))
     return 0
@@ -196,10 +196,10 @@ def run_sweep(args: argparse.Namespace) -> int:
     method = ckpts[0].build_method()
     for value in args.values:  # the method's own check, before any sampling (e.g. no tau sweep without logits)
         method.check_sampler(replace(base, **{args.field: value}).sampler())
-    store = StudyStore(args.out, {"study": args.field, "checkpoints": paths, "steps": [c.step for c in ckpts],
-                                  "eval": _recorded(base)}, args.command_line)
-    pairs = [(c, c.load_tokenizer()) for c in ckpts]
-    points = studies.sampler_sweep(store, pairs, base, args.field, args.values, info)
+    with StudyStore(args.out, {"study": args.field, "checkpoints": paths, "steps": [c.step for c in ckpts],
+                               "eval": _recorded(base)}, args.command_line) as store:
+        pairs = [(c, c.load_tokenizer()) for c in ckpts]
+        points = studies.sampler_sweep(store, pairs, base, args.field, args.values, info)
     print(json.dumps([{args.field: p[args.field], "fid": p["fid"], "class_accuracy": p["class_accuracy"]}
                       for p in points], indent=2))
     return 0

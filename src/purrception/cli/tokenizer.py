@@ -16,6 +16,7 @@ from purrception.data.embedded import load_embedded_mnist
 from purrception.data.embedded_shards import DIGITS_RECIPE, encode_array
 from purrception.data.tokenizer_folder import FOLDER_RECIPE, train_tokenizer_on_folder
 from purrception.errors import PurrError
+from purrception.io import atomic_write
 from purrception.pixels import tensor_to_images
 from purrception.sampling.grid import image_grid, save_png, save_samples_npz
 from purrception.tokenizers.recipe import TokenizerRecipe
@@ -167,8 +168,13 @@ def run_encode(args: argparse.Namespace) -> int:
                         f"got {images.dtype} {images.shape}")
     codes = encode_array(tokenizer, images)
     arrays = {"codes": codes} if labels is None else {"codes": codes, "labels": np.asarray(labels)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, **arrays)
+    out = out if out.suffix == ".npz" else out.with_name(out.name + ".npz")  # where np.savez(out) wrote before
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez adds no suffix to it
+            np.savez(f, **arrays)
+
+    atomic_write(out, write)
     log.info("wrote %d code grids of shape %s to %s", len(codes), codes.shape[1:], out)
     return 0
 

@@ -11,7 +11,9 @@ With ``flip=True`` every image is stored twice, original then its horizontal mir
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -35,6 +37,7 @@ from purrception.data.shards import (
 )
 from purrception.errors import PurrError
 from purrception.io import atomic_save_json, load_json
+from purrception.locks import folder_lock, is_lock_file
 from purrception.pixels import images_to_tensor
 from purrception.tokenizers.base import VQTokenizer
 from purrception.tokenizers.store import load_tokenizer
@@ -114,7 +117,7 @@ def _refuse_foreign(out: Path) -> str | None:
         return None
     if not out.is_dir():
         return f"`out` {out} is a file, not a folder; choose another `out` (nothing was written)"
-    foreign = sorted(p.name for p in out.iterdir() if p.name != PARTS_DIR)
+    foreign = sorted(p.name for p in out.iterdir() if p.name != PARTS_DIR and not is_lock_file(p))
     if foreign:
         return (f"{out} is not empty and holds no unfinished encode ({len(foreign)} other entries, e.g. "
                 f"{foreign[0]!r}); choose a new or empty `out` (nothing was written)")
@@ -122,10 +125,23 @@ def _refuse_foreign(out: Path) -> str | None:
 
 
 def _check_plan(out: Path, plan: dict[str, Any]) -> str | None:
-    """Create or compare ``OUT/.parts/plan.json``; return an error message or ``None``."""
+    """Create or compare ``OUT/.parts/plan.json``; return an error message or ``None``.
+
+    An unfinished encode of the same inputs and settings is resumed. One whose only difference is the images of the
+    same folder (its fingerprint of names, labels and sizes) is the debris of a run that failed on a bad image since
+    repaired or removed: its parts are stale, so they are discarded (logged) and the encode starts afresh. Other
+    settings (tokenizer, preprocessing, part size) are refused, so a mistyped command never throws away another
+    encode's work.
+    """
     plan_file = parts_dir(out) / PLAN_NAME
     if plan_file.is_file():
         old = load_json(plan_file, "encode plan")
+        if old != plan and _only_images_changed(old, plan):
+            log.info("%s: the input images changed since the unfinished encode there stopped; discarding its %d "
+                     "stale part(s) and starting afresh", out, len(list(parts_dir(out).glob("part-*.npz"))))
+            shutil.rmtree(parts_dir(out))
+            atomic_save_json(plan_file, plan)
+            return None
         if old != plan:
             diff = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
             return (f"{out} holds an unfinished encode of different inputs or settings ({', '.join(diff)} differ); "
@@ -133,6 +149,15 @@ def _check_plan(out: Path, plan: dict[str, Any]) -> str | None:
         return None
     atomic_save_json(plan_file, plan)
     return None
+
+
+def _only_images_changed(old: Any, plan: dict[str, Any]) -> bool:
+    """Whether two plans differ only in the contents of the same image folder (its listing and part count)."""
+    if not isinstance(old, dict) or not isinstance(old.get("source"), dict):
+        return False
+    settings = [{k: v for k, v in p.items() if k not in ("source", "num_parts")} for p in (old, plan)]
+    folder = [{k: p["source"].get(k) for k in ("type", "root", "labels_file")} for p in (old, plan)]
+    return settings[0] == settings[1] and folder[0] == folder[1] and folder[1]["type"] == "image-folder"
 
 
 def _batches(ranges: list[tuple[int, int]], parts: list[int], batch_size: int) -> list[list[int]]:
@@ -183,6 +208,12 @@ def encode_source(tokenizer: VQTokenizer, source: ImageSource, out: str | Path,
 
 def _encode(tokenizer: VQTokenizer, source: ImageSource, out: Path, options: EncodeOptions,
             info: distributed.DistInfo) -> Path:
+    with contextlib.ExitStack() as lock:  # rank 0 holds ``out``'s lock until the merge is done
+        return _encode_locked(tokenizer, source, out, options, info, lock)
+
+
+def _encode_locked(tokenizer: VQTokenizer, source: ImageSource, out: Path, options: EncodeOptions,
+                   info: distributed.DistInfo, lock: contextlib.ExitStack) -> Path:
     rank, world, device = info.rank, info.world_size, info.device
     identity = tokenizer.identity()
     preprocessing = preprocessing_record(tokenizer, options.flip)
@@ -196,6 +227,7 @@ def _encode(tokenizer: VQTokenizer, source: ImageSource, out: Path, options: Enc
     finished = False
     if rank == 0:
         try:
+            lock.enter_context(folder_lock(out, param="out"))
             if (out / MANIFEST).is_file():
                 manifest = load_json(out / MANIFEST, "shard manifest")
                 same = (isinstance(manifest, dict) and manifest.get("tokenizer") == plan["tokenizer"]

@@ -25,7 +25,7 @@ from PIL import Image
 
 from purrception.data.images import resize_center_crop
 from purrception.errors import PurrError
-from purrception.io import current_umask
+from purrception.io import current_umask, disk_full_error
 
 __all__ = ["exported_class_names", "export_image_folder", "safe_folder_name", "CLASSES_FILE"]
 
@@ -103,8 +103,11 @@ def export_image_folder(images: np.ndarray, labels: np.ndarray, class_names: Seq
         (tmp / CLASSES_FILE).write_text(json.dumps({"classes": classes}, indent=2) + "\n")
         _refuse_non_empty(out)  # again: something may have appeared there meanwhile
         os.replace(tmp, out)  # onto a missing or empty folder
-    except BaseException:
+    except BaseException as err:  # nothing of the export is left: the folder appears whole or not at all
         shutil.rmtree(tmp, ignore_errors=True)
+        full = disk_full_error(out, err)
+        if full is not None:
+            raise full from None
         raise
     log.info("wrote %d images in %d class folders to %s", len(labels), len(class_names), out)
     return out

@@ -29,7 +29,7 @@ import torch
 
 from purrception.errors import PurrError
 from purrception.hashing import sha256_tensor
-from purrception.io import atomic_save_json, atomic_write, load_json
+from purrception.io import atomic_save_json, atomic_write, load_json, reserve_space
 from purrception.tokenizers.base import TokenizerIdentity
 
 __all__ = ["TokenShards", "write_token_shards", "codes_dtype_for", "check_same_tokenizer", "parts_dir", "part_path",
@@ -166,6 +166,7 @@ def merge_token_parts(folder: str | Path, part_sizes: list[int], latent_shape: t
 
     def write_codes(tmp: str) -> None:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(total, *latent_shape))
+        reserve_space(tmp)  # a full disk is an OSError here, not a SIGBUS while writing through the map
         start = 0
         for index, size in enumerate(part_sizes):
             codes, part_labels = read_token_part(folder, index)

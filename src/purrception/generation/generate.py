@@ -7,6 +7,7 @@ batch size or the number of processes generating.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -22,7 +23,7 @@ from purrception.threads import ThreadGovernor
 from purrception.tokenizers.base import VQTokenizer
 
 __all__ = ["noise_for", "seeded_batches", "generate_codes", "generate_images", "balanced_labels", "repeat_labels",
-           "check_labels"]
+           "check_labels", "check_images_fit", "available_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,38 @@ def repeat_labels(classes: Sequence[int], num_images: int) -> np.ndarray:
     if classes.size == 0:
         raise PurrError("no classes given; give class ids like 0,3,7")
     return np.resize(np.repeat(classes, -(-num_images // classes.size)), num_images)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give a process (``MemAvailable`` of ``/proc/meminfo``, else the
+    free physical pages), or None where neither is known."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_images_fit(num_images: int, bytes_per_image: int, param: str = "num_images") -> None:
+    """Refuse, before anything is allocated, a request for more images than memory holds at once.
+
+    Generated images are held in memory together (codes, pixels and labels: ``bytes_per_image`` each) until they
+    are returned, so ``num_images * bytes_per_image`` must fit in :func:`available_memory`.
+
+    Raises:
+        PurrError: naming ``param``, the memory needed and the memory available.
+    """
+    need = int(num_images) * int(bytes_per_image)
+    free = available_memory()
+    if free is not None and need > free:
+        raise PurrError(f"`{param}` asks for {int(num_images):,} images, which need {need / 2**30:,.1f} GiB of memory "
+                        f"at once, more than the {free / 2**30:,.1f} GiB available; ask for fewer images per call")
 
 
 def check_labels(labels: np.ndarray, num_classes: int) -> None:

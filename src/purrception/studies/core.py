@@ -7,6 +7,7 @@ interrupted study resumes where it stopped), ``runs/`` (one training run per var
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field, replace
@@ -16,10 +17,11 @@ from typing import Any, Callable
 import numpy as np
 
 from purrception.checkpoint import Checkpoint, load_checkpoint
-from purrception.distributed import DistInfo
+from purrception.distributed import DistInfo, rank
 from purrception.errors import PurrError
 from purrception.evaluation.evaluate import EvalSettings, evaluate_checkpoint
 from purrception.io import atomic_save_json, atomic_write, load_json
+from purrception.locks import folder_lock
 from purrception.sampling.grid import save_png
 from purrception.training.config import TrainConfig
 from purrception.training.loop import train
@@ -33,6 +35,9 @@ log = logging.getLogger(__name__)
 class StudyStore:
     """Measured points keyed by a string, persisted in ``results.json`` after every new point.
 
+    The store holds its folder's lock (:func:`purrception.locks.folder_lock`, on rank 0) from construction to
+    :meth:`close`, so two studies never write into one folder; use it as a context manager.
+
     A folder only resumes a study with the same settings. The one exception is ``seeds``: every point is keyed by its
     seed, so re-running with more seeds extends a finished study (only the new seeds are trained and evaluated).
     Settings recorded by older versions are read with today's names (:func:`_upgraded`: ``eval.steps`` is
@@ -43,14 +48,33 @@ class StudyStore:
         self.folder = Path(folder)
         self.command = command
         self.path = self.folder / "results.json"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        settings = json.loads(json.dumps(settings))  # compare as JSON sees it (tuples become lists)
+        self._lock = contextlib.ExitStack()  # the folder's lock (rank 0, the writer) until :meth:`close`
+        if rank() == 0:
+            self._lock.enter_context(folder_lock(self.folder, param="folder"))
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.data = self._read(json.loads(json.dumps(settings)))  # as JSON sees it (tuples become lists)
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _read(self, settings: dict[str, Any]) -> dict[str, Any]:
         data = load_json(self.path, "study results") if self.path.exists() else {"settings": settings, "points": {}}
         if _without_seeds(_upgraded(data.get("settings", {}))) != _without_seeds(settings):
             raise PurrError(f"{self.folder} holds a study made with other settings; use another `folder` "
                             f"(or the same settings, with any seeds, to resume or extend it)")
         data["settings"] = settings
-        self.data = data
+        return data
+
+    def close(self) -> None:
+        """Release the folder (see :mod:`purrception.locks`); ``with StudyStore(...) as store:`` calls it."""
+        self._lock.close()
+
+    def __enter__(self) -> StudyStore:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     @property
     def points(self) -> dict[str, dict[str, Any]]:

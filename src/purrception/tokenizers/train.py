@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from purrception.errors import PurrError
 from purrception.io import atomic_write, safe_torch_load
+from purrception.locks import folder_lock, is_lock_file
 from purrception.pixels import images_to_tensor
 from purrception.threads import ThreadGovernor
 from purrception.tokenizers.base import TrainableTokenizer, VQTokenizer
@@ -217,10 +218,20 @@ def fit_tokenizer(train_images: np.ndarray, heldout_images: np.ndarray, out: str
         ``out``, with ``config.json`` (architecture, identity, metrics) and ``model.safetensors``.
     """
     out = Path(out)
+    if out.is_file():
+        raise PurrError(f"{out} exists and is not an unfinished tokenizer run; choose a new or empty `out` "
+                        "(nothing was written)")
+    with folder_lock(out, param="out"):  # one writer per folder; the checks below see no other writer's files
+        return _fit_locked(train_images, heldout_images, out, model_config, train_config, record, progress, device)
+
+
+def _fit_locked(train_images: np.ndarray, heldout_images: np.ndarray, out: Path, model_config: Any,
+                train_config: TokenizerTrainConfig, record: dict[str, Any] | None, progress: bool,
+                device: str) -> Path:
     work = out / WORK_DIR
     if (out / CONFIG_NAME).is_file():
         raise PurrError(f"{out} already holds a trained tokenizer; choose another `out` (nothing was overwritten)")
-    if out.is_file() or (out.is_dir() and any(p.name != WORK_DIR for p in out.iterdir())):
+    if any(p.name != WORK_DIR and not is_lock_file(p) for p in out.iterdir()):
         raise PurrError(f"{out} exists and is not an unfinished tokenizer run; choose a new or empty `out` "
                         "(nothing was written)")
     t0 = time.perf_counter()

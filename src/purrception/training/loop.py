@@ -16,8 +16,9 @@ for each; DistributedDataParallel averages the gradients over ranks, so every ra
 ``sum_s grad(loss_s) / S`` -- the gradient of the same global batch that one process accumulating all ``S`` slots
 computes. Hence 1, 2 or 64 processes give the same parameters (to float summation order), and the data position of
 a run is just its step. Gradients are synchronised once per step (``no_sync`` on all but the last micro-batch).
-Rank 0 alone writes files and shows progress; every rank reads the checkpoint on resume, so ``run_dir`` must be on
-a filesystem all nodes see.
+Rank 0 alone writes files and shows progress, and holds the run folder's lock (:mod:`purrception.locks`) for the
+whole call, so a second ``train`` into the same ``run_dir`` is refused; every rank reads the checkpoint on resume, so
+``run_dir`` must be on a filesystem all nodes see.
 
 ``train(..., resume=True)`` continues from the newest checkpoint and reproduces the uninterrupted run exactly
 (CPU, deterministic), whatever the number of processes before and after. The checkpoint's config defines the run;
@@ -56,7 +57,8 @@ from purrception.distributed import (
 )
 from purrception.errors import PurrError
 from purrception.flows.base import FlowMethod, LossOutput, get_method
-from purrception.io import atomic_save_json, partial_writes
+from purrception.io import append_line, atomic_save_json, atomic_write
+from purrception.locks import folder_lock
 from purrception.models.dit import DiT, dit_config_from_preset
 from purrception.models.dit_import import import_dit_trunk
 from purrception.threads import threads_for_run
@@ -86,13 +88,6 @@ class TrainResult:
     step: int
     last_loss: float | None
     start_step: int = 0
-
-
-def _remove_partial_checkpoints(run_dir: Path) -> None:
-    """Delete the temporary files of checkpoint writes cut short by a killed process (rank 0 only)."""
-    for path in partial_writes(run_dir / "checkpoints", "step_*.pt"):
-        path.unlink(missing_ok=True)
-        log.info("removed %s, a checkpoint write cut short when an earlier process was killed", path)
 
 
 def build_model_for(config: TrainConfig, method: FlowMethod, shards: TokenShards) -> DiT:
@@ -193,8 +188,7 @@ class _RunWriter:
     def metrics(self, record: dict[str, Any]) -> None:
         if not self.active:
             return
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.metrics_path, json.dumps(record))
         if self.tb is not None:
             for key, value in record.items():
                 if key != "step":
@@ -247,18 +241,18 @@ def train(config: TrainConfig, shards_path: str | Path, run_dir: str | Path, tok
     """
     info = init_distributed(device)
     run_dir = Path(run_dir)
-    if info.is_main:
-        _remove_partial_checkpoints(run_dir)
-    resumed = _resume_point(run_dir, resume, info)
-    if resumed is not None:
-        config = _config_to_resume(resumed, config, explicit, info)
-        if resumed.step >= config.steps:
-            return _already_done(resumed, config, run_dir, info)
-    run = _Run(config, shards_path, run_dir, tokenizer_path, info, resumed)
-    loss = run.fit(progress)
-    final = latest_checkpoint(run_dir)
-    assert final is not None
-    return TrainResult(final, config.steps, loss, run.start_step)
+    # one writer per run: rank 0 (which alone writes) holds run_dir's lock, which also clears writes cut short
+    with folder_lock(run_dir, param="run_dir") if info.is_main else contextlib.nullcontext():
+        resumed = _resume_point(run_dir, resume, info)
+        if resumed is not None:
+            config = _config_to_resume(resumed, config, explicit, info)
+            if resumed.step >= config.steps:
+                return _already_done(resumed, config, run_dir, info)
+        run = _Run(config, shards_path, run_dir, tokenizer_path, info, resumed)
+        loss = run.fit(progress)
+        final = latest_checkpoint(run_dir)
+        assert final is not None
+        return TrainResult(final, config.steps, loss, run.start_step)
 
 
 def _resume_point(run_dir: Path, resume: bool, info: DistInfo) -> Checkpoint | None:
@@ -540,4 +534,4 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     kept = [line for line, record in _metric_lines(path) if record.get("step", math.inf) <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in kept)))
