@@ -1,6 +1,6 @@
 """Editing study: inpainting held-out images and class-changing variations, for every method at equal steps.
 
-For each method (trained here with the ``digits-demo`` preset, ``--set`` overrides on top; runs are cached under
+For each method (trained here with the data set's preset, ``--set`` overrides on top; runs are cached under
 ``--work`` and resumed) the study edits images the generator never saw and measures:
 
 - **Completion** (keep the top half, and separately the left half; complete with the image's own class; one
@@ -27,12 +27,19 @@ tokenizer round trip are the floors at this N.
 
 Usage::
 
-    python bench/editing_study.py --work WORK [--data digits] [--methods purrception,cfm,cfm-endpoint,dfm]
+    python bench/editing_study.py --work WORK [--data digits|emoji] [--methods purrception,cfm,cfm-endpoint,dfm]
         [--steps 25] [--set steps=800] [--num 200] [--judge-epochs 30] [--grid docs/editing/digits-top.png]
 
-Each method is trained, then measured, before the next one starts, so an interrupted study keeps whole rows. The
-emoji are not a ``--data`` choice yet: the folder protocol's generator trains on the whole folder, so a held-out
-set would first have to be removed from its training images.
+Held-out emoji (``--data emoji``). The registered ``emoji`` entry trains its tokenizer, generator and judge on the
+whole exported folder, so the study holds out a class-balanced tenth of the 1,898 Twemoji (seed 0) first: it
+exports the other nine tenths at 32x32 as ``WORK/emoji/train-images`` and runs them through the "your own images"
+route (:func:`~purrception.data.datasets.get_dataset` of that folder: its own tokenizer, shards and the
+``folder`` protocol's judge, trained on half of *that* folder), with the emoji entry's preset. Neither the
+tokenizer, the generators nor this judge ever saw a held-out emoji. FID is the judge's 128-d features of the
+completions against all held-out emoji. The registered emoji protocol's judge (trained on half of the whole
+folder, so it may have seen some sources) is reported beside it, as for the digits.
+
+Each method is trained, then measured, before the next one starts, so an interrupted study keeps whole rows.
 
 Everything measured is kept in ``WORK/<data>/results.json`` (rewritten after each measurement; a re-run resumes and
 re-prints the tables); training runs live in ``WORK/<data>/runs/<method>[-overrides]``.
@@ -45,6 +52,7 @@ import json
 import logging
 import platform
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -53,22 +61,28 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from purrception.checkpoint import latest_checkpoint
-from purrception.data.datasets import get_dataset
+from purrception.data.datasets import EMOJI_SIZE, get_dataset
 from purrception.data.embedded import load_embedded_mnist
+from purrception.data.export_folder import export_image_folder
+from purrception.data.images import folder_source
+from purrception.data.reading import read_images
 from purrception.errors import PurrError
 from purrception.evaluation.classifier import MnistClassifier, fit_judge, load_or_train_classifier
 from purrception.evaluation.fid import feature_stats, frechet_distance
+from purrception.evaluation.folder_judge import load_or_train_judge, split_folder
 from purrception.generation.editing import EditOutput, edit_grid, encode_images
 from purrception.io import atomic_save_json, atomic_write, load_json
 from purrception.pipeline import PurrceptionPipeline
 from purrception.pixels import tensor_to_images
 from purrception.sampling.grid import save_png
+from purrception.splits import balanced_holdout
 from purrception.tokenizers.store import load_tokenizer
 from purrception.training.config import resolve_config
 from purrception.training.loop import train
 
 METHODS = ("purrception", "cfm", "cfm-endpoint", "dfm")
 JUDGE_SEED = 1234  # the digits protocol classifier's seed (evaluation/classifier.py; it trains 30 epochs)
+EMOJI_HELDOUT = 0.1  # share of every emoji category held out of the tokenizer, the generators and the judge
 
 log = logging.getLogger("editing_study")
 
@@ -97,41 +111,81 @@ def run_name(method: str, overrides: list[str]) -> str:
     return "-".join(parts)
 
 
-def train_method(method: str, overrides: list[str], prepared: Any, runs: Path) -> Path:
+def train_method(method: str, overrides: list[str], prepared: Any, preset: str, runs: Path) -> Path:
     """Train (or resume, or reuse) ``method`` with the data set's preset and ``overrides``; its run folder."""
     run = runs / run_name(method, overrides)
-    config = resolve_config("digits-demo", overrides=[f"method={method}", *overrides])
+    config = resolve_config(preset, overrides=[f"method={method}", *overrides])
     resume = latest_checkpoint(run) is not None
     train(config, prepared.shards.folder, run, tokenizer_path=str(prepared.tokenizer_dir), resume=resume,
           progress=False)
     return run
 
 
-class Judge:
-    """Class predictions and FID features of one classifier."""
+@dataclass
+class StudyData:
+    """What one data set gives the study: the prepared training data, the held-out pool and the two judges."""
 
-    def __init__(self, model: MnistClassifier):
-        self.model = model
+    prepared: Any               # the tokenizer and shards the generators train on (held-out images excluded)
+    preset: str                 # the training preset
+    heldout_images: np.ndarray  # uint8, never seen by the tokenizer, the generators or ``clean``
+    heldout_labels: np.ndarray
+    num_classes: int
+    clean: Any                  # judge that never saw a held-out image (``.predict`` / ``.features``)
+    protocol: Any               # the data set's protocol judge (may have seen the sources: an upper bound)
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        return self.model.predict(images)
 
-    def features(self, images: np.ndarray) -> np.ndarray:
-        return self.model.features(images)
+def digits_data(work: Path, args: argparse.Namespace) -> StudyData:
+    """The digits: generators train on the train split; the held-out split is the pool."""
+    dataset = get_dataset("digits")
+    heldout = load_embedded_mnist("heldout")
+    return StudyData(dataset.prepare(args.cache_dir or None, progress=False), dataset.preset, heldout.images,
+                     heldout.labels, 10, train_split_judge(work, args.judge_epochs),
+                     load_or_train_classifier(args.cache_dir or None))
 
 
-def train_split_judge(folder: Path, epochs: int) -> Judge:
+def emoji_data(work: Path, args: argparse.Namespace) -> StudyData:
+    """The emoji with a class-balanced tenth held out of everything that trains (module docstring)."""
+    dataset = get_dataset("emoji")
+    full = dataset.load()
+    held = balanced_holdout(full.labels, EMOJI_HELDOUT, seed=0)
+    folders = {}
+    for name, part in (("train", ~held), ("heldout", held)):
+        folders[name] = work / f"{name}-images"
+        if not folders[name].is_dir():
+            export_image_folder(full.images[part], full.labels[part], full.class_names, folders[name],
+                                size=EMOJI_SIZE)
+    cache = args.cache_dir or None
+    train_part = get_dataset(str(folders["train"]), size=EMOJI_SIZE, channels=3)
+    source = folder_source(folders["heldout"])
+    images = read_images(source, EMOJI_SIZE, 3, progress=False)
+    clean, facts = load_or_train_judge(split_folder(folders["train"], EMOJI_SIZE, 3), cache_root_of(args))
+    log.warning("train-part judge: %s", facts)
+    protocol, _ = load_or_train_judge(split_folder(dataset.reference(cache), EMOJI_SIZE, 3), cache_root_of(args))
+    return StudyData(train_part.prepare(cache, progress=False), dataset.preset, images, source.labels,
+                     len(full.class_names), clean, protocol)
+
+
+def cache_root_of(args: argparse.Namespace) -> Path:
+    from purrception.io import cache_root
+
+    return cache_root(args.cache_dir or None)
+
+
+STUDY_DATA = {"digits": digits_data, "emoji": emoji_data}
+
+
+def train_split_judge(folder: Path, epochs: int) -> MnistClassifier:
     """The digit classifier's network and recipe, fitted on the train split for ``epochs`` (cached in ``folder``)."""
     weights = folder / f"train-split-judge-e{epochs}.safetensors"
     model = MnistClassifier()
     if weights.is_file():
         model.load_state_dict(load_file(str(weights)))
-        return Judge(model.eval())
+        return model.eval()
     data = load_embedded_mnist("train")
     model = fit_judge(MnistClassifier, data.images, data.labels, epochs, JUDGE_SEED)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     atomic_write(weights, lambda tmp: save_file(state, tmp))
-    return Judge(model.eval())
+    return model.eval()
 
 
 def kept_pixels(out: EditOutput) -> np.ndarray:
@@ -142,7 +196,7 @@ def kept_pixels(out: EditOutput) -> np.ndarray:
 
 
 def completion_point(pipe: PurrceptionPipeline, region: str, sources: np.ndarray, labels: np.ndarray,
-                     clean: Judge, protocol: Judge, ref_stats: Any, args: argparse.Namespace) -> dict[str, Any]:
+                     clean: Any, protocol: Any, ref_stats: Any, args: argparse.Namespace) -> dict[str, Any]:
     out = pipe.inpaint(sources, region, class_labels=labels.tolist(), num_per_image=1,
                        num_inference_steps=args.steps, tau=1.0, seed=args.seed, batch_size=args.batch_size)
     mask = kept_pixels(out)
@@ -177,7 +231,7 @@ def diversity_point(pipe: PurrceptionPipeline, tau: float, sources: np.ndarray, 
 
 
 def variation_point(pipe: PurrceptionPipeline, strength: float, sources: np.ndarray, labels: np.ndarray,
-                    targets: np.ndarray, clean: Judge, args: argparse.Namespace) -> dict[str, Any]:
+                    targets: np.ndarray, clean: Any, args: argparse.Namespace) -> dict[str, Any]:
     out = pipe.variations(sources, strength, class_labels=targets.tolist(), num_inference_steps=args.steps,
                           tau=1.0, seed=args.seed, batch_size=args.batch_size)
     predicted = clean.predict(out.pixels)
@@ -193,7 +247,7 @@ def tables(store: Store, methods: list[str], args: argparse.Namespace) -> str:
     p = store.data["points"]
     lines = []
     for region in args.regions:
-        lines += [f"Keep the {region} half, complete with the image's own class ({args.num} held-out digits, "
+        lines += [f"Keep the {region} half, complete with the image's own class ({args.num} held-out {args.data}, "
                   f"{args.steps} Euler steps, tau 1, no guidance):", "",
                   "| method | accuracy (train-split judge) | accuracy (protocol judge, saw sources) | FID vs held-out "
                   "| kept-pixel change | round-trip error, same pixels | change vs round trip | kept codes equal |",
@@ -210,9 +264,9 @@ def tables(store: Store, methods: list[str], args: argparse.Namespace) -> str:
                              f"{r['kept_change']:.4f} | {r['kept_round_trip']:.4f} | {r['kept_vs_round_trip']:.4f} | "
                              f"{'yes' if r['kept_codes_equal'] else 'NO'} |")
         lines.append("")
-    lines += [f"Diversity: {args.per_image} completions of each of {args.diversity_images} held-out digits (top half "
-              "kept, own class): distinct code grids among them / mean fraction of regenerated codes that differ "
-              "between two completions:", "",
+    lines += [f"Diversity: {args.per_image} completions of each of {args.diversity_images} held-out {args.data} "
+              "(top half kept, own class): distinct code grids among them / mean fraction of regenerated codes that "
+              "differ between two completions:", "",
               "| method | " + " | ".join(f"tau {t:g}" for t in args.taus) + " |",
               "|---|" + "---|" * len(args.taus)]
     for m in methods:
@@ -222,8 +276,8 @@ def tables(store: Store, methods: list[str], args: argparse.Namespace) -> str:
             cells.append("n/a (no logits)" if r and r.get("refused") else
                          f"{r['distinct']:.2f} / {r['differ']:.3f}" if r else "")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", f"Variations: {args.num_variations} held-out digits each asked for another class; accuracy of the "
-              "target class (train-split judge) against strength (source class in brackets):", "",
+    lines += ["", f"Variations: {args.num_variations} held-out {args.data} each asked for another class; accuracy of "
+              "the target class (train-split judge) against strength (source class in brackets):", "",
               "| method | " + " | ".join(f"strength {s:g}" for s in args.strengths) + " |",
               "|---|" + "---|" * len(args.strengths)]
     for m in methods:
@@ -238,11 +292,11 @@ def tables(store: Store, methods: list[str], args: argparse.Namespace) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", required=True, help="folder for training runs, the judge and results.json")
-    p.add_argument("--data", choices=["digits"], default="digits")
+    p.add_argument("--data", choices=sorted(STUDY_DATA), default="digits")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--steps", type=int, default=25, help="Euler sampling steps, the same for every method")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="training overrides on the digits-demo preset, e.g. steps=800")
+                   help="training overrides on the data set's preset, e.g. steps=800")
     p.add_argument("--num", type=int, default=200, help="held-out images completed per region")
     p.add_argument("--regions", default="top,left")
     p.add_argument("--diversity-images", type=int, default=16)
@@ -268,25 +322,25 @@ def main() -> None:
     torch.manual_seed(0)
 
     work = Path(args.work) / args.data
-    prepared = get_dataset(args.data).prepare(args.cache_dir or None, progress=False)
+    work.mkdir(parents=True, exist_ok=True)
+    data = STUDY_DATA[args.data](work, args)
     if args.train_only:
         for m in methods:
-            train_method(m, args.set, prepared, work / "runs")
+            train_method(m, args.set, data.prepared, data.preset, work / "runs")
         return
 
-    heldout = load_embedded_mnist("heldout")
-    clean = train_split_judge(work, args.judge_epochs)
-    protocol = Judge(load_or_train_classifier(args.cache_dir or None))
-    ref_stats = feature_stats(clean.features(heldout.images))
-    idx = pick(args.num, len(heldout.images), args.seed)
-    sources, labels = heldout.images[idx], heldout.labels[idx]
+    pool_images, pool_labels, clean = data.heldout_images, data.heldout_labels, data.clean
+    ref_stats = feature_stats(clean.features(pool_images))
+    args.num = min(args.num, len(pool_images))
+    idx = pick(args.num, len(pool_images), args.seed)
+    sources, labels = pool_images[idx], pool_labels[idx]
     settings = {k: v for k, v in vars(args).items() if k not in ("grid", "train_only", "methods", "batch_size", "work")}
     store = Store(work / "results.json", settings)
-    tokenizer = load_tokenizer(prepared.tokenizer_dir)
+    tokenizer = load_tokenizer(data.prepared.tokenizer_dir)
 
     def floor(images: np.ndarray) -> dict[str, Any]:
         return {"accuracy": float(np.mean(clean.predict(images) == labels)),
-                "accuracy_protocol_judge": float(np.mean(protocol.predict(images) == labels)),
+                "accuracy_protocol_judge": float(np.mean(data.protocol.predict(images) == labels)),
                 "fid": frechet_distance(feature_stats(clean.features(images)), ref_stats)}
 
     store.get("floor/sources", lambda: floor(sources))
@@ -296,29 +350,30 @@ def main() -> None:
 
     rng = np.random.default_rng(args.seed + 1)
     v_idx = idx[: args.num_variations]
-    v_labels = heldout.labels[v_idx]
-    targets = (v_labels + 1 + rng.integers(0, 9, len(v_idx))) % 10
+    v_labels = pool_labels[v_idx]
+    targets = (v_labels + 1 + rng.integers(0, data.num_classes - 1, len(v_idx))) % data.num_classes
     d_idx = idx[: args.diversity_images]
     for m in methods:  # train, then measure, one method at a time (a partial study still has whole rows)
-        run = train_method(m, args.set, prepared, work / "runs")
+        run = train_method(m, args.set, data.prepared, data.preset, work / "runs")
         pipe = PurrceptionPipeline.from_pretrained(run)
         for region in args.regions:
             store.get(f"{m}/complete/{region}",
-                      lambda: completion_point(pipe, region, sources, labels, clean, protocol, ref_stats, args))
+                      lambda: completion_point(pipe, region, sources, labels, clean, data.protocol, ref_stats,
+                                                       args))
         for tau in args.taus:
             def diversity() -> dict[str, Any]:
                 try:
-                    return diversity_point(pipe, tau, heldout.images[d_idx], heldout.labels[d_idx], args)
+                    return diversity_point(pipe, tau, pool_images[d_idx], pool_labels[d_idx], args)
                 except PurrError as err:
                     return {"refused": str(err)}
             store.get(f"{m}/diversity/{tau:g}", diversity)
         for s in args.strengths:
             store.get(f"{m}/variation/{s:g}",
-                      lambda: variation_point(pipe, s, heldout.images[v_idx], v_labels, targets, clean, args))
+                      lambda: variation_point(pipe, s, pool_images[v_idx], v_labels, targets, clean, args))
         print(f"{m}: run {run} (step {pipe.info.get('step')})", flush=True)
         if args.grid and m == methods[0]:
-            rows = [idx[labels == c][0] for c in range(10) if (labels == c).any()]   # one source per class
-            out = pipe.inpaint(heldout.images[rows], "top", class_labels=heldout.labels[rows].tolist(),
+            rows = [idx[labels == c][0] for c in range(data.num_classes) if (labels == c).any()]  # one per class
+            out = pipe.inpaint(pool_images[rows], "top", class_labels=pool_labels[rows].tolist(),
                                num_per_image=6, num_inference_steps=args.steps, seed=args.seed)
             Path(args.grid).parent.mkdir(parents=True, exist_ok=True)
             save_png(args.grid, edit_grid(out), scale=3)
