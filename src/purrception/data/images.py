@@ -36,8 +36,8 @@ from purrception.hashing import sha256_lines, sha256_parts
 from purrception.pixels import IMAGE_SUFFIXES, images_to_tensor, is_image_file, scan_image_files
 
 __all__ = ["read_image_file", "ImageSource", "folder_source", "embedded_source", "resize_center_crop",
-           "convert_channels", "GREY_MODES", "prepare_image", "image_to_tensor", "ImageOrigin", "image_origin",
-           "describe_conversion", "ConversionLog"]
+           "convert_channels", "GREY_MODES", "WIDE_GREY_MODES", "prepare_image", "image_to_tensor", "ImageOrigin",
+           "image_origin", "describe_conversion", "ConversionLog"]
 
 log = logging.getLogger(__name__)
 
@@ -220,10 +220,10 @@ def _target_mode(channels: int) -> str:
 
 
 #: integer grey modes holding 16-bit values (16-bit PNGs open as ``I;16``; some readers give 32-bit ``I``)
-_WIDE_GREY_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+WIDE_GREY_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 #: every PIL mode whose pixels carry no colour: one channel (bilevel, 8-bit, 16/32-bit integer, float), with or
 #: without alpha
-GREY_MODES = frozenset({"1", "L", "LA", "La", "F", *_WIDE_GREY_MODES})
+GREY_MODES = frozenset({"1", "L", "LA", "La", "F", *WIDE_GREY_MODES})
 
 
 def _grey_to_8bit(img: Image.Image) -> Image.Image:
@@ -240,7 +240,7 @@ def convert_channels(img: Image.Image, channels: int) -> Image.Image:
     would clip everything above 255 to white; other images convert as ``Image.convert`` does.
     """
     mode = _target_mode(channels)
-    if img.mode in _WIDE_GREY_MODES:
+    if img.mode in WIDE_GREY_MODES:
         img = _grey_to_8bit(img)
     if img.has_transparency_data:
         rgba = img.convert("RGBA")
@@ -288,7 +288,7 @@ def describe_conversion(origin: ImageOrigin, size: int, channels: int) -> str | 
     how = []
     if resized:
         how.append(f"shorter side to {size}" + (", centre crop" if origin.width != origin.height else ""))
-    if origin.mode in _WIDE_GREY_MODES:
+    if origin.mode in WIDE_GREY_MODES:
         how.append("16-bit grey scaled to 8 bits")
     if origin.transparent:
         how.append("transparency composited on white")

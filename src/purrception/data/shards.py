@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from purrception.errors import PurrError
+from purrception.formats import read_version
 from purrception.hashing import sha256_tensor
 from purrception.io import atomic_save_json, atomic_write, load_json
 from purrception.tokenizers.base import TokenizerIdentity
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "purrception-shards"
 MANIFEST = "manifest.json"
+#: format version of ``manifest.json`` (read by :func:`purrception.formats.read_version`)
+SHARDS_VERSION = 1
 
 
 def codes_dtype_for(codebook_size: int) -> np.dtype:
@@ -80,7 +83,7 @@ def _write_manifest(folder: Path, identity: TokenizerIdentity, num_items: int, l
                     source: dict[str, Any], preprocessing: dict[str, Any]) -> None:
     atomic_save_json(folder / MANIFEST, {
         "format": FORMAT,
-        "version": 1,
+        "version": SHARDS_VERSION,
         "tokenizer": identity.to_dict(),
         "num_items": int(num_items),
         "latent_shape": [int(s) for s in latent_shape],
@@ -206,6 +209,7 @@ class TokenShards:
         manifest = load_json(folder / MANIFEST, "shard manifest")
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise PurrError(f"{folder} is not a purrception shard folder (bad manifest); re-run `purr encode`")
+        read_version(manifest, "shard manifest", folder / MANIFEST, SHARDS_VERSION, "re-run `purr encode`")
         try:
             codes = np.load(folder / "codes.npy", mmap_mode="r")
             labels = np.load(folder / "labels.npy")

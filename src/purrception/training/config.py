@@ -22,9 +22,14 @@ from typing import Any, ClassVar
 from purrception.errors import PurrError
 
 __all__ = ["TrainConfig", "TRAIN_PRESETS", "PRESET_ALIASES", "preset_name", "PRECISIONS", "resolve_config",
-           "parse_override", "explicit_fields", "resumed_config", "config_differences"]
+           "parse_override", "explicit_fields", "resumed_config", "config_differences", "RUN_CONFIG_FORMAT",
+           "RUN_CONFIG_VERSION"]
 
 log = logging.getLogger(__name__)
+
+#: format and version (:mod:`purrception.formats`) of a run folder's ``config.json``: a record for people and for the
+#: pipeline's description of the data (a resume reads the checkpoint's config, never this file)
+RUN_CONFIG_FORMAT, RUN_CONFIG_VERSION = "purrception-run", 1
 
 #: accepted ``precision`` values (the loop maps them to autocast dtypes)
 PRECISIONS = ("fp32", "bf16")
