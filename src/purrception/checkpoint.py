@@ -33,8 +33,8 @@ from purrception.models.dit import LEGACY_POS_EMBED_LAYOUT, DiT, DiTConfig
 from purrception.tokenizers.base import TokenizerIdentity, VQTokenizer
 from purrception.tokenizers.store import load_matching_tokenizer
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CheckpointState", "Checkpoint", "save_checkpoint",
-           "load_checkpoint", "latest_checkpoint", "resolve_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CheckpointState", "Checkpoint", "load_weights",
+           "save_checkpoint", "load_checkpoint", "latest_checkpoint", "resolve_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +169,21 @@ class Checkpoint:
     def build_model(self, ema: bool = True) -> DiT:
         """The backbone with EMA weights (``ema=True``, used for sampling) or the raw training weights."""
         model = DiT(self.model_config)
-        model.load_state_dict(self.state.ema if ema else self.state.model)
+        load_weights(model, self.state.ema if ema else self.state.model, f"the {'ema' if ema else 'model'} "
+                     f"weights of {self.path}", "use another checkpoint")
         return model.eval()
+
+
+def load_weights(model: torch.nn.Module, state: Any, what: str, fix: str) -> None:
+    """``model.load_state_dict(state)`` (strict); weights missing, extra or of another shape are a one-line
+    :class:`PurrError` naming ``what`` and the first problem, ending in ``fix``."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PurrError(f"{what} are not a dict of tensors; {fix}")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        lines = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+        raise PurrError(f"{what} do not fit the model ({lines[0] if lines else err}); {fix}") from None
 
 
 def save_checkpoint(path: str | Path, state: CheckpointState) -> Path:

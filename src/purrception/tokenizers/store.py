@@ -106,6 +106,9 @@ def _load_folder(folder: Path) -> VQTokenizer:
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise PurrError(f"tokenizer weights missing: {weights}")
+    if not weights.resolve().is_relative_to(folder.resolve()):
+        raise PurrError(f"tokenizer weights {weights} link to {weights.resolve()}, outside the tokenizer folder; "
+                        f"copy the file into the folder")
     try:
         state = load_file(str(weights))
     except Exception as err:
