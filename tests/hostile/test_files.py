@@ -149,3 +149,18 @@ def test_pipeline_weights_with_extra_keys_are_refused(purr, checkpoint, tmp_path
     result = purr(["sample", folder, "--out", tmp_path / "samples", "--num", "2"], untouched=(folder,))
     assert "does not fit" in result.message, result.message
     assert not (tmp_path / "samples").exists()
+
+
+@pytest.mark.parametrize("pointer", ["/etc/passwd", "../../../../../../etc/passwd"])
+def test_a_pipeline_folder_pointing_its_tokenizer_elsewhere_is_refused_in_one_line(pointer, purr, checkpoint,
+                                                                                  tmp_path):
+    from purrception.pipeline import PurrceptionPipeline
+
+    folder = PurrceptionPipeline.from_pretrained(checkpoint).save_pretrained(tmp_path / "pipe")
+    shutil.rmtree(folder / "tokenizer")
+    config = json.loads((folder / "config.json").read_text())
+    config["tokenizer"].update(path=pointer, folder="../../elsewhere")
+    (folder / "config.json").write_text(json.dumps(config))
+    result = purr(["sample", folder, "--out", tmp_path / "samples", "--num", "2"], untouched=(folder,))
+    assert "passwd" in result.message and "tokenizer" in result.message, result.message
+    assert not (tmp_path / "samples").exists()
