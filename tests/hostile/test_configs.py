@@ -19,7 +19,7 @@ TINY = ["--set", "steps=1", "--set", "batch_size=8", "--set",
         'model_overrides={"hidden_size": 32, "depth": 1, "num_heads": 2}']
 
 BAD_OVERRIDES = {
-    "lr=NaN": "`lr`", "lr=nan": "`lr`", "lr=Infinity": "`lr`", "lr=-1": "`lr`", "lr=1e999": "`lr`",
+    "lr=NaN": "`lr`", "lr=nan": "`lr`", "lr=Infinity": "`lr`", "lr=-1e-9": "`lr`", "lr=1e999": "`lr`",
     "ema_decay=2": "`ema_decay`", "ema_decay=NaN": "`ema_decay`", "eps=0": "`eps`", "weight_decay=-1": "`weight_decay`",
     "grad_clip=-Infinity": "`grad_clip`", "steps=1e999": "`steps`", "steps=99999999999999999999999": "`steps`",
     "seed=18446744073709551616": "`seed`", "betas=abc": "`betas`", "betas=5": "`betas`", "betas=[1,2,3]": "`betas`",

@@ -179,10 +179,11 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 
 #: the largest integer a config field takes (torch's seeds and counters are 64-bit)
 _MAX_INT = 2**63 - 1
-#: the float fields' ranges: ``(name, low, high, high included)``; :data:`_POSITIVE` ones must also be > 0
+#: the float fields' ranges: ``(name, low, high, high included)``; :data:`_POSITIVE` ones must also be > 0 (``lr``
+#: 0 is allowed: a run that leaves the weights as they are)
 _FLOAT_RANGES = (("lr", 0.0, math.inf, False), ("weight_decay", 0.0, math.inf, False), ("eps", 0.0, math.inf, False),
                  ("grad_clip", 0.0, math.inf, False), ("ema_decay", 0.0, 1.0, True))
-_POSITIVE = ("lr", "eps")
+_POSITIVE = ("eps",)
 
 
 def _check_method_options(method: str, options: dict[str, Any]) -> None:
