@@ -133,8 +133,8 @@ def test_checkpoint_versions_map_to_their_layout_explicitly(tmp_path):
                                         r"model_config lacks pos_embed_layout\); use another checkpoint$"):
         load_checkpoint(tmp_path / "v2-bare.pt")
     torch.save({**entries, "version": 3}, tmp_path / "v3.pt")
-    with pytest.raises(PurrError, match=r"v3.pt has checkpoint format version 3, which this library does not read "
-                                        r"\(it reads 1 to 2\); upgrade purrception or use another checkpoint$"):
+    with pytest.raises(PurrError, match=r"v3.pt is checkpoint format version 3 \(this purrception reads 1 to 2\): "
+                                        r"written by a newer purrception; upgrade purrception to read it$"):
         load_checkpoint(tmp_path / "v3.pt")
 
 
@@ -166,8 +166,8 @@ def test_a_fresh_checkpoint_and_its_pipeline_folder_round_trip_with_dits_layout(
     with pytest.raises(PurrError, match=r"edited/config.json is incomplete \('model.pos_embed_layout'\); "
                                         r"save the pipeline again$"):
         reload_with(model=bare)
-    with pytest.raises(PurrError, match=r"edited/config.json has pipeline version 3, which this library does not "
-                                        r"read \(it reads 1 to 2\); upgrade purrception or save the pipeline again$"):
+    with pytest.raises(PurrError, match=r"edited/config.json is pipeline format version 3 \(this purrception reads 1 "
+                                        r"to 2\): written by a newer purrception; upgrade purrception to read it$"):
         reload_with(version=3)
 
 

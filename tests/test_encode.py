@@ -21,6 +21,7 @@ from purrception.data.images import (
     ConversionLog,
     ImageOrigin,
     describe_conversion,
+    embedded_source,
     folder_source,
     image_origin,
     image_to_tensor,
@@ -431,3 +432,54 @@ def test_two_process_encode_matches_single_process(tokenizer_dir, class_folder, 
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
     assert TokenShards.open(tmp_path / "two").manifest == TokenShards.open(tmp_path / "one").manifest
     assert proc.stdout.count("15 items") == 1  # only rank 0 reports
+
+
+def test_an_encode_planned_before_plans_had_a_version_resumes_to_identical_shards(tokenizer_dir, tmp_path):
+    root, rng = tmp_path / "images", np.random.default_rng(1)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            _random_image(rng, (20, 20), "RGB").save(root / c / f"{i}.png")
+    rgba = rng.integers(0, 256, (20, 20, 4), dtype=np.uint8)
+    rgba[..., 3] = np.where(np.arange(20) < 10, 0, 255)[:, None]  # top half transparent
+    Image.fromarray(rgba, "RGBA").save(root / "a" / "2.png")  # item 2: part 1 of 3
+    options = EncodeOptions(batch_size=2, part_size=2, progress=False)
+    source = folder_source(root)
+    encode_source(load_tokenizer(tokenizer_dir), source, tmp_path / "straight", options)
+
+    out, tok = tmp_path / "old", load_tokenizer(tokenizer_dir)
+    real_encode, calls = tok.encode, []
+
+    def dying_encode(x):
+        calls.append(len(x))
+        if len(calls) == 3:  # parts 0 and 1 are on disk
+            raise _Killed
+        return real_encode(x)
+
+    tok.encode = dying_encode
+    with pytest.raises(_Killed):
+        encode_source(tok, source, out, options)
+    plan_file = parts_dir(out) / "plan.json"
+    plan = json.loads(plan_file.read_text())
+    assert plan["version"] == 2 and plan["preprocessing"]["alpha"] == "composited on white"
+    del plan["version"], plan["preprocessing"]["alpha"]  # the layout before plans had a version
+    plan_file.write_text(json.dumps(plan))
+    with np.load(parts_dir(out) / "part-000001.npz") as part:  # its transparent image, as the old rule made it
+        codes, labels = part["codes"], part["labels"]
+    np.savez(parts_dir(out) / "part-000001.npz", codes=(codes + 1) % 32, labels=labels)
+
+    calls.clear()
+    tok.encode = lambda x: (calls.append(len(x)), real_encode(x))[1]
+    encode_source(tok, source, out, options)
+    assert calls == [2, 2]  # part 0 is kept; part 1 (transparent image) and part 2 are encoded
+    for name in ("codes.npy", "labels.npy", "codebook.npy", "manifest.json"):
+        assert (out / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
+
+
+def test_an_encode_plan_of_a_newer_version_is_refused_in_one_line(tokenizer_dir, tmp_path):
+    out = tmp_path / "out"
+    parts_dir(out).mkdir(parents=True)
+    (parts_dir(out) / "plan.json").write_text(json.dumps({"version": 3}))
+    with pytest.raises(PurrError, match=r"plan.json is encode plan format version 3 \(this purrception reads 1 to "
+                                        r"2\): written by a newer purrception; upgrade purrception to read it$"):
+        encode_source(load_tokenizer(tokenizer_dir), embedded_source("heldout"), out, EncodeOptions(progress=False))

@@ -12,7 +12,8 @@ checked by :meth:`CheckpointState.from_dict`, the only two places that know the 
 Format versions: 2 records the DiT's position-table orientation in ``model_config["pos_embed_layout"]`` (the table
 is a fixed buffer, not a saved weight). Version 1 files predate that field; every DiT then used the row-first table,
 so :meth:`CheckpointState.from_dict` gives them :data:`~purrception.models.dit.LEGACY_POS_EMBED_LAYOUT` and they
-sample exactly as they did.
+sample exactly as they did. A file without a version is version 1, a newer one is refused
+(:func:`purrception.formats.read_version`).
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ import torch
 
 from purrception.errors import PurrError
 from purrception.flows.base import FlowMethod, get_method
+from purrception.formats import read_version
 from purrception.io import atomic_torch_save, safe_torch_load
 from purrception.models.dit import LEGACY_POS_EMBED_LAYOUT, DiT, DiTConfig
 from purrception.tokenizers.base import TokenizerIdentity, VQTokenizer
 from purrception.tokenizers.store import load_matching_tokenizer
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CheckpointState", "Checkpoint", "save_checkpoint",
-           "load_checkpoint", "latest_checkpoint", "resolve_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CheckpointState", "Checkpoint", "load_weights",
+           "save_checkpoint", "load_checkpoint", "latest_checkpoint", "resolve_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +106,7 @@ class CheckpointState:
 
 def _model_config_of_version(d: dict[str, Any], source: str | Path) -> dict[str, Any]:
     """The checkpoint's ``model_config`` in the current layout: version 1 gets the legacy position table."""
-    version = d.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= CHECKPOINT_VERSION:
-        raise PurrError(f"{source} has checkpoint format version {version!r}, which this library does not read "
-                        f"(it reads 1 to {CHECKPOINT_VERSION}); upgrade purrception or use another checkpoint")
+    version = read_version(d, "checkpoint", source, CHECKPOINT_VERSION, "use another checkpoint")
     model_config = dict(d["model_config"])
     if version == 1:  # written before the layout was recorded, when every DiT used the legacy table
         model_config["pos_embed_layout"] = LEGACY_POS_EMBED_LAYOUT
@@ -171,8 +170,21 @@ class Checkpoint:
     def build_model(self, ema: bool = True) -> DiT:
         """The backbone with EMA weights (``ema=True``, used for sampling) or the raw training weights."""
         model = DiT(self.model_config)
-        model.load_state_dict(self.state.ema if ema else self.state.model)
+        load_weights(model, self.state.ema if ema else self.state.model, f"the {'ema' if ema else 'model'} "
+                     f"weights of {self.path}", "use another checkpoint")
         return model.eval()
+
+
+def load_weights(model: torch.nn.Module, state: Any, what: str, fix: str) -> None:
+    """``model.load_state_dict(state)`` (strict); weights missing, extra or of another shape are a one-line
+    :class:`PurrError` naming ``what`` and the first problem, ending in ``fix``."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PurrError(f"{what} are not a dict of tensors; {fix}")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        lines = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+        raise PurrError(f"{what} do not fit the model ({lines[0] if lines else err}); {fix}") from None
 
 
 def save_checkpoint(path: str | Path, state: CheckpointState) -> Path:

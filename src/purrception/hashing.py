@@ -25,7 +25,7 @@ Part = bytes | str | np.ndarray
 
 def _as_buffer(part: Part) -> bytes | memoryview:
     if isinstance(part, str):
-        return part.encode("utf-8")
+        return part.encode("utf-8", "surrogateescape")  # a file name that is not UTF-8: its own bytes
     if isinstance(part, np.ndarray):
         return memoryview(np.ascontiguousarray(part)).cast("B")  # C-order bytes, no copy when already contiguous
     if isinstance(part, (bytes, bytearray, memoryview)):

@@ -35,6 +35,7 @@ from purrception.distributed import DistInfo
 from purrception.errors import PurrError, positive_int
 from purrception.evaluation.evaluate import EvalSettings, evaluate_generator
 from purrception.flows.base import FlowMethod, get_method
+from purrception.formats import read_version
 from purrception.generation.editing import EditOutput, edit_images
 from purrception.generation.generate import check_images_fit, check_labels, generate_codes
 from purrception.generation.generator import Generator
@@ -49,6 +50,7 @@ from purrception.sampling.settings import Knob, SamplerSettings
 from purrception.tokenizers.base import TokenizerIdentity, VQTokenizer
 from purrception.tokenizers.store import CONFIG_NAME as TOKENIZER_CONFIG
 from purrception.tokenizers.store import load_matching_tokenizer
+from purrception.training.config import RUN_CONFIG_VERSION
 
 __all__ = ["PurrceptionPipeline", "PipelineOutput", "PIPELINE_FORMAT", "PIPELINE_VERSION", "is_saved_pipeline"]
 
@@ -141,10 +143,9 @@ class PurrceptionPipeline:
     def _from_folder(cls, folder: Path, device: str | torch.device, tokenizer: str | Path | None,
                      tokenizer_kind: str | None, method: str | None) -> "PurrceptionPipeline":
         config = load_json(folder / CONFIG_NAME, "pipeline config")
-        version = config.get("version")
-        if version not in range(1, PIPELINE_VERSION + 1) or isinstance(version, bool):
-            raise PurrError(f"{folder / CONFIG_NAME} has pipeline version {version!r}, which this library does not "
-                            f"read (it reads 1 to {PIPELINE_VERSION}); upgrade purrception or save the pipeline again")
+        if not isinstance(config, dict):
+            raise PurrError(f"{folder / CONFIG_NAME} is not a pipeline config; save the pipeline again")
+        version = read_version(config, "pipeline", folder / CONFIG_NAME, PIPELINE_VERSION, "save the pipeline again")
         try:
             model_entry = dict(config["model"])
             if version == 1:  # saved before the layout was recorded, when every DiT used the legacy table
@@ -442,6 +443,7 @@ def _run_description(ckpt_path: Path) -> dict[str, Any]:
         return {}
     try:
         config = load_json(run_config, "run config")
+        read_version(config, "run config", run_config, RUN_CONFIG_VERSION, "describe the data by hand")
         shards = config.get("shards")
         manifest = load_json(Path(shards) / "manifest.json", "shard manifest") if shards else {}
     except PurrError:

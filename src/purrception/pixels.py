@@ -6,6 +6,7 @@ also a folder that evaluates, and a decoded sample is quantised the same way eve
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,8 @@ import torch
 
 __all__ = ["IMAGE_SUFFIXES", "is_image_file", "list_image_files", "scan_image_files", "images_to_tensor",
            "tensor_to_images"]
+
+log = logging.getLogger(__name__)
 
 #: File suffixes (lower case) read as images by every folder reader.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
@@ -23,18 +26,26 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
 
 
-def scan_image_files(folder: Path) -> tuple[list[Path], list[Path]]:
+def scan_image_files(folder: Path, within: Path | None = None) -> tuple[list[Path], list[Path]]:
     """The image files under ``folder`` (recursively, sorted by path) and the other regular files found there.
 
     The second list is what a folder reader skips (``notes.txt``, ``.DS_Store``, ``Thumbs.db``, ...), for it to say
-    so.
+    so. Nothing outside ``within`` (default: ``folder``) is ever listed: a symbolic link whose target lies outside it
+    is in neither list (one warning counts them), and linked folders are not descended into, so a link loop ends
+    nowhere.
     """
-    images, others = [], []
+    root = Path(within if within is not None else folder).resolve()
+    images, others, escaping = [], [], []
     for p in sorted(Path(folder).rglob("*")):
-        if is_image_file(p):
+        if p.is_symlink() and not p.resolve().is_relative_to(root):
+            escaping.append(p)
+        elif is_image_file(p):
             images.append(p)
         elif p.is_file():
             others.append(p)
+    if escaping:
+        log.warning("%d symbolic link(s) under %s point outside %s and are not followed (e.g. %r); copy the files "
+                    "in, or read the folder they live in", len(escaping), folder, root, escaping[0].name)
     return images, others
 
 

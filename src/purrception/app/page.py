@@ -4,7 +4,10 @@ Importing this module imports gradio (the ``[app]`` extra); only ``purr app`` do
 the network: analytics and the version check are off, the theme uses the system's fonts (no web fonts), there is
 no share link, and the page is served from the address given (localhost by default). Requests wait in a queue,
 one at a time per kind of request (a grid, an image's uncertainty, an edit, a completion's uncertainty), and the
-forms cap the size of a request. Two tabs: *Sample* (the grid) and *Edit* (inpaint an image of the grid or an upload).
+forms cap the size of a request. In front of gradio, :class:`~purrception.app.guard.RequestGuard` refuses uploads
+over :data:`~purrception.app.guard.MAX_UPLOAD_BYTES`, uploads that are not images, and paths with ``..``; files
+are served only from the session's downloads and gradio's cache of the page's own results and uploads. Two tabs:
+*Sample* (the grid) and *Edit* (inpaint an image of the grid or an upload).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ OFFLINE_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": 
 os.environ.update(OFFLINE_ENV)
 
 import gradio as gr  # noqa: E402  (after the environment above)
+from starlette.middleware import Middleware  # noqa: E402  (a dependency of gradio's)
 
 from purrception.app.core import (  # noqa: E402
     CLASS_MODES,
@@ -37,6 +41,7 @@ from purrception.app.core import (  # noqa: E402
     to_rgb,
     upscale,
 )
+from purrception.app.guard import MAX_UPLOAD_BYTES, RequestGuard  # noqa: E402
 from purrception.errors import PurrError  # noqa: E402
 from purrception.sampling.schedules import SHAPES  # noqa: E402
 
@@ -46,8 +51,9 @@ log = logging.getLogger(__name__)
 
 #: the first gradio whose page loads no script from a CDN (earlier ones fetch iframe-resizer from one)
 MIN_GRADIO = (6, 17)
-#: requests waiting beyond this many are turned away with a message (rather than waiting for minutes)
-QUEUE_SIZE = 16
+#: requests waiting beyond this many are turned away with a message (rather than waiting for minutes); one runs at
+#: a time, so memory stays that of one request however many wait
+QUEUE_SIZE = 32
 SANS = ["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica", "Arial", "sans-serif"]
 MONO = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "Liberation Mono", "monospace"]
 #: pixels of the entropy and top-k strips: one row of thumbnails
@@ -288,7 +294,8 @@ def serve(session: AppSession, host: str = "127.0.0.1", port: int = 7860, concur
     try:
         page.launch(server_name=host, server_port=port, share=False, inbrowser=False, show_error=True,
                     ssr_mode=False, theme=gr.themes.Base(font=SANS, font_mono=MONO), css=CSS,
-                    allowed_paths=[str(Path(session.workdir))])
+                    allowed_paths=[str(Path(session.workdir))], max_file_size=MAX_UPLOAD_BYTES,
+                    app_kwargs={"middleware": [Middleware(RequestGuard)]})
     except OSError as err:
         reason = str(err).split(". ")[0]
         raise PurrError(f"cannot serve on {host}:{port} ({reason}); pass another --port or --host") from None

@@ -12,6 +12,8 @@ from typing import Any
 
 from purrception.cli.common import add_tokenizer_kind_arg
 from purrception.errors import PurrError
+from purrception.evaluation.evaluate import REPORT_VERSION
+from purrception.formats import read_version
 from purrception.io import load_json
 from purrception.pipeline import PurrceptionPipeline
 
@@ -33,6 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def scores_from_report(report: Any, method: str, step: int | None, path: str) -> dict[str, Any]:
     """The scalar scores of a ``purr eval`` report, with the protocol and sampler settings that produced them."""
+    if isinstance(report, dict):  # reports from before the format was recorded are version 1
+        read_version(report, "eval report", path, REPORT_VERSION, "run `purr eval` again")
     try:
         ckpt, sampling, metrics = report["checkpoint"], report["sampling"], report["metrics"]
     except (KeyError, TypeError):

@@ -63,7 +63,7 @@ def _class_id(name: str, class_names: Sequence[str], num_classes: int, folder: P
 def _read_folder(root: Path, class_names: Sequence[str], num_classes: int) -> EditInputs:
     entries = sorted(root.iterdir())
     loose = [p for p in entries if is_image_file(p)]
-    classes = [(d, scan_image_files(d)[0]) for d in entries if d.is_dir() and not d.name.startswith(".")]
+    classes = [(d, scan_image_files(d, within=root)[0]) for d in entries if d.is_dir() and not d.name.startswith(".")]
     classes = [(d, files) for d, files in classes if files]
     if not classes:
         if not loose:

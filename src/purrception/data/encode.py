@@ -7,6 +7,12 @@ Under ``torchrun`` every rank encodes parts ``rank, rank + world, ...``; rank 0 
 done (the output folder must be visible to every rank). Codes are ``c = argmin_k ||q(x) - E_k||`` (paper eq. 9).
 
 With ``flip=True`` every image is stored twice, original then its horizontal mirror (items ``2i`` and ``2i+1``).
+
+The plan of an unfinished encode (``OUT/.parts/plan.json``) is format version :data:`PLAN_VERSION`. Version 1 plans
+(no ``version``) were written before the preprocessing composited transparency on white and scaled 16-bit grey to
+8 bits, and their ``preprocessing`` may lack ``alpha``: :func:`_plan_from_v1` reads them in today's layout, and the
+resume re-encodes only the parts that hold an image the two rules treat differently (transparent or 16-bit grey),
+so the result is byte-identical to a fresh encode.
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 import torch.distributed as dist
+from PIL import Image
 from tqdm.auto import tqdm
 
 from purrception import distributed
-from purrception.data.images import ImageSource, embedded_source, folder_source
+from purrception.data.images import WIDE_GREY_MODES, ImageSource, embedded_source, folder_source
 from purrception.data.reading import read_batches
 from purrception.data.shards import (
     MANIFEST,
@@ -36,6 +43,7 @@ from purrception.data.shards import (
     write_token_part,
 )
 from purrception.errors import PurrError
+from purrception.formats import read_version
 from purrception.io import atomic_save_json, load_json
 from purrception.locks import folder_lock, is_lock_file
 from purrception.pixels import images_to_tensor
@@ -47,6 +55,8 @@ __all__ = ["EncodeOptions", "encode_source", "encode_images", "preprocessing_rec
 log = logging.getLogger(__name__)
 
 PLAN_NAME = "plan.json"
+#: format version of ``plan.json`` (version 1: no ``version`` entry, written before transparency was composited)
+PLAN_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -124,18 +134,26 @@ def _refuse_foreign(out: Path) -> str | None:
     return None
 
 
-def _check_plan(out: Path, plan: dict[str, Any]) -> str | None:
+def _check_plan(out: Path, plan: dict[str, Any], source: ImageSource,
+                ranges: list[tuple[int, int]]) -> str | None:
     """Create or compare ``OUT/.parts/plan.json``; return an error message or ``None``.
 
     An unfinished encode of the same inputs and settings is resumed. One whose only difference is the images of the
     same folder (its fingerprint of names, labels and sizes) is the debris of a run that failed on a bad image since
     repaired or removed: its parts are stale, so they are discarded (logged) and the encode starts afresh. Other
     settings (tokenizer, preprocessing, part size) are refused, so a mistyped command never throws away another
-    encode's work.
+    encode's work. A version 1 plan that matches once read in today's layout is resumed: the parts it made that
+    today's preprocessing would encode differently are removed (to be encoded again) and the plan is rewritten.
     """
     plan_file = parts_dir(out) / PLAN_NAME
     if plan_file.is_file():
         old = load_json(plan_file, "encode plan")
+        if not isinstance(old, dict):
+            return f"{plan_file} is not an encode plan; delete {parts_dir(out)} or choose another `out`"
+        version = read_version(old, "encode plan", plan_file, PLAN_VERSION,
+                               f"delete {parts_dir(out)} to encode from the start, or choose another `out`")
+        if version == 1:
+            old = _plan_from_v1(old)
         if old != plan and _only_images_changed(old, plan):
             log.info("%s: the input images changed since the unfinished encode there stopped; discarding its %d "
                      "stale part(s) and starting afresh", out, len(list(parts_dir(out).glob("part-*.npz"))))
@@ -146,6 +164,9 @@ def _check_plan(out: Path, plan: dict[str, Any]) -> str | None:
             diff = sorted(k for k in set(old) | set(plan) if old.get(k) != plan.get(k))
             return (f"{out} holds an unfinished encode of different inputs or settings ({', '.join(diff)} differ); "
                     f"delete {parts_dir(out)} or choose another `out`")
+        if version == 1:
+            _drop_parts_made_differently(out, source, ranges)
+            atomic_save_json(plan_file, plan)
         return None
     atomic_save_json(plan_file, plan)
     return None
@@ -158,6 +179,46 @@ def _only_images_changed(old: Any, plan: dict[str, Any]) -> bool:
     settings = [{k: v for k, v in p.items() if k not in ("source", "num_parts")} for p in (old, plan)]
     folder = [{k: p["source"].get(k) for k in ("type", "root", "labels_file")} for p in (old, plan)]
     return settings[0] == settings[1] and folder[0] == folder[1] and folder[1]["type"] == "image-folder"
+
+
+def _plan_from_v1(old: dict[str, Any]) -> dict[str, Any]:
+    """A version 1 plan in the version 2 layout: ``version`` added, and ``preprocessing.alpha`` where it lacks it.
+
+    The parts such a plan made may differ from today's for transparent and 16-bit grey images, which
+    :func:`_drop_parts_made_differently` re-encodes; for every other image the two rules give the same pixels.
+    """
+    preprocessing = old.get("preprocessing")
+    if isinstance(preprocessing, dict):
+        preprocessing = {"alpha": "composited on white", **preprocessing}
+    return {**old, "version": PLAN_VERSION, "preprocessing": preprocessing}
+
+
+def _drop_parts_made_differently(out: Path, source: ImageSource, ranges: list[tuple[int, int]]) -> None:
+    """Remove the parts of a version 1 plan holding an image that today's preprocessing treats differently.
+
+    Version 1 encodes converted every image with ``Image.convert``: transparent pixels kept the colour they store
+    and 16-bit grey was clipped. Only image headers are read (mode and transparency); an image that cannot be
+    opened drops its part too, so that the resume reports it as a fresh encode would.
+    """
+    if source.files is None:  # array sources are plain 8-bit images: both rules agree
+        return
+    dropped = []
+    for index, (start, stop) in enumerate(ranges):
+        path = part_path(out, index)
+        if path.is_file() and any(_converts_differently_in_v1(source.files[i]) for i in range(start, stop)):
+            path.unlink()
+            dropped.append(index)
+    log.info("%s: resuming an encode planned by an older purrception; %d part(s) hold transparent or 16-bit grey "
+             "images, which are now preprocessed differently, and are encoded again%s", out, len(dropped),
+             f" ({', '.join(map(str, dropped))})" if dropped else "")
+
+
+def _converts_differently_in_v1(file: Path) -> bool:
+    try:
+        with Image.open(file) as img:
+            return bool(img.has_transparency_data) or img.mode in WIDE_GREY_MODES
+    except Exception:  # unreadable: encode it again, so that its error is reported as in any encode
+        return True
 
 
 def _batches(ranges: list[tuple[int, int]], parts: list[int], batch_size: int) -> list[list[int]]:
@@ -219,8 +280,8 @@ def _encode_locked(tokenizer: VQTokenizer, source: ImageSource, out: Path, optio
     preprocessing = preprocessing_record(tokenizer, options.flip)
     copies = 2 if options.flip else 1
     ranges = _part_ranges(len(source), options.part_size)
-    plan = {"tokenizer": identity.to_dict(), "source": source.description, "preprocessing": preprocessing,
-            "part_size": options.part_size, "num_parts": len(ranges)}
+    plan = {"version": PLAN_VERSION, "tokenizer": identity.to_dict(), "source": source.description,
+            "preprocessing": preprocessing, "part_size": options.part_size, "num_parts": len(ranges)}
     source_record = dict(source.description, num_items=len(source) * copies, tokenizer_path=options.tokenizer_path)
 
     error = None
@@ -238,9 +299,9 @@ def _encode_locked(tokenizer: VQTokenizer, source: ImageSource, out: Path, optio
                 else:
                     error = f"{out} already holds token shards of other inputs; choose another `out` or delete it"
             elif (parts_dir(out) / PLAN_NAME).is_file():
-                error = _check_plan(out, plan)
+                error = _check_plan(out, plan, source, ranges)
             else:
-                error = _refuse_foreign(out) or _check_plan(out, plan)
+                error = _refuse_foreign(out) or _check_plan(out, plan, source, ranges)
         except (PurrError, OSError) as err:  # told to every rank below, so none waits forever
             error = str(err)
     error, finished = _agree(rank, (error, finished))

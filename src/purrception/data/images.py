@@ -23,6 +23,7 @@ untouched.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -36,23 +37,44 @@ from purrception.hashing import sha256_lines, sha256_parts
 from purrception.pixels import IMAGE_SUFFIXES, images_to_tensor, is_image_file, scan_image_files
 
 __all__ = ["read_image_file", "ImageSource", "folder_source", "embedded_source", "resize_center_crop",
-           "convert_channels", "GREY_MODES", "prepare_image", "image_to_tensor", "ImageOrigin", "image_origin",
-           "describe_conversion", "ConversionLog"]
+           "convert_channels", "GREY_MODES", "WIDE_GREY_MODES", "prepare_image", "image_to_tensor", "ImageOrigin",
+           "image_origin", "describe_conversion", "ConversionLog"]
 
 log = logging.getLogger(__name__)
 
 
 def read_image_file(path: Path) -> Image.Image:
-    """One image file, loaded; an unreadable one is a :class:`PurrError` naming the file."""
+    """One image file, loaded; an unreadable one is a :class:`PurrError` naming the file.
+
+    An image claiming more pixels than Pillow decodes safely (``Image.MAX_IMAGE_PIXELS``, about 89 M: a
+    decompression bomb, or a header that lies) is refused from its header, before any pixel is decoded.
+    """
     try:
-        with Image.open(path) as img:
-            img.load()
-            return img
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                return img
     except UnidentifiedImageError:  # its own message repeats the path
         raise PurrError(f"cannot read image {path}: Pillow does not recognise it as an image; "
                         f"remove or fix the file") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        raise PurrError(f"cannot read image {path}: it claims {_claimed_size(path)} pixels, more than "
+                        f"{Image.MAX_IMAGE_PIXELS} (a decompression bomb?); remove or shrink the file") from None
+    except (OSError, ValueError, SyntaxError) as err:
         raise PurrError(f"cannot read image {path}: {err}; remove or fix the file") from None
+
+
+def _claimed_size(path: Path) -> str:
+    """``WxH`` as an image file's header states it (nothing decoded)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            with Image.open(path) as img:
+                return f"{img.size[0]}x{img.size[1]}"
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 @dataclass
@@ -84,6 +106,11 @@ class ImageSource:
         return read_image_file(self.files[index])
 
 
+def _lies_inside(path: Path, root: Path) -> bool:
+    """Whether ``path`` (symbolic links and ``..`` resolved) lies inside the folder ``root``."""
+    return path.resolve().is_relative_to(root.resolve())
+
+
 def _read_labels_file(root: Path, labels_file: Path) -> tuple[list[Path], list[str]]:
     if not labels_file.is_file():
         raise PurrError(f"labels file not found: {labels_file}")
@@ -100,6 +127,9 @@ def _read_labels_file(root: Path, labels_file: Path) -> tuple[list[Path], list[s
         if not files and label.lower() in ("label", "class", "y"):
             continue  # header
         path = root / name
+        if not _lies_inside(path, root):
+            raise PurrError(f"{labels_file}:{lineno}: image {name!r} lies outside the image folder {root}; list "
+                            f"paths inside the folder, relative to it")
         if not path.is_file():
             raise PurrError(f"{labels_file}:{lineno}: image {path} not found")
         files.append(path)
@@ -124,7 +154,7 @@ def _list_class_folders(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
                     "move them into a class folder", len(loose), root, loose[0].name)
     files, label_list, class_names, skipped, empty = [], [], [], [], []
     for d in class_dirs:
-        images, others = scan_image_files(d)
+        images, others = scan_image_files(d, within=root)
         skipped.extend(others)
         if not images:
             empty.append(d.name)
@@ -220,10 +250,10 @@ def _target_mode(channels: int) -> str:
 
 
 #: integer grey modes holding 16-bit values (16-bit PNGs open as ``I;16``; some readers give 32-bit ``I``)
-_WIDE_GREY_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+WIDE_GREY_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 #: every PIL mode whose pixels carry no colour: one channel (bilevel, 8-bit, 16/32-bit integer, float), with or
 #: without alpha
-GREY_MODES = frozenset({"1", "L", "LA", "La", "F", *_WIDE_GREY_MODES})
+GREY_MODES = frozenset({"1", "L", "LA", "La", "F", *WIDE_GREY_MODES})
 
 
 def _grey_to_8bit(img: Image.Image) -> Image.Image:
@@ -240,7 +270,7 @@ def convert_channels(img: Image.Image, channels: int) -> Image.Image:
     would clip everything above 255 to white; other images convert as ``Image.convert`` does.
     """
     mode = _target_mode(channels)
-    if img.mode in _WIDE_GREY_MODES:
+    if img.mode in WIDE_GREY_MODES:
         img = _grey_to_8bit(img)
     if img.has_transparency_data:
         rgba = img.convert("RGBA")
@@ -288,7 +318,7 @@ def describe_conversion(origin: ImageOrigin, size: int, channels: int) -> str | 
     how = []
     if resized:
         how.append(f"shorter side to {size}" + (", centre crop" if origin.width != origin.height else ""))
-    if origin.mode in _WIDE_GREY_MODES:
+    if origin.mode in WIDE_GREY_MODES:
         how.append("16-bit grey scaled to 8 bits")
     if origin.transparent:
         how.append("transparency composited on white")

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from purrception.errors import PurrError
+from purrception.formats import read_version
 from purrception.hashing import sha256_tensor
 from purrception.io import atomic_save_json, atomic_write, load_json, reserve_space
 from purrception.tokenizers.base import TokenizerIdentity
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "purrception-shards"
 MANIFEST = "manifest.json"
+#: format version of ``manifest.json`` (read by :func:`purrception.formats.read_version`)
+SHARDS_VERSION = 1
 
 
 def codes_dtype_for(codebook_size: int) -> np.dtype:
@@ -80,7 +83,7 @@ def _write_manifest(folder: Path, identity: TokenizerIdentity, num_items: int, l
                     source: dict[str, Any], preprocessing: dict[str, Any]) -> None:
     atomic_save_json(folder / MANIFEST, {
         "format": FORMAT,
-        "version": 1,
+        "version": SHARDS_VERSION,
         "tokenizer": identity.to_dict(),
         "num_items": int(num_items),
         "latent_shape": [int(s) for s in latent_shape],
@@ -207,20 +210,28 @@ class TokenShards:
         manifest = load_json(folder / MANIFEST, "shard manifest")
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise PurrError(f"{folder} is not a purrception shard folder (bad manifest); re-run `purr encode`")
+        read_version(manifest, "shard manifest", folder / MANIFEST, SHARDS_VERSION, "re-run `purr encode`")
         try:
             codes = np.load(folder / "codes.npy", mmap_mode="r")
             labels = np.load(folder / "labels.npy")
             codebook = np.load(folder / "codebook.npy")
         except (OSError, ValueError) as err:
             raise PurrError(f"cannot read shards in {folder}: {err}; re-run `purr encode`") from None
-        n = int(manifest["num_items"])
-        if codes.shape[0] != n or labels.shape != (n,) or list(codes.shape[1:]) != list(manifest["latent_shape"]):
+        try:
+            n = int(manifest["num_items"])
+            consistent = (codes.shape[0] == n and labels.shape == (n,)
+                          and list(codes.shape[1:]) == list(manifest["latent_shape"]))
+            shards = cls(folder, manifest, codes, labels, codebook)
+            identity, num_classes = shards.identity, shards.num_classes
+        except (KeyError, TypeError, ValueError) as err:
+            raise PurrError(f"the manifest of {folder} is incomplete ({err}); re-run `purr encode`") from None
+        if not consistent:
             raise PurrError(f"shards in {folder} are inconsistent with their manifest (truncated?); "
                             "re-run `purr encode`")
-        shards = cls(folder, manifest, codes, labels, codebook)
         found = sha256_tensor(torch.from_numpy(codebook))
-        if found != shards.identity.codebook_sha256:
+        if found != identity.codebook_sha256:
             raise PurrError(f"codebook.npy in {folder} does not match its manifest's hash; re-run `purr encode`")
+        _check_contents(folder, manifest, codes, labels, codebook, identity.codebook_size, num_classes)
         return shards
 
     @property
@@ -238,6 +249,33 @@ class TokenShards:
 
     def __len__(self) -> int:
         return int(self.codes.shape[0])
+
+
+#: rows of ``codes.npy`` read at a time when checking that every code is below K
+_SCAN_ROWS = 1 << 14
+
+
+def _check_contents(folder: Path, manifest: dict[str, Any], codes: np.ndarray, labels: np.ndarray,
+                    codebook: np.ndarray, k: int, num_classes: int) -> None:
+    """Refuse shards whose files disagree with what their manifest says of them: the codebook's size, the codes'
+    dtype and range ``[0, K)`` (scanned in blocks unless the dtype holds nothing else), the labels' range."""
+    fix = "re-run `purr encode`"
+    if codebook.ndim != 2 or codebook.shape[0] != k:
+        raise PurrError(f"codebook.npy in {folder} has shape {codebook.shape}, but the manifest's tokenizer has "
+                        f"codebook_size {k}; {fix}")
+    expected = codes_dtype_for(k)
+    if codes.dtype != expected or manifest.get("codes_dtype") != str(expected):
+        raise PurrError(f"codes.npy in {folder} is {codes.dtype} and the manifest's codes_dtype says "
+                        f"{manifest.get('codes_dtype')!r}; codes of K = {k} are {expected}; {fix}")
+    if k <= np.iinfo(expected).max:  # the dtype can hold codes >= K
+        for start in range(0, len(codes), _SCAN_ROWS):
+            block = codes[start:start + _SCAN_ROWS]
+            if block.size and int(block.max()) >= k:
+                raise PurrError(f"codes.npy in {folder} holds codes outside [0, {k}) (e.g. {int(block.max())}); "
+                                f"{fix}")
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise PurrError(f"labels.npy in {folder} holds class {int(labels.max())} (or a negative one), outside the "
+                        f"manifest's num_classes {num_classes}; {fix}")
 
 
 def check_same_tokenizer(expected: TokenizerIdentity, found: TokenizerIdentity, where: str) -> None:

@@ -55,9 +55,13 @@ from purrception.tokenizers.base import VQTokenizer
 
 __all__ = ["EvalSettings", "Protocol", "PROTOCOLS", "default_protocol", "check", "generate_slice", "gather_samples",
            "score_samples", "build_report", "reference_features",
-           "score", "evaluate_checkpoint", "evaluate_generator", "save_adm_npz", "format_table"]
+           "score", "evaluate_checkpoint", "evaluate_generator", "save_adm_npz", "format_table", "REPORT_FORMAT",
+           "REPORT_VERSION"]
 
 log = logging.getLogger(__name__)
+
+#: format and version (:mod:`purrception.formats`) of the JSON report of ``purr eval`` (:func:`build_report`)
+REPORT_FORMAT, REPORT_VERSION = "purrception-eval-report", 1
 
 
 @dataclass
@@ -333,6 +337,7 @@ def build_report(protocol: Protocol, reference_spec: str, reference: ReferenceFe
                  info: DistInfo, export_npz: str | Path | None, seconds: dict[str, float]) -> dict[str, Any]:
     """The JSON report: the metrics and everything that decided them."""
     return {
+        "format": REPORT_FORMAT, "version": REPORT_VERSION,
         "protocol": protocol.name,
         "metrics": metrics,
         "checkpoint": dict(generator.source),

@@ -20,6 +20,7 @@ from purrception.checkpoint import Checkpoint, load_checkpoint
 from purrception.distributed import DistInfo, rank
 from purrception.errors import PurrError
 from purrception.evaluation.evaluate import EvalSettings, evaluate_checkpoint
+from purrception.formats import read_version
 from purrception.io import atomic_save_json, atomic_write, load_json
 from purrception.locks import folder_lock
 from purrception.sampling.grid import save_png
@@ -27,9 +28,12 @@ from purrception.training.config import TrainConfig
 from purrception.training.loop import train
 
 __all__ = ["StudyStore", "Variant", "TrackSettings", "train_and_track", "interleaved_step_seconds", "evaluate_point",
-           "write_markdown", "plot_lines", "first_crossing", "series"]
+           "write_markdown", "plot_lines", "first_crossing", "series", "STUDY_VERSION"]
 
 log = logging.getLogger(__name__)
+
+#: format version (:mod:`purrception.formats`) of a study's ``results.json``
+STUDY_VERSION = 1
 
 
 class StudyStore:
@@ -60,6 +64,10 @@ class StudyStore:
 
     def _read(self, settings: dict[str, Any]) -> dict[str, Any]:
         data = load_json(self.path, "study results") if self.path.exists() else {"settings": settings, "points": {}}
+        if not isinstance(data, dict):
+            raise PurrError(f"{self.path} is not a study's results; use another `folder`")
+        read_version(data, "study results", self.path, STUDY_VERSION, "use another `folder` to run the study again")
+        data["version"] = STUDY_VERSION
         if _without_seeds(_upgraded(data.get("settings", {}))) != _without_seeds(settings):
             raise PurrError(f"{self.folder} holds a study made with other settings; use another `folder` "
                             f"(or the same settings, with any seeds, to resume or extend it)")

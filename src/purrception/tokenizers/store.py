@@ -15,6 +15,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 
 from purrception.errors import PurrError
+from purrception.formats import read_version
 from purrception.io import atomic_save_json, atomic_write, load_json
 from purrception.tokenizers.base import TokenizerIdentity, VQTokenizer
 from purrception.tokenizers.registry import find_kind, get_kind, known_kinds, pretrained_kinds, trainable_kinds
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+#: format version of a tokenizer folder's ``config.json`` (read by :func:`purrception.formats.read_version`)
+TOKENIZER_VERSION = 1
 
 
 def save_tokenizer(tokenizer: VQTokenizer, folder: str | Path, metrics: dict[str, Any] | None = None) -> Path:
@@ -35,6 +38,7 @@ def save_tokenizer(tokenizer: VQTokenizer, folder: str | Path, metrics: dict[str
     atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp))
     atomic_save_json(folder / CONFIG_NAME, {
         "format": "purrception-tokenizer",
+        "version": TOKENIZER_VERSION,
         "kind": tokenizer.kind,
         "config": tokenizer.config_dict(),
         "identity": tokenizer.identity().to_dict(),
@@ -89,6 +93,8 @@ def _load_folder(folder: Path) -> VQTokenizer:
     meta = load_json(folder / CONFIG_NAME, "tokenizer config")
     if not isinstance(meta, dict) or meta.get("format") != "purrception-tokenizer":
         raise PurrError(f"{folder / CONFIG_NAME} is not a purrception tokenizer config")
+    read_version(meta, "tokenizer config", folder / CONFIG_NAME, TOKENIZER_VERSION,
+                 "train the tokenizer again with `purr tokenizer train`")
     recorded = meta.get("kind")
     entry = find_kind(recorded) if isinstance(recorded, str) else None
     if entry is None or not entry.trainable:
@@ -100,6 +106,9 @@ def _load_folder(folder: Path) -> VQTokenizer:
     weights = folder / WEIGHTS_NAME
     if not weights.is_file():
         raise PurrError(f"tokenizer weights missing: {weights}")
+    if not weights.resolve().is_relative_to(folder.resolve()):
+        raise PurrError(f"tokenizer weights {weights} link to {weights.resolve()}, outside the tokenizer folder; "
+                        f"copy the file into the folder")
     try:
         state = load_file(str(weights))
     except Exception as err:

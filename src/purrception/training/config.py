@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import warnings
 from collections.abc import Collection
@@ -22,9 +23,14 @@ from typing import Any, ClassVar
 from purrception.errors import PurrError
 
 __all__ = ["TrainConfig", "TRAIN_PRESETS", "PRESET_ALIASES", "preset_name", "PRECISIONS", "resolve_config",
-           "parse_override", "explicit_fields", "resumed_config", "config_differences"]
+           "parse_override", "explicit_fields", "resumed_config", "config_differences", "RUN_CONFIG_FORMAT",
+           "RUN_CONFIG_VERSION"]
 
 log = logging.getLogger(__name__)
+
+#: format and version (:mod:`purrception.formats`) of a run folder's ``config.json``: a record for people and for the
+#: pipeline's description of the data (a resume reads the checkpoint's config, never this file)
+RUN_CONFIG_FORMAT, RUN_CONFIG_VERSION = "purrception-run", 1
 
 #: accepted ``precision`` values (the loop maps them to autocast dtypes)
 PRECISIONS = ("fp32", "bf16")
@@ -91,6 +97,25 @@ class TrainConfig:
         for name in ("micro_batch_size", "keep_last", "keep_every", "sample_every", "warmup_steps", "seed"):
             if int(getattr(self, name)) < 0:
                 raise PurrError(f"`{name}` must be >= 0, got {getattr(self, name)}")
+        for f in fields(self):
+            if str(f.type) == "int" and int(getattr(self, f.name)) > _MAX_INT:
+                raise PurrError(f"`{f.name}` must be at most 2**63 - 1, got {getattr(self, f.name)}")
+        for name, low, high, closed in _FLOAT_RANGES:
+            value = float(getattr(self, name))
+            inside = math.isfinite(value) and low <= value and (value <= high if closed else value < high)
+            if not inside or (name in _POSITIVE and value == 0):
+                bound = f"{'> 0' if name in _POSITIVE else f'>= {low:g}'}" + (
+                    "" if math.isinf(high) else f" and {'<=' if closed else '<'} {high:g}")
+                raise PurrError(f"`{name}` must be a finite number {bound}, got {getattr(self, name)!r}")
+        if (not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2
+                or not all(isinstance(b, (int, float)) and math.isfinite(b) and 0 <= b < 1 for b in self.betas)):
+            raise PurrError(f"`betas` must be two numbers in [0, 1), got {list(self.betas)}; e.g. `betas=[0.9,0.999]`")
+        for name in ("method_options", "model_overrides"):
+            value = getattr(self, name)
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                raise PurrError(f"`{name}` must be a mapping of names to values, got {value!r}; e.g. "
+                                f"`{name}={{}}`")
+        _check_method_options(self.method, self.method_options)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -99,13 +124,19 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        if not isinstance(d, dict):
+            raise PurrError(f"a training config must be a mapping of field names to values, got {type(d).__name__}")
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise PurrError(f"unknown training config field(s): {', '.join(sorted(unknown))}")
+            raise PurrError(f"unknown training config field(s): {', '.join(sorted(map(str, unknown)))}")
         d = dict(d)
         if "betas" in d:
-            d["betas"] = tuple(float(b) for b in d["betas"])
+            betas = d["betas"]
+            if (not isinstance(betas, (list, tuple)) or len(betas) != 2
+                    or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in betas)):
+                raise PurrError(f"`betas` must be two numbers in [0, 1), got {betas!r}; e.g. `betas=[0.9,0.999]`")
+            d["betas"] = tuple(float(b) for b in betas)
         for f in fields(cls):
             if f.name in d:
                 d[f.name] = _checked(f.name, f.type, d[f.name])
@@ -144,6 +175,34 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "paper-dit-l2": {**_PAPER, "model": "DiT-L/2", "steps": 2_000_000},
     "paper-dit-xl2": {**_PAPER, "model": "DiT-XL/2", "steps": 3_500_000},
 }
+
+
+#: the largest integer a config field takes (torch's seeds and counters are 64-bit)
+_MAX_INT = 2**63 - 1
+#: the float fields' ranges: ``(name, low, high, high included)``; :data:`_POSITIVE` ones must also be > 0 (``lr``
+#: 0 is allowed: a run that leaves the weights as they are)
+_FLOAT_RANGES = (("lr", 0.0, math.inf, False), ("weight_decay", 0.0, math.inf, False), ("eps", 0.0, math.inf, False),
+                 ("grad_clip", 0.0, math.inf, False), ("ema_decay", 0.0, 1.0, True))
+_POSITIVE = ("eps",)
+
+
+def _check_method_options(method: str, options: dict[str, Any]) -> None:
+    """Refuse option names the method's constructor does not take (its values are its own to check)."""
+    import inspect
+
+    from purrception.flows.base import METHODS
+
+    cls = METHODS.get(method)
+    if cls is None:
+        raise PurrError(f"unknown method {method!r}; choose one of: {', '.join(sorted(METHODS))}")
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    known = [n for n in params if n not in ("self", "codebook")]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise PurrError(f"`method_options` has option(s) {', '.join(unknown)} that method {method} does not take; "
+                        f"its options: {', '.join(known) or 'none'}")
 
 
 _SCALAR_TYPES = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}

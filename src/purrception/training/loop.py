@@ -62,7 +62,13 @@ from purrception.locks import folder_lock
 from purrception.models.dit import DiT, dit_config_from_preset
 from purrception.models.dit_import import import_dit_trunk
 from purrception.threads import threads_for_run
-from purrception.training.config import TrainConfig, config_differences, resumed_config
+from purrception.training.config import (
+    RUN_CONFIG_FORMAT,
+    RUN_CONFIG_VERSION,
+    TrainConfig,
+    config_differences,
+    resumed_config,
+)
 from purrception.training.data import ShardBatches, slot_generator
 from purrception.training.ema import EMA
 from purrception.training.optimizer import adamw
@@ -392,6 +398,7 @@ class _Run:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_save_json(self.run_dir / "config.json", {
+            "format": RUN_CONFIG_FORMAT, "version": RUN_CONFIG_VERSION,
             "train": self.config.to_dict(), "model": self.model.config.to_dict(),
             "method": {"name": self.method.name, "options": self.method.options()},
             "shards": str(shards_path), "tokenizer": self.tokenizer_entry,
