@@ -10,12 +10,17 @@ A run lives in one folder::
     tensorboard/         event files (when ``tensorboard`` is on)
 
 Data parallelism. A step's global batch of ``B`` samples is split into ``S = B / micro_batch_size`` micro-batch
-*slots*; the samples and the noise of slot ``s`` depend only on ``(seed, step, s)`` (``training.data``). With
-``W`` processes, rank ``r`` computes slots ``r S / W ... (r + 1) S / W - 1`` and back-propagates ``loss * W / S``
-for each; DistributedDataParallel averages the gradients over ranks, so every rank holds
+*slots*. The sample at position ``i`` of the global batch and its randomness (noise, time, label dropout: its own
+generator) depend only on ``(seed, step, i)`` (``training.data``), never on the slot or process that computes it.
+With ``W`` processes, rank ``r`` computes slots ``r S / W ... (r + 1) S / W - 1`` and back-propagates
+``loss * W / S`` for each; DistributedDataParallel averages the gradients over ranks, so every rank holds
 ``sum_s grad(loss_s) / S`` -- the gradient of the same global batch that one process accumulating all ``S`` slots
-computes. Hence 1, 2 or 64 processes give the same parameters (to float summation order), and the data position of
-a run is just its step. Gradients are synchronised once per step (``no_sync`` on all but the last micro-batch).
+computes. Hence 1, 2 or 64 processes, on one node or several, and any micro-batch size follow the same trajectory;
+only the float summation order differs (which slots a process adds before the all-reduce, and the micro-batch size
+of the forward pass), so parameters agree to rounding, not bit for bit (a loss that averages over a data-dependent
+count within a micro-batch, DFM's masked positions, also weighs micro-batches slightly differently). The data
+position of a run is just its step. Gradients are synchronised once per step (``no_sync`` on all but the last
+micro-batch).
 Rank 0 alone writes files and shows progress; every rank reads the checkpoint on resume, so ``run_dir`` must be on
 a filesystem all nodes see.
 
@@ -55,12 +60,12 @@ from purrception.distributed import (
     init_distributed,
 )
 from purrception.errors import PurrError
-from purrception.flows.base import FlowMethod, LossOutput, get_method
+from purrception.flows.base import FlowMethod, LossOutput, Randomness, get_method
 from purrception.io import atomic_save_json, partial_writes
 from purrception.models.dit import DiT, dit_config_from_preset
 from purrception.models.dit_import import import_dit_trunk
 from purrception.training.config import TrainConfig, config_differences, resumed_config
-from purrception.training.data import ShardBatches, slot_generator
+from purrception.training.data import ShardBatches, sample_generators
 from purrception.training.ema import EMA
 from purrception.training.optimizer import adamw
 from purrception.training.rng_state import capture_rng_state, restore_rng_state
@@ -123,14 +128,14 @@ def slots_of_rank(config: TrainConfig, world: int, rank: int) -> tuple[int, int,
 
 
 class _LossModule(nn.Module):
-    """``forward(codes, y, generator) -> LossOutput``: the method's loss as a module, so DDP can wrap it."""
+    """``forward(codes, y, generators) -> LossOutput``: the method's loss as a module, so DDP can wrap it."""
 
     def __init__(self, model: DiT, method: FlowMethod):
         super().__init__()
         self.model = model
         self.method = method
 
-    def forward(self, codes: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> LossOutput:
+    def forward(self, codes: torch.Tensor, y: torch.Tensor, generator: Randomness) -> LossOutput:
         return self.method.loss(self.model, codes, y, generator)
 
 
@@ -502,7 +507,7 @@ def _accumulate(forward: nn.Module, ddp: DistributedDataParallel | None, batches
         sync = ddp is None or i == len(my_slots) - 1
         with contextlib.nullcontext() if sync else ddp.no_sync():
             with _autocast(dev, config.precision):
-                out = forward(codes, y, slot_generator(config.seed, step, slot, dev))
+                out = forward(codes, y, sample_generators(config.seed, step, batches.positions(slot), dev))
             (out.loss.float() * loss_scale).backward()
         loss_sum += float(out.loss.detach())
         for k, v in out.metrics.items():
