@@ -12,7 +12,7 @@ from typing import Any
 from purrception.checkpoint import resolve_checkpoint
 from purrception.cli.common import add_sample_steps_arg, positive_int, seed_int
 from purrception.data.datasets import DATASETS, get_dataset
-from purrception.distributed import init_distributed, main_process_first
+from purrception.distributed import cache_first, init_distributed
 from purrception.errors import PurrError
 from purrception.evaluation.evaluate import EvalSettings
 from purrception.flows.base import METHODS, get_method
@@ -120,7 +120,7 @@ def _scoring(args: argparse.Namespace, data: str | None) -> tuple[str, str]:
     if data is None:
         return "", ""
     dataset = get_dataset(data)
-    with main_process_first():  # rank 0 makes an exported reference folder first
+    with cache_first(default_cache_dir()):  # one process per cache makes an exported reference folder first
         return dataset.protocol, dataset.reference()
 
 
@@ -131,7 +131,7 @@ def _data(args: argparse.Namespace) -> StudyData:
         if not args.tokenizer:
             raise PurrError("--shards needs --tokenizer (to decode samples for evaluation)")
         return StudyData(args.shards, args.tokenizer, *_scoring(args, None))
-    with main_process_first():
+    with cache_first(default_cache_dir()):
         prepared = get_dataset(args.data).prepare(device=args.device)
     protocol, reference = ("folder", args.reference) if args.reference else (prepared.protocol, prepared.reference)
     return StudyData(str(prepared.shards.folder), str(prepared.tokenizer_dir), protocol, reference)

@@ -13,19 +13,20 @@ Data parallelism. A step's global batch of ``B`` samples is split into ``S = B /
 *slots*. The sample at position ``i`` of the global batch and its randomness (noise, time, label dropout: its own
 generator) depend only on ``(seed, step, i)`` (``training.data``), never on the slot or process that computes it.
 With ``W`` processes, rank ``r`` computes slots ``r S / W ... (r + 1) S / W - 1`` and back-propagates
-``loss * W / S`` for each; DistributedDataParallel averages the gradients over ranks, so every rank holds
+``loss / S`` for each; the gradients are summed over ranks once per step (on CUDA by DistributedDataParallel, which
+averages, so there ``loss * W / S``, with ``no_sync`` on all but the last micro-batch), so every rank holds
 ``sum_s grad(loss_s) / S`` -- the gradient of the same global batch that one process accumulating all ``S`` slots
-computes. Hence 1, 2 or 64 processes, on one node or several, and any micro-batch size follow the same trajectory;
-only the float summation order differs (which slots a process adds before the all-reduce, and the micro-batch size
-of the forward pass), so parameters agree to rounding, not bit for bit (a loss that averages over a data-dependent
-count within a micro-batch, DFM's masked positions, also weighs micro-batches slightly differently). The data
-position of a run is just its step. Gradients are synchronised once per step (``no_sync`` on all but the last
-micro-batch).
+computes. Hence 1, 2 or 64 processes, on one node or several, and any micro-batch size follow the same
+trajectory; only the float summation order differs (which slots a process adds before the all-reduce, and the
+micro-batch size of the forward pass), so parameters agree to rounding, not bit for bit (a loss that averages over
+a data-dependent count within a micro-batch, DFM's masked positions, also weighs micro-batches slightly
+differently). The data position of a run is just its step.
 Rank 0 alone writes files and shows progress; every rank reads the checkpoint on resume, so ``run_dir`` must be on
 a filesystem all nodes see.
 
 ``train(..., resume=True)`` continues from the newest checkpoint and reproduces the uninterrupted run exactly
-(CPU, deterministic), whatever the number of processes before and after. The checkpoint's config defines the run;
+(CPU, deterministic, the same number of processes before and after; another number continues the same trajectory
+to float rounding). The checkpoint's config defines the run;
 the caller may change only what :attr:`TrainConfig.ADJUSTABLE` lists (``steps``, logging / checkpoint / sample
 cadence, precision), and asking for another value of a :attr:`TrainConfig.PINNED` field is refused
 (:func:`~purrception.training.config.resumed_config`). A run already at or past ``steps`` is returned as it is.
@@ -379,19 +380,24 @@ class _Run:
             restore_rng_state(state.rng[self.info.rank], self.dev)
 
     def _wrap(self) -> None:
-        """Optional per-block ``torch.compile`` and, over several processes, DistributedDataParallel."""
+        """Optional per-block ``torch.compile`` and, over several CUDA processes, DistributedDataParallel.
+
+        On CPU (gloo) the gradients are summed over processes once per step as one flat vector in parameter order
+        (:func:`_sum_gradients`): the same summation order every step, so a resumed run reproduces the
+        uninterrupted one bit for bit. DDP's buckets are laid out anew after a run's (or a resumed run's) first
+        step, which moves each gradient entry to another place in gloo's ring, so another summation order.
+        """
         if self.config.compile:
             for block in self.model.blocks:  # in place: parameter names (and checkpoints) stay those of the plain model
                 block.compile()
         self.loss_module = _LossModule(self.model, self.method)
         self.ddp = None
-        if self.info.world_size > 1:
-            self.ddp = DistributedDataParallel(self.loss_module,
-                                               device_ids=[self.dev.index] if self.dev.type == "cuda" else None,
+        if self.info.world_size > 1 and self.dev.type == "cuda":
+            self.ddp = DistributedDataParallel(self.loss_module, device_ids=[self.dev.index],
                                                gradient_as_bucket_view=True)
         self.forward = self.ddp if self.ddp is not None else self.loss_module
-        # DDP averages over ranks; scaling by W / S leaves sum_s grad(loss_s) / S on every rank.
-        self.loss_scale = self.info.world_size / self.slots_per_step
+        # DDP averages over ranks, a plain sum does not: either way every rank holds sum_s grad(loss_s) / S.
+        self.loss_scale = (self.info.world_size if self.ddp is not None else 1) / self.slots_per_step
 
     def _write_run_files(self, shards_path: str | Path) -> None:
         """Rank 0: ``config.json`` (resolved config, model, method, data, process layout); metrics cut to the step."""
@@ -443,6 +449,8 @@ class _Run:
             group["lr"] = _lr_at(config, step)
         loss, parts = _accumulate(self.forward, self.ddp, self.batches, config, step, self.my_slots,
                                   self.slots_per_step, self.loss_scale, self.dev)
+        if self.ddp is None and self.info.world_size > 1:
+            _sum_gradients(self.model)
         if not math.isfinite(loss):
             raise PurrError(f"loss became {loss} at step {step}{_last_good(self.last_saved)}; "
                             f"lower the learning rate or enable grad_clip")
@@ -516,6 +524,19 @@ def _accumulate(forward: nn.Module, ddp: DistributedDataParallel | None, batches
     totals = all_reduce_sum(torch.tensor([loss_sum] + [parts[k] for k in keys], dtype=torch.float64, device=dev))
     values = (totals / slots_per_step).tolist()
     return values[0], dict(zip(keys, values[1:]))
+
+
+@torch.no_grad()
+def _sum_gradients(model: nn.Module) -> None:
+    """Sum every parameter's gradient over the processes, as one vector in parameter order (a missing gradient
+    counts as zeros)."""
+    params = list(model.parameters())
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    all_reduce_sum(flat)
+    offset = 0
+    for p in params:
+        p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
 
 
 @torch.no_grad()
