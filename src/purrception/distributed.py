@@ -45,8 +45,8 @@ from purrception.errors import PurrError
 
 __all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "is_distributed", "rank", "world_size",
            "local_rank", "launch_rank", "launch_world_size", "barrier", "main_process_first", "cache_first",
-           "is_shared_folder", "all_reduce_sum", "gather_to_rank0", "contiguous_slice", "failure_bound",
-           "collective_timeout", "claim_failure", "failed_rank", "peer_failure", "on_peer_failure",
+           "is_shared_folder", "all_reduce_sum", "gather_to_rank0", "broadcast_from_rank0", "contiguous_slice",
+           "failure_bound", "collective_timeout", "claim_failure", "failed_rank", "peer_failure", "on_peer_failure",
            "TIMEOUT_ENV", "COLLECTIVE_TIMEOUT_ENV"]
 
 log = logging.getLogger(__name__)
@@ -413,6 +413,15 @@ def gather_to_rank0(obj: Any) -> list[Any] | None:
     out: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
     dist.gather_object(obj, out, dst=0)
     return out
+
+
+def broadcast_from_rank0(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (pickled; ``obj`` itself in a single process)."""
+    if not is_distributed():
+        return obj
+    box = [obj if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def contiguous_slice(total: int, rank_: int, world: int) -> range:

@@ -12,7 +12,7 @@ from typing import Any
 from purrception.checkpoint import resolve_checkpoint
 from purrception.cli.common import add_sample_steps_arg, positive_int, seed_int
 from purrception.data.datasets import DATASETS, get_dataset
-from purrception.distributed import cache_first, init_distributed
+from purrception.distributed import DistInfo, cache_first, init_distributed
 from purrception.errors import PurrError
 from purrception.evaluation.evaluate import EvalSettings
 from purrception.flows.base import METHODS, get_method
@@ -149,6 +149,12 @@ def _recorded(settings: EvalSettings) -> dict[str, Any]:
     return {k: as_spec(v) for k, v in vars(settings).items()}
 
 
+def _print_main(info: DistInfo, text: str) -> None:
+    """The command's result on stdout, once per job (rank 0)."""
+    if info.is_main:
+        print(text)
+
+
 def run_tracked(args: argparse.Namespace) -> int:
     tau = SamplerSettings(tau=args.tau).tau
     info = init_distributed(args.device)
@@ -169,17 +175,17 @@ def run_tracked(args: argparse.Namespace) -> int:
             raise PurrError(f"unknown method {unknown[0]!r}; choose from {', '.join(sorted(METHODS))}")
         store = StudyStore(args.out, {**settings, "methods": methods}, args.command_line)
         result = studies.convergence(store, track, methods, shards, tokenizer_path, tokenizer, info)
-        print(json.dumps({"speedups": result, "table": str(store.folder / "convergence.md")}, indent=2))
+        _print_main(info, json.dumps({"speedups": result, "table": str(store.folder / "convergence.md")}, indent=2))
     elif args.study == "zloss":
         store = StudyStore(args.out, {**settings, "weights": args.weights}, args.command_line)
         studies.zloss(store, track, args.weights, shards, tokenizer_path, tokenizer, info)
-        print(json.dumps({"table": str(store.folder / "zloss.md")}))
+        _print_main(info, json.dumps({"table": str(store.folder / "zloss.md")}))
     else:
         ranks = [int(r) for r in args.ranks.split(",")]
         store = StudyStore(args.out, {**settings, "ranks": ranks}, args.command_line)
         result = studies.head(store, track, ranks, shards, tokenizer_path, tokenizer, info)
-        print(json.dumps({"equal_wall_time": result, "tables": [str(store.folder / "head.md"),
-                                                                str(store.folder / "head_wall_time.md")]}, indent=2))
+        tables = [str(store.folder / "head.md"), str(store.folder / "head_wall_time.md")]
+        _print_main(info, json.dumps({"equal_wall_time": result, "tables": tables}, indent=2))
     return 0
 
 
@@ -200,6 +206,6 @@ def run_sweep(args: argparse.Namespace) -> int:
                                   "eval": _recorded(base)}, args.command_line)
     pairs = [(c, c.load_tokenizer()) for c in ckpts]
     points = studies.sampler_sweep(store, pairs, base, args.field, args.values, info)
-    print(json.dumps([{args.field: p[args.field], "fid": p["fid"], "class_accuracy": p["class_accuracy"]}
-                      for p in points], indent=2))
+    _print_main(info, json.dumps([{args.field: p[args.field], "fid": p["fid"], "class_accuracy": p["class_accuracy"]}
+                                  for p in points], indent=2))
     return 0
