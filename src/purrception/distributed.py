@@ -16,12 +16,13 @@ rank 0 build a node-local one. Inside the body only some ranks run, so there the
 
 Failures. A job ends when any process fails, within a bound, rather than waiting in a collective for a process that
 is gone. Every process beats a counter in the job's rendezvous store (torchrun's) twice a second, and a watchdog
-thread watches the others: a process that stops beating for ``PURR_DIST_TIMEOUT`` seconds (default 60: killed,
-machine lost) or that records a failure (:func:`claim_failure`, the ``purr`` command does so on any error) ends
-every other process within about a second, each with one line naming the rank (:func:`on_peer_failure` sets how
-it is reported). A process that is alive but stops taking part (a deadlock, a hung filesystem) is ended by the
-collectives' own timeout, ``PURR_DIST_COLLECTIVE_TIMEOUT`` seconds (default 1800), which must exceed the longest
-work one rank does while the others wait (a cache build inside :func:`main_process_first`).
+thread watches the next process's counter and the store's failure record. A process that stops beating for
+``PURR_DIST_TIMEOUT`` seconds (default 60: killed, machine lost; its watcher records it) or that records a failure
+(:func:`claim_failure`, the ``purr`` command does so on any error) ends every other process within about a second,
+each with one line naming the rank (:func:`on_peer_failure` sets how it is reported). A process that is alive but
+stops taking part (a deadlock, a hung filesystem) is ended by the collectives' own timeout,
+``PURR_DIST_COLLECTIVE_TIMEOUT`` seconds (default 1800), which must exceed the longest work one rank does while the
+others wait (a cache build inside :func:`main_process_first`).
 """
 
 from __future__ import annotations
@@ -199,7 +200,8 @@ class _Watchdog(threading.Thread):
 
     def run(self) -> None:
         now = time.monotonic()
-        last: dict[int, tuple[int, float]] = {r: (-1, now) for r in range(self.world) if r != self.rank}
+        # each process watches the next one (a ring): any loss is seen by one watcher, which records it for all
+        last: dict[int, tuple[int, float]] = {(self.rank + 1) % self.world: (-1, now)}
         unreachable_since: float | None = None
         while not self.halt.wait(_BEAT_SECONDS):
             now = time.monotonic()
@@ -227,6 +229,10 @@ class _Watchdog(threading.Thread):
                 if value != last[r][0]:
                     last[r] = (value, now)
                 elif now - last[r][1] > self.bound:
+                    try:
+                        self.store.compare_set(_FAILED_KEY, "", f"{r}\nstopped responding")
+                    except Exception:
+                        pass
                     _stop(f"rank {r} stopped responding for {self.bound:g} s (killed, or its machine is gone)")
 
     def leave(self, cleanly: bool) -> None:
