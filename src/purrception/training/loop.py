@@ -528,14 +528,16 @@ def _accumulate(forward: nn.Module, ddp: DistributedDataParallel | None, batches
 
 @torch.no_grad()
 def _sum_gradients(model: nn.Module) -> None:
-    """Sum every parameter's gradient over the processes, as one vector in parameter order (a missing gradient
-    counts as zeros)."""
+    """Sum every parameter's gradient over the processes, as one vector in parameter order. A parameter without a
+    gradient here counts as zeros in the sum and keeps no gradient (as in one process: the optimizer skips it; the
+    losses keep every parameter in the graph, so the processes agree on which have one)."""
     params = list(model.parameters())
     flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
     all_reduce_sum(flat)
     offset = 0
     for p in params:
-        p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+        if p.grad is not None:
+            p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
         offset += p.numel()
 
 
