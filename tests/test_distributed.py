@@ -67,3 +67,21 @@ def test_only_rank_0_logs_below_warning(tiny_tokenizer_dir, tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         stderr[r] = proc.stderr
     assert " INFO " in stderr[0] and " INFO " not in stderr[1]
+
+
+def test_failure_bounds_come_from_the_environment(monkeypatch):
+    from purrception.distributed import claim_failure, collective_timeout, failure_bound, peer_failure
+    from purrception.errors import PurrError
+
+    monkeypatch.delenv("PURR_DIST_TIMEOUT", raising=False)
+    monkeypatch.delenv("PURR_DIST_COLLECTIVE_TIMEOUT", raising=False)
+    assert failure_bound() == 60.0 and collective_timeout().total_seconds() == 1800.0
+    monkeypatch.setenv("PURR_DIST_TIMEOUT", "7.5")
+    monkeypatch.setenv("PURR_DIST_COLLECTIVE_TIMEOUT", "90")
+    assert failure_bound() == 7.5 and collective_timeout().total_seconds() == 90.0
+    for bad in ("abc", "0", "-1", "inf", "nan"):
+        monkeypatch.setenv("PURR_DIST_TIMEOUT", bad)
+        with pytest.raises(PurrError, match=f"PURR_DIST_TIMEOUT={bad!r} must be a positive number of seconds"):
+            failure_bound()
+    # a single process is never stopped by another: it reports its own errors
+    assert claim_failure("boom") is True and peer_failure(RuntimeError("Connection closed by peer")) is None

@@ -4,7 +4,11 @@ Every module in :data:`COMMAND_MODULES` exposes ``register(subparsers)``, which 
 ``func=handler`` on them; a handler takes the parsed ``argparse.Namespace`` and returns an exit code.
 User errors (:class:`~purrception.errors.PurrError`) print one line and exit with status 2; the parameters the
 message names (in backticks, see :mod:`purrception.errors`) are rewritten into the invoked subcommand's flags by
-:func:`flag_message`, the one place the CLI maps parameters to flags. Under torchrun only rank 0 logs below WARNING.
+:func:`flag_message`, the one place the CLI maps parameters to flags. Under torchrun only rank 0 logs below WARNING,
+every process joins the job before the command runs, and a failure anywhere ends the job
+(:mod:`purrception.distributed`): the first process to fail prints ``purr: error (rank R of W): ...`` and exits
+with status 2 (a traceback, for what is not a user error), every other one at most ``purr: stopping: rank R
+failed`` and exits with status 1.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import shlex
 import sys
 from typing import Callable, Sequence
 
+from purrception import distributed
 from purrception.distributed import launch_rank
 from purrception.errors import PARAMETER, PurrError
 
@@ -152,16 +157,45 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.command_line = "purr " + shlex.join(argv)  # for files that say how they were made
     _configure_logging(args.verbose, launch_rank())
+    distributed.on_peer_failure(_print_stopping)
     try:
+        if distributed.launch_world_size() > 1:  # join first, so that even a bad option is reported once
+            distributed.init_distributed(getattr(args, "device", None))
         return int(args.func(args) or 0)
     except PurrError as err:
         _close_progress_bars()
-        print(f"purr: error: {flag_message(str(err), [_invoked_parser(parser, args)])}", file=sys.stderr)
-        return 2
+        return _report_error(flag_message(str(err), [_invoked_parser(parser, args)]), err)
     except KeyboardInterrupt:
         _close_progress_bars()
         print("purr: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        stopped = distributed.peer_failure(err)
+        if stopped is not None:
+            _print_stopping(stopped)
+            return 1
+        distributed.claim_failure(type(err).__name__)
+        raise
+    finally:
+        distributed.cleanup_distributed()
+
+
+def _print_stopping(message: str) -> None:
+    print(f"purr: stopping: {message}", file=sys.stderr, flush=True)
+
+
+def _report_error(message: str, err: PurrError) -> int:
+    """Print a user error once per job: by the first process to fail (naming its rank when there are several)."""
+    world = distributed.launch_world_size()
+    if world == 1:
+        print(f"purr: error: {message}", file=sys.stderr)
+        return 2
+    stopped = distributed.peer_failure(err)
+    if stopped is None and distributed.claim_failure(message):
+        print(f"purr: error (rank {launch_rank()} of {world}): {message}", file=sys.stderr, flush=True)
+        return 2
+    _print_stopping(stopped or f"rank {distributed.failed_rank()} failed")
+    return 1
 
 
 def _close_progress_bars() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from purrception.checkpoint import resolve_checkpoint
 from purrception.cli.common import add_sample_steps_arg, positive_int, seed_int
 from purrception.data.datasets import DATASETS, get_dataset
-from purrception.distributed import init_distributed, main_process_first
+from purrception.distributed import DistInfo, cache_first, init_distributed
 from purrception.errors import PurrError
 from purrception.evaluation.evaluate import EvalSettings
 from purrception.flows.base import METHODS, get_method
@@ -120,7 +120,7 @@ def _scoring(args: argparse.Namespace, data: str | None) -> tuple[str, str]:
     if data is None:
         return "", ""
     dataset = get_dataset(data)
-    with main_process_first():  # rank 0 makes an exported reference folder first
+    with cache_first(default_cache_dir()):  # one process per cache makes an exported reference folder first
         return dataset.protocol, dataset.reference()
 
 
@@ -131,7 +131,7 @@ def _data(args: argparse.Namespace) -> StudyData:
         if not args.tokenizer:
             raise PurrError("--shards needs --tokenizer (to decode samples for evaluation)")
         return StudyData(args.shards, args.tokenizer, *_scoring(args, None))
-    with main_process_first():
+    with cache_first(default_cache_dir()):
         prepared = get_dataset(args.data).prepare(device=args.device)
     protocol, reference = ("folder", args.reference) if args.reference else (prepared.protocol, prepared.reference)
     return StudyData(str(prepared.shards.folder), str(prepared.tokenizer_dir), protocol, reference)
@@ -147,6 +147,12 @@ def _eval_settings(args: argparse.Namespace, protocol: str, reference: str, tau:
 def _recorded(settings: EvalSettings) -> dict[str, Any]:
     """EvalSettings as the study's settings record them (schedules by their spec)."""
     return {k: as_spec(v) for k, v in vars(settings).items()}
+
+
+def _print_main(info: DistInfo, text: str) -> None:
+    """The command's result on stdout, once per job (rank 0)."""
+    if info.is_main:
+        print(text)
 
 
 def run_tracked(args: argparse.Namespace) -> int:
@@ -169,17 +175,17 @@ def run_tracked(args: argparse.Namespace) -> int:
             raise PurrError(f"unknown method {unknown[0]!r}; choose from {', '.join(sorted(METHODS))}")
         with StudyStore(args.out, {**settings, "methods": methods}, args.command_line) as store:
             result = studies.convergence(store, track, methods, shards, tokenizer_path, tokenizer, info)
-        print(json.dumps({"speedups": result, "table": str(store.folder / "convergence.md")}, indent=2))
+        _print_main(info, json.dumps({"speedups": result, "table": str(store.folder / "convergence.md")}, indent=2))
     elif args.study == "zloss":
         with StudyStore(args.out, {**settings, "weights": args.weights}, args.command_line) as store:
             studies.zloss(store, track, args.weights, shards, tokenizer_path, tokenizer, info)
-        print(json.dumps({"table": str(store.folder / "zloss.md")}))
+        _print_main(info, json.dumps({"table": str(store.folder / "zloss.md")}))
     else:
         ranks = [int(r) for r in args.ranks.split(",")]
         with StudyStore(args.out, {**settings, "ranks": ranks}, args.command_line) as store:
             result = studies.head(store, track, ranks, shards, tokenizer_path, tokenizer, info)
-        print(json.dumps({"equal_wall_time": result, "tables": [str(store.folder / "head.md"),
-                                                                str(store.folder / "head_wall_time.md")]}, indent=2))
+        tables = [str(store.folder / "head.md"), str(store.folder / "head_wall_time.md")]
+        _print_main(info, json.dumps({"equal_wall_time": result, "tables": tables}, indent=2))
     return 0
 
 
@@ -200,6 +206,6 @@ def run_sweep(args: argparse.Namespace) -> int:
                                "eval": _recorded(base)}, args.command_line) as store:
         pairs = [(c, c.load_tokenizer()) for c in ckpts]
         points = studies.sampler_sweep(store, pairs, base, args.field, args.values, info)
-    print(json.dumps([{args.field: p[args.field], "fid": p["fid"], "class_accuracy": p["class_accuracy"]}
-                      for p in points], indent=2))
+    _print_main(info, json.dumps([{args.field: p[args.field], "fid": p["fid"], "class_accuracy": p["class_accuracy"]}
+                                  for p in points], indent=2))
     return 0

@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 
 from purrception.data.datasets import DATASETS, get_dataset
-from purrception.distributed import cleanup_distributed, init_distributed, main_process_first
+from purrception.distributed import cache_first, cleanup_distributed, init_distributed
 from purrception.flows.base import METHODS
+from purrception.io import default_cache_dir
 from purrception.training.config import PRESET_ALIASES, TRAIN_PRESETS, explicit_fields, resolve_config
 from purrception.training.loop import train
 
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         shards, tokenizer = args.shards, args.tokenizer
         if dataset is not None:
-            with main_process_first():  # rank 0 prepares the data set in the cache; the others then find it
+            with cache_first(default_cache_dir()):  # one process per cache prepares the data set; others find it
                 prepared = dataset.prepare(progress=info.is_main, device=str(info.device))
             shards, tokenizer = str(prepared.shards.folder), tokenizer or str(prepared.tokenizer_dir)
         result = train(config, shards, args.out, tokenizer_path=tokenizer, resume=args.resume,

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from purrception.checkpoint import Checkpoint
-from purrception.distributed import DistInfo, barrier, contiguous_slice, gather_to_rank0, main_process_first
+from purrception.distributed import DistInfo, barrier, cache_first, contiguous_slice, gather_to_rank0
 from purrception.errors import PurrError
 from purrception.evaluation.extractors import (
     DigitFeatures,
@@ -48,7 +48,7 @@ from purrception.evaluation.metrics import class_accuracy, inception_score, prec
 from purrception.evaluation.references import ReferenceSource, open_reference, to_channels
 from purrception.generation.generate import balanced_labels, generate_images
 from purrception.generation.generator import Generator
-from purrception.io import atomic_write
+from purrception.io import atomic_write, cache_root
 from purrception.sampling.schedules import Schedule
 from purrception.sampling.settings import SamplerSettings
 from purrception.tokenizers.base import VQTokenizer
@@ -293,7 +293,7 @@ def check(generator: Generator, tokenizer: VQTokenizer, settings: EvalSettings,
     protocol = PROTOCOLS[protocol_name]
     reference_spec = protocol.reference_for(settings)
     tokenizer.to(info.device)
-    with main_process_first():  # on first use the extractor trains / caches its classifier
+    with cache_first(cache_root(settings.cache_dir)):  # on first use the extractor trains / caches its judge
         extractor = protocol.build_extractor(settings, info.device, tokenizer)
     if extractor.num_classes is not None and extractor.num_classes != generator.num_classes:
         raise PurrError(f"the {protocol_name} protocol's classifier knows {extractor.num_classes} classes but the "

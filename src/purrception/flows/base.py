@@ -9,8 +9,9 @@ distributed code (docs/ARCHITECTURE.md). Time convention everywhere: ``z0`` nois
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple, Union
 
 import torch
 
@@ -21,11 +22,38 @@ from purrception.sampling.schedules import as_spec
 from purrception.sampling.settings import SamplerSettings
 from purrception.sampling.solvers import EndpointFn, StepCallback, VelocityFn, integrate
 
-__all__ = ["LossOutput", "Snap", "FlowMethod", "METHODS", "register_method", "get_method", "drop_labels",
-           "sample_time", "PathSample", "make_path_sample", "endpoint_velocity"]
+__all__ = ["LossOutput", "Snap", "Randomness", "uniform", "normal", "FlowMethod", "METHODS", "register_method",
+           "get_method", "drop_labels", "sample_time", "PathSample", "make_path_sample", "endpoint_velocity"]
 
 #: latents ``(B, d, h, w)`` -> codes ``(B, h, w)``: a tokenizer's ``snap``
 Snap = Callable[[torch.Tensor], torch.Tensor]
+
+#: Where a training loss draws its noise, times and label dropout from: one generator for the whole batch, one
+#: generator per sample (row ``i`` of every draw then comes from generator ``i``, so a sample's randomness does not
+#: depend on which batch it is in or where: the training loop's per-sample streams, ``training.data``), or None
+#: (torch's global generator).
+Randomness = Union[torch.Generator, Sequence[torch.Generator], None]
+
+
+def _draw(sampler: Callable[..., torch.Tensor], shape: Sequence[int], generator: Randomness,
+          device: torch.device | str) -> torch.Tensor:
+    if generator is None or isinstance(generator, torch.Generator):
+        return sampler(tuple(shape), generator=generator, device=device)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} per-sample generators for a batch of {shape[0]}")
+    if shape[0] == 0:
+        return sampler(tuple(shape), device=device)
+    return torch.stack([sampler(tuple(shape[1:]), generator=g, device=device) for g in generator])
+
+
+def uniform(shape: Sequence[int], generator: Randomness, device: torch.device | str) -> torch.Tensor:
+    """``U(0, 1)`` draws of ``shape`` (the first dimension is the batch) from ``generator`` (:data:`Randomness`)."""
+    return _draw(torch.rand, shape, generator, device)
+
+
+def normal(shape: Sequence[int], generator: Randomness, device: torch.device | str) -> torch.Tensor:
+    """``N(0, 1)`` draws of ``shape`` (the first dimension is the batch) from ``generator`` (:data:`Randomness`)."""
+    return _draw(torch.randn, shape, generator, device)
 
 
 @dataclass
@@ -36,18 +64,17 @@ class LossOutput:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def drop_labels(y: torch.Tensor, prob: float, null_class: int,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+def drop_labels(y: torch.Tensor, prob: float, null_class: int, generator: Randomness = None) -> torch.Tensor:
     """Replace each label by the null class with probability ``prob`` (label dropout, trains CFG)."""
     if prob <= 0:
         return y
-    drop = torch.rand(y.shape, generator=generator, device=y.device) < prob
+    drop = uniform(y.shape, generator, y.device) < prob
     return torch.where(drop, torch.full_like(y, null_class), y)
 
 
-def sample_time(batch: int, device: torch.device, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_time(batch: int, device: torch.device, generator: Randomness = None) -> torch.Tensor:
     """``t ~ U(0, 1)`` per sample (paper App. B)."""
-    return torch.rand(batch, generator=generator, device=device)
+    return uniform((batch,), generator, device)
 
 
 class PathSample(NamedTuple):
@@ -60,8 +87,7 @@ class PathSample(NamedTuple):
     z_t: torch.Tensor
 
 
-def make_path_sample(codebook: torch.Tensor, codes: torch.Tensor,
-                     generator: torch.Generator | None = None) -> PathSample:
+def make_path_sample(codebook: torch.Tensor, codes: torch.Tensor, generator: Randomness = None) -> PathSample:
     """``z1 = E[c]``, ``z0 ~ N(0, I)``, ``t ~ U(0, 1)``, ``z_t = t z1 + (1 - t) z0``.
 
     The linear (OT) path of paper Sec. 2.2 (eq. 7's conditional field) and App. B (Fig. 6, training).
@@ -70,7 +96,7 @@ def make_path_sample(codebook: torch.Tensor, codes: torch.Tensor,
     (draw order: ``z0`` then ``t``).
     """
     z1 = codebook[codes.long()].permute(0, 3, 1, 2)                           # (B, d, h, w)
-    z0 = torch.randn(z1.shape, generator=generator, device=z1.device)
+    z0 = normal(z1.shape, generator, z1.device)
     t = sample_time(z1.shape[0], z1.device, generator)
     tb = t[:, None, None, None]
     return PathSample(z0, z1, t, tb * z1 + (1 - tb) * z0)
@@ -121,9 +147,9 @@ class FlowMethod(abc.ABC):
         """DiT fields this method fixes: ``in_channels``, ``out_channels`` and ``input_vocab_size``."""
 
     @abc.abstractmethod
-    def loss(self, model: DiT, codes: torch.Tensor, y: torch.Tensor,
-             generator: torch.Generator | None = None) -> LossOutput:
-        """Training loss for clean codes ``(B, h, w)`` and labels ``(B,)``."""
+    def loss(self, model: DiT, codes: torch.Tensor, y: torch.Tensor, generator: Randomness = None) -> LossOutput:
+        """Training loss for clean codes ``(B, h, w)`` and labels ``(B,)``, its randomness drawn from ``generator``
+        (:data:`Randomness`)."""
 
     # Optional hooks for solvers and uncertainty maps (sampling/solvers.py, generation/uncertainty.py).
 

@@ -19,7 +19,15 @@ import abc
 
 import torch
 
-from purrception.flows.base import FlowMethod, LossOutput, PathSample, drop_labels, make_path_sample, register_method
+from purrception.flows.base import (
+    FlowMethod,
+    LossOutput,
+    PathSample,
+    Randomness,
+    drop_labels,
+    make_path_sample,
+    register_method,
+)
 from purrception.flows.known import clamped_velocity_fields
 from purrception.models.dit import DiT
 from purrception.sampling.guidance import guided_features
@@ -56,8 +64,7 @@ class RegressionFlow(FlowMethod):
     def backbone_io(self) -> dict[str, int]:
         return {"in_channels": self.latent_dim, "out_channels": self.latent_dim, "input_vocab_size": 0}
 
-    def loss(self, model: DiT, codes: torch.Tensor, y: torch.Tensor,
-             generator: torch.Generator | None = None) -> LossOutput:
+    def loss(self, model: DiT, codes: torch.Tensor, y: torch.Tensor, generator: Randomness = None) -> LossOutput:
         """``mean ||f(z_t, t, y) - target||^2`` on the shared path (eq. 5 for CFM)."""
         path = make_path_sample(self.codebook, codes, generator)
         y = drop_labels(y, self.label_dropout, model.null_class, generator)

@@ -47,7 +47,16 @@ import torch
 import torch.nn.functional as F
 
 from purrception.errors import PurrError
-from purrception.flows.base import FlowMethod, LossOutput, Snap, drop_labels, register_method, sample_time
+from purrception.flows.base import (
+    FlowMethod,
+    LossOutput,
+    Randomness,
+    Snap,
+    drop_labels,
+    register_method,
+    sample_time,
+    uniform,
+)
 from purrception.flows.categorical import chunk_rows, logits_from_features, masked_cross_entropy_and_zloss, matmul_dtype
 from purrception.flows.known import KnownCodes
 from purrception.models.dit import DiT
@@ -81,9 +90,9 @@ def get_scheduler(name: str) -> Scheduler:
 
 
 def mask_path_sample(codes: torch.Tensor, t: torch.Tensor, kappa: Scheduler, mask_id: int,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+                     generator: Randomness = None) -> torch.Tensor:
     """``x_t`` ``(B, h, w)``: each position keeps its code with probability ``kappa(t_b)``, else is ``mask_id``."""
-    keep = torch.rand(codes.shape, generator=generator, device=codes.device) < kappa(t)[:, None, None]
+    keep = uniform(codes.shape, generator, codes.device) < kappa(t)[:, None, None]
     return torch.where(keep, codes.long(), torch.full_like(codes, mask_id, dtype=torch.long))
 
 
@@ -242,8 +251,7 @@ class DFM(FlowMethod):
         return {"in_channels": self.embed_dim, "out_channels": self.codebook_size,
                 "input_vocab_size": self.codebook_size + 1}
 
-    def loss(self, model: DiT, codes: torch.Tensor, y: torch.Tensor,
-             generator: torch.Generator | None = None) -> LossOutput:
+    def loss(self, model: DiT, codes: torch.Tensor, y: torch.Tensor, generator: Randomness = None) -> LossOutput:
         """CE of the denoiser on the masked positions of ``x_t ~ p_t(. | x_1 = codes)`` (+ optional z-loss)."""
         t = sample_time(codes.shape[0], codes.device, generator)
         x_t = mask_path_sample(codes, t, self.kappa, self.mask_id, generator)

@@ -10,6 +10,7 @@ from purrception.errors import PurrError
 from purrception.flows.base import (
     FlowMethod,
     LossOutput,
+    Randomness,
     drop_labels,
     endpoint_velocity,
     make_path_sample,
@@ -63,8 +64,7 @@ class Purrception(FlowMethod):
     def backbone_io(self) -> dict[str, int]:
         return {"in_channels": self.latent_dim, "out_channels": self.codebook_size, "input_vocab_size": 0}
 
-    def loss(self, model: DiT, codes: torch.Tensor, y: torch.Tensor,
-             generator: torch.Generator | None = None) -> LossOutput:
+    def loss(self, model: DiT, codes: torch.Tensor, y: torch.Tensor, generator: Randomness = None) -> LossOutput:
         """Paper App. B training step: ``z_t = t E[c] + (1 - t) z0``; CE(c, pi(z_t)) + lambda_z logsumexp^2."""
         path = make_path_sample(self.codebook, codes, generator)
         y = drop_labels(y, self.label_dropout, model.null_class, generator)

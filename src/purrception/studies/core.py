@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from purrception.checkpoint import Checkpoint, load_checkpoint
-from purrception.distributed import DistInfo, rank
+from purrception.distributed import DistInfo, broadcast_from_rank0, rank
 from purrception.errors import PurrError
 from purrception.evaluation.evaluate import EvalSettings, evaluate_checkpoint
 from purrception.formats import read_version
@@ -89,7 +89,9 @@ class StudyStore:
         return self.data["points"]
 
     def save(self) -> None:
-        atomic_save_json(self.path, self.data)
+        """Write the results (rank 0 only: under torchrun every rank holds the same results)."""
+        if rank() == 0:
+            atomic_save_json(self.path, self.data)
 
     def get_or_measure(self, key: str, measure: Callable[[], dict[str, Any]],
                        section: str = "points") -> dict[str, Any]:
@@ -123,8 +125,7 @@ class TrackSettings:
 
 def evaluate_point(ckpt: Checkpoint, tokenizer, settings: EvalSettings, info: DistInfo) -> dict[str, Any]:
     """Scores of one checkpoint under ``settings``' protocol: FID, class accuracy, precision / recall."""
-    report = evaluate_checkpoint(ckpt, tokenizer, settings, info)
-    assert report is not None
+    report = broadcast_from_rank0(evaluate_checkpoint(ckpt, tokenizer, settings, info))  # rank 0 scores; all go on
     return {"step": ckpt.step, **report["metrics"], "checkpoint": str(ckpt.path), "seconds": report["seconds"]["total"],
             "train_seconds": ckpt.train_seconds}
 

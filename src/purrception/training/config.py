@@ -47,7 +47,7 @@ class TrainConfig:
     init_from: str = ""                           # DiT / SiT file a new run's trunk starts from (models.dit_import)
     steps: int = 1000
     batch_size: int = 64                          # global batch over all processes and accumulation
-    micro_batch_size: int = 0                     # per forward pass; 0 = batch_size / world size
+    micro_batch_size: int = 0                     # per forward pass; 0 = batch_size / world size (rounding only)
     lr: float = 1e-4
     warmup_steps: int = 0
     weight_decay: float = 0.01
@@ -70,9 +70,9 @@ class TrainConfig:
 
     #: What defines the model and the optimisation trajectory, so what a resumed run keeps from its checkpoint:
     #: the method and backbone, the initial trunk (``init_from``, read only when a run starts: a resumed run's own
-    #: weights win), the global batch and its split into micro-batch slots (each slot draws its own noise,
-    #: ``training.data.slot_generator``), the seed, and AdamW, its warm-up, clipping and the EMA. Asking for another
-    #: value on resume is refused.
+    #: weights win), the global batch and its split into micro-batch slots (the split changes float rounding only:
+    #: each sample draws its own noise, ``training.data.sample_generators``; pinned so that a resumed run is exact),
+    #: the seed, and AdamW, its warm-up, clipping and the EMA. Asking for another value on resume is refused.
     PINNED: ClassVar[tuple[str, ...]] = (
         "method", "method_options", "model", "model_overrides", "init_from", "batch_size", "micro_batch_size", "seed",
         "lr", "warmup_steps", "weight_decay", "betas", "eps", "grad_clip", "ema_decay", "ema_warmup",

@@ -5,6 +5,10 @@ seeded by ``(seed, e)``, and global batch ``k`` takes positions ``[k B, (k + 1) 
 So the data position of a run is its step, resuming needs no loader state, and splitting a global batch
 into micro-batch *slots* (over processes and gradient-accumulation steps) does not change which samples
 a step sees.
+
+The randomness of a sample (noise, time, label dropout) comes from its own generator, seeded by
+``(seed, step, i)`` for the sample at position ``i`` of the step's global batch (:func:`sample_generators`). So
+neither the samples nor their randomness depend on the number of processes or on the micro-batch size.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import torch
 
 from purrception.data.shards import TokenShards
 
-__all__ = ["ShardBatches", "slot_generator"]
+__all__ = ["ShardBatches", "sample_generators"]
 
 
 class ShardBatches:
@@ -33,6 +37,10 @@ class ShardBatches:
     @property
     def slots_per_step(self) -> int:
         return self.global_batch // self.micro_batch
+
+    def positions(self, slot: int) -> range:
+        """The positions in the global batch of a step that micro-batch ``slot`` holds."""
+        return range(slot * self.micro_batch, (slot + 1) * self.micro_batch)
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._epoch:
@@ -53,15 +61,24 @@ class ShardBatches:
         return out
 
     def get(self, step: int, slot: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """Codes ``(b, h, w)`` int64 and labels ``(b,)`` of one micro-batch."""
-        idx = np.sort(self.indices(step, slot))  # sorted reads are kinder to memory maps; order is irrelevant
-        codes = torch.from_numpy(np.asarray(self.shards.codes[idx]).astype(np.int64))
-        labels = torch.from_numpy(self.shards.labels[idx].astype(np.int64))
-        return codes.to(device), labels.to(device)
+        """Codes ``(b, h, w)`` int64 and labels ``(b,)`` of one micro-batch, row ``j`` the sample at position
+        ``positions(slot)[j]`` (the one its generator in :func:`sample_generators` belongs to)."""
+        idx = self.indices(step, slot)
+        order = np.argsort(idx, kind="stable")  # sorted reads are kinder to memory maps; rows go back in place
+        codes = np.empty((len(idx), *self.shards.codes.shape[1:]), dtype=np.int64)
+        codes[order] = np.asarray(self.shards.codes[idx[order]])
+        labels = np.empty(len(idx), dtype=np.int64)
+        labels[order] = self.shards.labels[idx[order]]
+        return torch.from_numpy(codes).to(device), torch.from_numpy(labels).to(device)
 
 
-def slot_generator(seed: int, step: int, slot: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """The random stream (noise, times, label dropout) of one micro-batch slot, independent of world size."""
-    gen = torch.Generator(device=device)
-    gen.manual_seed(int(np.random.SeedSequence([seed, step, slot]).generate_state(1, dtype=np.uint64)[0] >> 1))
-    return gen
+def sample_generators(seed: int, step: int, positions: range,
+                      device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One generator per sample: the random stream (noise, time, label dropout) of the sample at each of
+    ``positions`` in the global batch of ``step``, the same whichever process or micro-batch computes it."""
+    gens = []
+    for i in positions:
+        gen = torch.Generator(device=device)
+        gen.manual_seed(int(np.random.SeedSequence([seed, step, i]).generate_state(1, dtype=np.uint64)[0] >> 1))
+        gens.append(gen)
+    return gens

@@ -10,18 +10,24 @@ A run lives in one folder::
     tensorboard/         event files (when ``tensorboard`` is on)
 
 Data parallelism. A step's global batch of ``B`` samples is split into ``S = B / micro_batch_size`` micro-batch
-*slots*; the samples and the noise of slot ``s`` depend only on ``(seed, step, s)`` (``training.data``). With
-``W`` processes, rank ``r`` computes slots ``r S / W ... (r + 1) S / W - 1`` and back-propagates ``loss * W / S``
-for each; DistributedDataParallel averages the gradients over ranks, so every rank holds
+*slots*. The sample at position ``i`` of the global batch and its randomness (noise, time, label dropout: its own
+generator) depend only on ``(seed, step, i)`` (``training.data``), never on the slot or process that computes it.
+With ``W`` processes, rank ``r`` computes slots ``r S / W ... (r + 1) S / W - 1`` and back-propagates
+``loss / S`` for each; the gradients are summed over ranks once per step (on CUDA by DistributedDataParallel, which
+averages, so there ``loss * W / S``, with ``no_sync`` on all but the last micro-batch), so every rank holds
 ``sum_s grad(loss_s) / S`` -- the gradient of the same global batch that one process accumulating all ``S`` slots
-computes. Hence 1, 2 or 64 processes give the same parameters (to float summation order), and the data position of
-a run is just its step. Gradients are synchronised once per step (``no_sync`` on all but the last micro-batch).
+computes. Hence 1, 2 or 64 processes, on one node or several, and any micro-batch size follow the same
+trajectory; only the float summation order differs (which slots a process adds before the all-reduce, and the
+micro-batch size of the forward pass), so parameters agree to rounding, not bit for bit (a loss that averages over
+a data-dependent count within a micro-batch, DFM's masked positions, also weighs micro-batches slightly
+differently). The data position of a run is just its step.
 Rank 0 alone writes files and shows progress, and holds the run folder's lock (:mod:`purrception.locks`) for the
 whole call, so a second ``train`` into the same ``run_dir`` is refused; every rank reads the checkpoint on resume, so
 ``run_dir`` must be on a filesystem all nodes see.
 
 ``train(..., resume=True)`` continues from the newest checkpoint and reproduces the uninterrupted run exactly
-(CPU, deterministic), whatever the number of processes before and after. The checkpoint's config defines the run;
+(CPU, deterministic, the same number of processes before and after; another number continues the same trajectory
+to float rounding). The checkpoint's config defines the run;
 the caller may change only what :attr:`TrainConfig.ADJUSTABLE` lists (``steps``, logging / checkpoint / sample
 cadence, precision), and asking for another value of a :attr:`TrainConfig.PINNED` field is refused
 (:func:`~purrception.training.config.resumed_config`). A run already at or past ``steps`` is returned as it is.
@@ -56,7 +62,7 @@ from purrception.distributed import (
     init_distributed,
 )
 from purrception.errors import PurrError
-from purrception.flows.base import FlowMethod, LossOutput, get_method
+from purrception.flows.base import FlowMethod, LossOutput, Randomness, get_method
 from purrception.io import append_line, atomic_save_json, atomic_write
 from purrception.locks import folder_lock
 from purrception.models.dit import DiT, dit_config_from_preset
@@ -69,7 +75,7 @@ from purrception.training.config import (
     config_differences,
     resumed_config,
 )
-from purrception.training.data import ShardBatches, slot_generator
+from purrception.training.data import ShardBatches, sample_generators
 from purrception.training.ema import EMA
 from purrception.training.optimizer import adamw
 from purrception.training.rng_state import capture_rng_state, restore_rng_state
@@ -125,14 +131,14 @@ def slots_of_rank(config: TrainConfig, world: int, rank: int) -> tuple[int, int,
 
 
 class _LossModule(nn.Module):
-    """``forward(codes, y, generator) -> LossOutput``: the method's loss as a module, so DDP can wrap it."""
+    """``forward(codes, y, generators) -> LossOutput``: the method's loss as a module, so DDP can wrap it."""
 
     def __init__(self, model: DiT, method: FlowMethod):
         super().__init__()
         self.model = model
         self.method = method
 
-    def forward(self, codes: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> LossOutput:
+    def forward(self, codes: torch.Tensor, y: torch.Tensor, generator: Randomness) -> LossOutput:
         return self.method.loss(self.model, codes, y, generator)
 
 
@@ -378,19 +384,24 @@ class _Run:
         self.cpu_threads = threads_for_run(self.dev, state.cpu_threads)
 
     def _wrap(self) -> None:
-        """Optional per-block ``torch.compile`` and, over several processes, DistributedDataParallel."""
+        """Optional per-block ``torch.compile`` and, over several CUDA processes, DistributedDataParallel.
+
+        On CPU (gloo) the gradients are summed over processes once per step as one flat vector in parameter order
+        (:func:`_sum_gradients`): the same summation order every step, so a resumed run reproduces the
+        uninterrupted one bit for bit. DDP's buckets are laid out anew after a run's (or a resumed run's) first
+        step, which moves each gradient entry to another place in gloo's ring, so another summation order.
+        """
         if self.config.compile:
             for block in self.model.blocks:  # in place: parameter names (and checkpoints) stay those of the plain model
                 block.compile()
         self.loss_module = _LossModule(self.model, self.method)
         self.ddp = None
-        if self.info.world_size > 1:
-            self.ddp = DistributedDataParallel(self.loss_module,
-                                               device_ids=[self.dev.index] if self.dev.type == "cuda" else None,
+        if self.info.world_size > 1 and self.dev.type == "cuda":
+            self.ddp = DistributedDataParallel(self.loss_module, device_ids=[self.dev.index],
                                                gradient_as_bucket_view=True)
         self.forward = self.ddp if self.ddp is not None else self.loss_module
-        # DDP averages over ranks; scaling by W / S leaves sum_s grad(loss_s) / S on every rank.
-        self.loss_scale = self.info.world_size / self.slots_per_step
+        # DDP averages over ranks, a plain sum does not: either way every rank holds sum_s grad(loss_s) / S.
+        self.loss_scale = (self.info.world_size if self.ddp is not None else 1) / self.slots_per_step
 
     def _write_run_files(self, shards_path: str | Path) -> None:
         """Rank 0: ``config.json`` (resolved config, model, method, data, process layout); metrics cut to the step."""
@@ -443,6 +454,8 @@ class _Run:
             group["lr"] = _lr_at(config, step)
         loss, parts = _accumulate(self.forward, self.ddp, self.batches, config, step, self.my_slots,
                                   self.slots_per_step, self.loss_scale, self.dev)
+        if self.ddp is None and self.info.world_size > 1:
+            _sum_gradients(self.model)
         if not math.isfinite(loss):
             raise PurrError(f"loss became {loss} at step {step}{_last_good(self.last_saved)}; "
                             f"lower the learning rate or enable grad_clip")
@@ -507,7 +520,7 @@ def _accumulate(forward: nn.Module, ddp: DistributedDataParallel | None, batches
         sync = ddp is None or i == len(my_slots) - 1
         with contextlib.nullcontext() if sync else ddp.no_sync():
             with _autocast(dev, config.precision):
-                out = forward(codes, y, slot_generator(config.seed, step, slot, dev))
+                out = forward(codes, y, sample_generators(config.seed, step, batches.positions(slot), dev))
             (out.loss.float() * loss_scale).backward()
         loss_sum += float(out.loss.detach())
         for k, v in out.metrics.items():
@@ -516,6 +529,21 @@ def _accumulate(forward: nn.Module, ddp: DistributedDataParallel | None, batches
     totals = all_reduce_sum(torch.tensor([loss_sum] + [parts[k] for k in keys], dtype=torch.float64, device=dev))
     values = (totals / slots_per_step).tolist()
     return values[0], dict(zip(keys, values[1:]))
+
+
+@torch.no_grad()
+def _sum_gradients(model: nn.Module) -> None:
+    """Sum every parameter's gradient over the processes, as one vector in parameter order. A parameter without a
+    gradient here counts as zeros in the sum and keeps no gradient (as in one process: the optimizer skips it; the
+    losses keep every parameter in the graph, so the processes agree on which have one)."""
+    params = list(model.parameters())
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params])
+    all_reduce_sum(flat)
+    offset = 0
+    for p in params:
+        if p.grad is not None:
+            p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+        offset += p.numel()
 
 
 @torch.no_grad()

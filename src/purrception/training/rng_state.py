@@ -14,9 +14,9 @@ __all__ = ["capture_rng_state", "restore_rng_state"]
 def capture_rng_state(device: torch.device | None = None) -> dict[str, Any]:
     """This process's Python, NumPy, torch (and CUDA, for a CUDA ``device``) RNG states as checkpoint-safe values.
 
-    The training loop draws its noise from per-slot generators (``training.data.slot_generator``), so these global
-    states do not affect the trained weights; they are stored so that a resumed process continues any other random
-    stream (user hooks, libraries) where it stopped.
+    The training loop draws its noise from per-sample generators (``training.data.sample_generators``), so these
+    global states do not affect the trained weights; they are stored so that a resumed process continues any other
+    random stream (user hooks, libraries) where it stopped.
     """
     version, words, gauss = random.getstate()
     name, key, pos, has_gauss, cached = np.random.get_state()
