@@ -119,6 +119,19 @@ def test_shards_holding_codes_outside_the_codebook_are_refused(purr, shards_dir,
     assert not (tmp_path / "run").exists()
 
 
+def test_shards_too_large_to_scan_when_opened_are_checked_batch_by_batch(purr, shards_dir, tmp_path, monkeypatch):
+    from purrception.data import shards as shard_module
+
+    monkeypatch.setattr(shard_module, "SCAN_MAX_BYTES", 0)   # as ImageNet's gigabytes of codes
+    shards = _lying_copy(shards_dir, tmp_path / "shards")
+    codes = np.load(shards / "codes.npy")
+    codes[:, 2, 1] = 40    # in every row, so the first batch holds one
+    np.save(shards / "codes.npy", codes)
+    result = purr(_train(shards, tmp_path / "run"), untouched=(shards,))
+    assert "codes outside [0, 32)" in result.message, result.message
+    assert not list((tmp_path / "run").glob("checkpoints/*.pt"))
+
+
 @pytest.mark.parametrize("change", ["missing top-level entry", "missing weight", "extra weight", "wrong shape"])
 def test_a_checkpoint_with_missing_or_extra_keys_is_refused(change, purr, checkpoint, tmp_path):
     entries = torch.load(checkpoint, map_location="cpu", weights_only=True)

@@ -253,12 +253,16 @@ class TokenShards:
 
 #: rows of ``codes.npy`` read at a time when checking that every code is below K
 _SCAN_ROWS = 1 << 14
+#: ``codes.npy`` up to this size is scanned whole when opened; a larger one (ImageNet's is gigabytes, opened by every
+#: process) is checked batch by batch as training reads it (``training.data.ShardBatches.get``)
+SCAN_MAX_BYTES = 256 << 20
 
 
 def _check_contents(folder: Path, manifest: dict[str, Any], codes: np.ndarray, labels: np.ndarray,
                     codebook: np.ndarray, k: int, num_classes: int) -> None:
     """Refuse shards whose files disagree with what their manifest says of them: the codebook's size, the codes'
-    dtype and range ``[0, K)`` (scanned in blocks unless the dtype holds nothing else), the labels' range."""
+    dtype and range ``[0, K)`` (scanned in blocks unless the dtype holds nothing else or the file is larger than
+    :data:`SCAN_MAX_BYTES`), the labels' range."""
     fix = "re-run `purr encode`"
     if codebook.ndim != 2 or codebook.shape[0] != k:
         raise PurrError(f"codebook.npy in {folder} has shape {codebook.shape}, but the manifest's tokenizer has "
@@ -267,7 +271,7 @@ def _check_contents(folder: Path, manifest: dict[str, Any], codes: np.ndarray, l
     if codes.dtype != expected or manifest.get("codes_dtype") != str(expected):
         raise PurrError(f"codes.npy in {folder} is {codes.dtype} and the manifest's codes_dtype says "
                         f"{manifest.get('codes_dtype')!r}; codes of K = {k} are {expected}; {fix}")
-    if k <= np.iinfo(expected).max:  # the dtype can hold codes >= K
+    if k <= np.iinfo(expected).max and codes.nbytes <= SCAN_MAX_BYTES:  # the dtype can hold codes >= K
         for start in range(0, len(codes), _SCAN_ROWS):
             block = codes[start:start + _SCAN_ROWS]
             if block.size and int(block.max()) >= k:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from purrception.data.shards import TokenShards
+from purrception.errors import PurrError
 
 __all__ = ["ShardBatches", "sample_generators"]
 
@@ -67,6 +68,10 @@ class ShardBatches:
         order = np.argsort(idx, kind="stable")  # sorted reads are kinder to memory maps; rows go back in place
         codes = np.empty((len(idx), *self.shards.codes.shape[1:]), dtype=np.int64)
         codes[order] = np.asarray(self.shards.codes[idx[order]])
+        k = self.shards.codebook.shape[0]
+        if codes.size and (codes.min() < 0 or codes.max() >= k):  # shards too large to scan whole when opened
+            raise PurrError(f"codes.npy in {self.shards.folder} holds codes outside [0, {k}) (e.g. "
+                            f"{int(codes.max())}); re-run `purr encode`")
         labels = np.empty(len(idx), dtype=np.int64)
         labels[order] = self.shards.labels[idx[order]]
         return torch.from_numpy(codes).to(device), torch.from_numpy(labels).to(device)
