@@ -14,24 +14,18 @@ import importlib.util
 import io
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
+from app_process import running_app
 from PIL import Image
 
-import purrception
 from purrception.app.core import REGION_BOX, UNCERTAINTY_TIMES
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOTS = REPO / "docs" / "app"
-START_TIMEOUT_S = 120
 #: the longest wait for one answer of the page (generous: the CPU may be shared)
 WAIT_MS = 90_000
 
@@ -56,49 +50,11 @@ def _skip_reason() -> str | None:
 pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def app_url(tiny_checkpoint, tmp_path):
     """``purr app`` on the tiny checkpoint, in its own process, until the test ends."""
-    port = _free_port()
-    src = str(Path(purrception.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    log = open(tmp_path / "app.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "purrception", "app", str(tiny_checkpoint), "--host", "127.0.0.1",
-                             "--port", str(port)], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"purr app exited with {proc.returncode}:\n{log.read()}")
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"purr app did not answer on {url} within {START_TIMEOUT_S} s:\n{log.read()}")
-            time.sleep(0.5)
+    with running_app(tiny_checkpoint, tmp_path, ["--host", "127.0.0.1"]) as (url, _, _):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.seek(0)
-        print(f"--- purr app's output ---\n{log.read()}")        # pytest shows it when the test fails
-        log.close()
 
 
 #: where an ``<img>``'s picture lies inside its box (``object-fit: contain`` centres it, keeping its aspect)

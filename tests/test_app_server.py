@@ -14,10 +14,8 @@ import asyncio
 import importlib.util
 import io
 import json
-import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -27,13 +25,12 @@ from urllib.parse import quote
 
 import numpy as np
 import pytest
+from app_process import running_app
 from PIL import Image
 
-import purrception
 from purrception.app.guard import MAX_UPLOAD_BYTES, MAX_UPLOAD_PIXELS, RequestGuard, path_problem, upload_problem
 from purrception.cli import build_parser
 
-START_TIMEOUT_S = 120
 #: concurrent sampling requests fired at once (more than one queue slot's worth, fewer than the queue holds)
 CONCURRENT = 20
 #: the most the server's peak resident memory may grow while the concurrent requests are served, over its peak
@@ -138,12 +135,6 @@ def test_purr_app_listens_on_localhost_unless_told_otherwise():
 
 
 # ---- the server ---------------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _listening(port: int) -> list[str]:
     """The local addresses listening on ``port`` (IPv4, from /proc/net/tcp)."""
     found = []
@@ -207,41 +198,10 @@ def app_server(tiny_checkpoint, tmp_path_factory):
     """``purr app`` on the tiny checkpoint with its default host, in its own process, for the module's tests."""
     if importlib.util.find_spec("gradio") is None:
         pytest.skip("gradio is not installed: pip install 'purrception[app]'")
-    port = _free_port()
     folder = tmp_path_factory.mktemp("app")
-    src = str(Path(purrception.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
-           "GRADIO_TEMP_DIR": str(folder / "gradio")}
-    log = open(folder / "app.log", "w+")
-    proc = subprocess.Popen([sys.executable, "-m", "purrception", "app", str(tiny_checkpoint), "--port", str(port)],
-                            cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
-    server = AppServer(f"http://127.0.0.1:{port}/", proc, port)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"purr app exited with {proc.returncode}:\n{log.read()}")
-            try:
-                if server.get("")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"purr app did not answer within {START_TIMEOUT_S} s:\n{log.read()}")
-            time.sleep(0.5)
-        yield server
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.seek(0)
-        print(f"--- purr app's output ---\n{log.read()}")
-        log.close()
+    with running_app(tiny_checkpoint, folder, extra_env={"GRADIO_TEMP_DIR": str(folder / "gradio")}) as (url, proc,
+                                                                                                       port):
+        yield AppServer(url, proc, port)
 
 
 def _generate_args(seed: int, num: int = 2, steps: int = 4) -> list:
