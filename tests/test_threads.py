@@ -23,7 +23,7 @@ class FakeMachine:
 
     def __init__(self, monkeypatch):
         self.now, self.busy, self.own = 100.0, 0.0, 0.0
-        monkeypatch.setattr(threads, "_machine_busy_ticks", lambda: (self.busy, 1e6))
+        monkeypatch.setattr(threads, "_machine_busy_seconds", lambda: self.busy)
         monkeypatch.setattr(threads, "_own_cpu_seconds", lambda: self.own)
         monkeypatch.setattr(threads.time, "monotonic", lambda: self.now)
         monkeypatch.setattr(threads.time, "sleep", lambda s: self.advance(s, self.rate, self.own_rate))
@@ -113,3 +113,13 @@ def test_a_resumed_run_keeps_the_thread_count_it_was_trained_with(tiny_shards_di
     monkeypatch.setenv(threads.THREADS_ENV, "2")                                     # the user's word wins
     train(tiny_config(steps=6, ckpt_every=2), tiny_shards_dir, tmp_path / "run", resume=True, progress=False)
     assert torch.get_num_threads() == 2
+
+
+def test_sampling_calls_share_one_governor_so_the_first_pause_is_paid_once(monkeypatch):
+    machine = FakeMachine(monkeypatch)
+    monkeypatch.setattr(threads, "_SHARED", None)
+    pauses = []
+    monkeypatch.setattr(threads.time, "sleep", lambda s: (pauses.append(s), machine.advance(s, 0.0, 0.0)))
+    first = threads.shared_governor()
+    assert threads.shared_governor("cpu") is first and len(pauses) == 1
+    assert threads.shared_governor("cuda") is not first and not threads.shared_governor("cuda").adaptive

@@ -36,7 +36,8 @@ import torch
 
 from purrception.errors import PurrError
 
-__all__ = ["ThreadGovernor", "threads_for_run", "usable_cores", "thread_setting", "THREADS_ENV", "RECHECK_SECONDS"]
+__all__ = ["ThreadGovernor", "shared_governor", "threads_for_run", "usable_cores", "thread_setting", "THREADS_ENV",
+           "RECHECK_SECONDS"]
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,8 @@ def thread_setting() -> int | None:
     return int(raw)
 
 
-def _machine_busy_ticks() -> tuple[float, float] | None:
-    """(busy, total) CPU time of the whole machine in seconds since boot, from ``/proc/stat``; ``None`` without it."""
+def _machine_busy_seconds() -> float | None:
+    """The busy CPU time of the whole machine in seconds since boot, from ``/proc/stat``; ``None`` without it."""
     try:
         fields = _PROC_STAT.read_text().split("\n", 1)[0].split()
     except OSError:
@@ -85,7 +86,7 @@ def _machine_busy_ticks() -> tuple[float, float] | None:
     ticks = [float(v) for v in fields[1:9]]   # user nice system idle iowait irq softirq steal
     hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     idle = ticks[3] + ticks[4]
-    return (sum(ticks) - idle) / hz, sum(ticks) / hz
+    return (sum(ticks) - idle) / hz
 
 
 def _own_cpu_seconds() -> float:
@@ -105,9 +106,9 @@ class ThreadGovernor:
     def __init__(self, device: str | torch.device = "cpu", first_pause: float = 0.1):
         self.fixed = thread_setting()
         self.adaptive = (self.fixed is None and "OMP_NUM_THREADS" not in os.environ
-                         and torch.device(device).type == "cpu" and _machine_busy_ticks() is not None)
+                         and torch.device(device).type == "cpu" and _machine_busy_seconds() is not None)
         self.cores = usable_cores()
-        self._last: tuple[float, float, float, float] | None = None
+        self._last: tuple[float, float, float] | None = None  # (clock, machine busy, own CPU) when last measured
         if self.fixed is not None:
             self._apply(self.fixed, f"{THREADS_ENV}={self.fixed}")
         elif self.adaptive:
@@ -116,16 +117,15 @@ class ThreadGovernor:
             self.check(force=True)
 
     def _mark(self) -> None:
-        busy, total = _machine_busy_ticks() or (0.0, 0.0)
-        self._last = (time.monotonic(), busy, total, _own_cpu_seconds())
+        self._last = (time.monotonic(), _machine_busy_seconds() or 0.0, _own_cpu_seconds())
 
     def free_cores(self) -> int:
         """The usable cores minus those other processes kept busy since the last measurement (at least 1)."""
         assert self._last is not None
-        now, busy, total, own = time.monotonic(), *(_machine_busy_ticks() or (0.0, 0.0)), _own_cpu_seconds()
-        wall = max(now - self._last[0], 1e-6)
-        others = max(0.0, (busy - self._last[1]) - (own - self._last[3])) / wall
-        self._last = (now, busy, total, own)
+        then, busy_then, own_then = self._last
+        self._mark()
+        now, busy, own = self._last
+        others = max(0.0, (busy - busy_then) - (own - own_then)) / max(now - then, 1e-6)
         return int(min(self.cores, max(1, self.cores - math.floor(others + 0.5))))
 
     def check(self, force: bool = False) -> int:
@@ -139,6 +139,21 @@ class ThreadGovernor:
         if count != torch.get_num_threads():
             log.info("using %d CPU thread(s) (%s; %s=N fixes it)", count, why, THREADS_ENV)
             torch.set_num_threads(count)
+
+
+_SHARED: ThreadGovernor | None = None
+
+
+def shared_governor(device: str | torch.device = "cpu") -> ThreadGovernor:
+    """The process's one governor for stages that start often and run briefly (each sampling call): its first
+    measurement, with its pause, is made once per process, and each caller then only calls
+    :meth:`ThreadGovernor.check`. A GPU device gets a governor of its own, which never adapts."""
+    global _SHARED
+    if torch.device(device).type != "cpu":
+        return ThreadGovernor(device)
+    if _SHARED is None:
+        _SHARED = ThreadGovernor(device)
+    return _SHARED
 
 
 def threads_for_run(device: str | torch.device = "cpu", recorded: int | None = None) -> int:

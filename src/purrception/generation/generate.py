@@ -19,7 +19,7 @@ from purrception.flows.base import FlowMethod, Snap
 from purrception.models.dit import DiT
 from purrception.pixels import tensor_to_images
 from purrception.sampling.settings import SamplerSettings
-from purrception.threads import ThreadGovernor
+from purrception.threads import shared_governor
 from purrception.tokenizers.base import VQTokenizer
 
 __all__ = ["noise_for", "seeded_batches", "generate_codes", "generate_images", "balanced_labels", "repeat_labels",
@@ -95,7 +95,7 @@ def seeded_batches(labels: np.ndarray, seed: int, shape: tuple[int, ...], batch_
     """``(noise, y)`` batches for ``labels``: image ``k`` gets the noise of ``(seed, first_index + k)``.
 
     The CPU thread count follows the free cores between batches (:class:`~purrception.threads.ThreadGovernor`)."""
-    threads = ThreadGovernor(device)
+    threads = shared_governor(device)
     for start in tqdm(range(0, len(labels), batch_size), desc="sample", disable=not progress, dynamic_ncols=True):
         stop = min(start + batch_size, len(labels))
         threads.check()
