@@ -323,8 +323,8 @@ class _Run:
         self._build(resumed)
         if resumed is not None:
             self.restore(resumed)
-        else:  # the thread count is kept for the whole run and recorded: float rounding depends on it
-            self.cpu_threads = threads_for_run(self.dev)
+        # one CPU thread count for the whole run, recorded and kept on resume: float rounding depends on it
+        self.cpu_threads = threads_for_run(self.dev, resumed.state.cpu_threads if resumed is not None else None)
         self._wrap()
         self._write_run_files(shards_path)
         self.writer = _RunWriter(config, run_dir, info, self.tokenizer_entry["path"], self.shards)
@@ -381,7 +381,6 @@ class _Run:
         self.train_seconds = ckpt.train_seconds or 0.0
         if state.rng is not None and len(state.rng) == self.info.world_size:
             restore_rng_state(state.rng[self.info.rank], self.dev)
-        self.cpu_threads = threads_for_run(self.dev, state.cpu_threads)
 
     def _wrap(self) -> None:
         """Optional per-block ``torch.compile`` and, over several CUDA processes, DistributedDataParallel.
