@@ -71,7 +71,7 @@ from purrception.evaluation.classifier import MnistClassifier, fit_judge, load_o
 from purrception.evaluation.fid import feature_stats, frechet_distance
 from purrception.evaluation.folder_judge import load_or_train_judge, split_folder
 from purrception.generation.editing import EditOutput, edit_grid, encode_images
-from purrception.io import atomic_save_json, atomic_write, load_json
+from purrception.io import atomic_save_json, atomic_write, cache_root, load_json
 from purrception.pipeline import PurrceptionPipeline
 from purrception.pixels import tensor_to_images
 from purrception.sampling.grid import save_png
@@ -158,17 +158,11 @@ def emoji_data(work: Path, args: argparse.Namespace) -> StudyData:
     train_part = get_dataset(str(folders["train"]), size=EMOJI_SIZE, channels=3)
     source = folder_source(folders["heldout"])
     images = read_images(source, EMOJI_SIZE, 3, progress=False)
-    clean, facts = load_or_train_judge(split_folder(folders["train"], EMOJI_SIZE, 3), cache_root_of(args))
+    clean, facts = load_or_train_judge(split_folder(folders["train"], EMOJI_SIZE, 3), cache_root(cache))
     log.warning("train-part judge: %s", facts)
-    protocol, _ = load_or_train_judge(split_folder(dataset.reference(cache), EMOJI_SIZE, 3), cache_root_of(args))
+    protocol, _ = load_or_train_judge(split_folder(dataset.reference(cache), EMOJI_SIZE, 3), cache_root(cache))
     return StudyData(train_part.prepare(cache, progress=False), dataset.preset, images, source.labels,
                      len(full.class_names), clean, protocol)
-
-
-def cache_root_of(args: argparse.Namespace) -> Path:
-    from purrception.io import cache_root
-
-    return cache_root(args.cache_dir or None)
 
 
 STUDY_DATA = {"digits": digits_data, "emoji": emoji_data}
@@ -267,26 +261,25 @@ def tables(store: Store, methods: list[str], args: argparse.Namespace) -> str:
     lines += [f"Diversity: {args.per_image} completions of each of {args.diversity_images} held-out {args.data} "
               "(top half kept, own class): distinct code grids among them / mean fraction of regenerated codes that "
               "differ between two completions:", "",
-              "| method | " + " | ".join(f"tau {t:g}" for t in args.taus) + " |",
-              "|---|" + "---|" * len(args.taus)]
-    for m in methods:
-        cells = []
-        for t in args.taus:
-            r = p.get(f"{m}/diversity/{t:g}")
-            cells.append("n/a (no logits)" if r and r.get("refused") else
-                         f"{r['distinct']:.2f} / {r['differ']:.3f}" if r else "")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+              *sweep_table(p, methods, "diversity", "tau", args.taus,
+                           lambda r: "n/a (no logits)" if r.get("refused") else
+                           f"{r['distinct']:.2f} / {r['differ']:.3f}")]
     lines += ["", f"Variations: {args.num_variations} held-out {args.data} each asked for another class; accuracy of "
               "the target class (train-split judge) against strength (source class in brackets):", "",
-              "| method | " + " | ".join(f"strength {s:g}" for s in args.strengths) + " |",
-              "|---|" + "---|" * len(args.strengths)]
-    for m in methods:
-        cells = []
-        for s in args.strengths:
-            r = p.get(f"{m}/variation/{s:g}")
-            cells.append(f"{r['target_accuracy']:.3f} ({r['source_accuracy']:.3f})" if r else "")
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+              *sweep_table(p, methods, "variation", "strength", args.strengths,
+                           lambda r: f"{r['target_accuracy']:.3f} ({r['source_accuracy']:.3f})")]
     return "\n".join(lines)
+
+
+def sweep_table(points: dict[str, Any], methods: list[str], kind: str, knob: str, values: list[float],
+                cell: Callable[[dict[str, Any]], str]) -> list[str]:
+    """A markdown table, a row per method and a column per value of ``knob``, of the points ``METHOD/KIND/VALUE``
+    (blank where not measured)."""
+    rows = ["| method | " + " | ".join(f"{knob} {v:g}" for v in values) + " |", "|---|" + "---|" * len(values)]
+    for m in methods:
+        cells = [cell(points[f"{m}/{kind}/{v:g}"]) if f"{m}/{kind}/{v:g}" in points else "" for v in values]
+        rows.append(f"| {m} | " + " | ".join(cells) + " |")
+    return rows
 
 
 def main() -> None:
