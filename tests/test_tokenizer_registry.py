@@ -314,10 +314,15 @@ def test_purr_tokenizer_train_takes_the_toy_kind_and_its_folder_encodes(toy_kind
     assert opened.identity == tok.identity() and len(opened) == 10
 
 
+#: the embedded digits' and image folders' tokenizer training, as the recipes state them
+DIGITS_TRAIN = TokenizerTrainConfig(steps=1500, batch_size=8, lr=3e-3)
+FOLDER_TRAIN = TokenizerTrainConfig(steps=2000, batch_size=16, lr=3e-3)
+
+
 def test_recipes_carry_the_settings_another_kind_shares(toy_kind):
     assert FOLDER_RECIPE.for_kind(TOY).overrides == {"codebook_size": 512}
     assert DIGITS_RECIPE.for_kind(TOY).overrides == {"image_size": 28, "image_channels": 1}
-    assert DIGITS_RECIPE.for_kind(TOY).train == DIGITS_RECIPE.train == TokenizerTrainConfig(steps=1000)
+    assert DIGITS_RECIPE.for_kind(TOY).train == DIGITS_RECIPE.train == DIGITS_TRAIN
     toy = TokenizerRecipe(TOY, {"codebook_size": 16}, TokenizerTrainConfig(steps=7))
     assert toy.model_config() == PatchVQConfig(codebook_size=16)
     expected = [TOY, asdict(PatchVQConfig(codebook_size=16)), asdict(TokenizerTrainConfig(steps=7))]
@@ -329,10 +334,11 @@ def test_recipes_carry_the_settings_another_kind_shares(toy_kind):
 
 
 # ---- the cache keys of the existing tokenizers ---------------------------------------------------------------------
-#: ``tokenizer-<key>`` folder names computed by the code before the registry:
+#: ``tokenizer-<key>`` folder names by the formula of the code before the registry, for the current recipes
+#: (``DIGITS_TRAIN``, ``FOLDER_TRAIN``):
 #: ``sha256_parts(json.dumps([asdict(model_cfg), asdict(train_cfg)], sort_keys=True), length=12)``
-DIGITS_KEY, DIGITS_300_KEY = "2f18d596eb95", "f46becbd30e1"
-EMOJI_KEY, EMOJI_200_KEY = "2de413fb1126", "e39962e769c5"
+DIGITS_KEY, DIGITS_300_KEY = "a680eabc6c9c", "14e112517482"
+EMOJI_KEY, EMOJI_200_KEY = "1d8291b5a6f8", "ae550b236c57"
 
 
 def test_the_digits_and_emoji_tokenizers_keep_their_cache_folders(tmp_path, monkeypatch):
@@ -357,7 +363,7 @@ def test_the_digits_and_emoji_tokenizers_keep_their_cache_folders(tmp_path, monk
         assert emoji_data.ensure_tokenizer(tmp_path).name == f"tokenizer-{EMOJI_KEY}"
         assert emoji_data.ensure_tokenizer(tmp_path, tokenizer_steps=200).name == f"tokenizer-{EMOJI_200_KEY}"
     emoji_config = replace(ConvVQConfig(codebook_size=512, width=16), image_size=32, image_channels=3)
-    assert calls == [(f"tokenizer-{DIGITS_KEY}", ConvVQConfig(), TokenizerTrainConfig(steps=1000)),
-                     (f"tokenizer-{DIGITS_300_KEY}", ConvVQConfig(), TokenizerTrainConfig(steps=300)),
-                     (f"tokenizer-{EMOJI_KEY}", emoji_config, TokenizerTrainConfig(steps=1500)),
-                     (f"tokenizer-{EMOJI_200_KEY}", emoji_config, TokenizerTrainConfig(steps=200))]
+    assert calls == [(f"tokenizer-{DIGITS_KEY}", ConvVQConfig(), DIGITS_TRAIN),
+                     (f"tokenizer-{DIGITS_300_KEY}", ConvVQConfig(), replace(DIGITS_TRAIN, steps=300)),
+                     (f"tokenizer-{EMOJI_KEY}", emoji_config, FOLDER_TRAIN),
+                     (f"tokenizer-{EMOJI_200_KEY}", emoji_config, replace(FOLDER_TRAIN, steps=200))]

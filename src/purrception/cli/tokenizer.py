@@ -79,10 +79,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--steps", type=positive_int, default=None, metavar="N",
                    help=f"training steps (default {FOLDER_RECIPE.train.steps}; {DIGITS_RECIPE.train.steps} for the "
                         "embedded digits)")
-    t.add_argument("--batch-size", type=positive_int, default=TokenizerTrainConfig.batch_size,
-                   help=f"images per step (default {TokenizerTrainConfig.batch_size})")
-    t.add_argument("--lr", type=positive_float, default=TokenizerTrainConfig.lr,
-                   help=f"peak learning rate, warmed up then cosine-decayed (default {TokenizerTrainConfig.lr})")
+    t.add_argument("--batch-size", type=positive_int, default=None,
+                   help=f"images per step (default {FOLDER_RECIPE.train.batch_size}; {DIGITS_RECIPE.train.batch_size} "
+                        "for the embedded digits)")
+    t.add_argument("--lr", type=positive_float, default=None,
+                   help=f"peak learning rate, warmed up then cosine-decayed (default {FOLDER_RECIPE.train.lr:g}; "
+                        f"{DIGITS_RECIPE.train.lr:g} for the embedded digits)")
     t.add_argument("--loss", choices=list(RECONSTRUCTION_LOSSES), default=TokenizerTrainConfig.loss,
                    help="reconstruction loss on pixels: mse (L2) or l1 (default mse)")
     t.add_argument("--checkpoint-every", type=positive_int, default=TokenizerTrainConfig.checkpoint_every,
@@ -122,7 +124,8 @@ def run_train(args: argparse.Namespace) -> int:
         raise PurrError(f"{', '.join(foreign)} does not apply to tokenizer kind {args.kind} (its settings: "
                         f"{', '.join(recipe.entry.config_fields)}); drop it")
     recipe = recipe.with_overrides(**given).with_train(
-        steps=args.steps or recipe.train.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        steps=args.steps or recipe.train.steps, batch_size=args.batch_size or recipe.train.batch_size,
+        lr=args.lr or recipe.train.lr, seed=args.seed,
         loss=args.loss, checkpoint_every=args.checkpoint_every)
     model_cfg, train_cfg = recipe.model_config(check=embedded), recipe.train
     progress = not args.no_progress

@@ -27,8 +27,9 @@ __all__ = ["encode_array", "write_embedded_shards", "cached_tokenizer", "ensure_
 log = logging.getLogger(__name__)
 
 #: the embedded digits' tokenizer: ``conv-vq`` at its defaults (28x28 grey -> 7x7 codes, K = 128, d = 4, width 16),
-#: 1,000 steps
-DIGITS_RECIPE = TokenizerRecipe("conv-vq", {"image_size": 28, "image_channels": 1}, TokenizerTrainConfig(steps=1000))
+#: 1,500 steps of 8 images at lr 3e-3 (small batches: see ``FOLDER_RECIPE``)
+DIGITS_RECIPE = TokenizerRecipe("conv-vq", {"image_size": 28, "image_channels": 1},
+                                TokenizerTrainConfig(steps=1500, batch_size=8, lr=3e-3))
 
 
 @torch.no_grad()

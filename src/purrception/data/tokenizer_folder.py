@@ -32,9 +32,12 @@ log = logging.getLogger(__name__)
 
 #: share of every class held out for the tokenizer's metrics, and the most images held out in all
 HELDOUT_FRACTION, HELDOUT_MAX = 0.1, 1000
-#: the tokenizer for an image folder, sized for 2 CPU cores at 32x32: ``conv-vq`` with K = 512 and width 16, 1,500
-#: steps (the resolution and channels come from the folder; the embedded digits use ``DIGITS_RECIPE``)
-FOLDER_RECIPE = TokenizerRecipe("conv-vq", {"codebook_size": 512, "width": 16}, TokenizerTrainConfig(steps=1500))
+#: the tokenizer for an image folder, sized for 2 CPU cores at 32x32: ``conv-vq`` with K = 512 and width 16, 2,000
+#: steps of 16 images at lr 3e-3 (small batches reach a better reconstruction per image seen on a CPU, where a step's
+#: cost is proportional to its images; BENCHMARKS.md, "CPU budget"). The resolution and channels come from the
+#: folder; the embedded digits use ``DIGITS_RECIPE``.
+FOLDER_RECIPE = TokenizerRecipe("conv-vq", {"codebook_size": 512, "width": 16},
+                                TokenizerTrainConfig(steps=2000, batch_size=16, lr=3e-3))
 #: :data:`FOLDER_RECIPE`'s config overrides and steps, by their earlier names
 FOLDER_DEFAULTS: dict[str, Any] = dict(FOLDER_RECIPE.overrides)
 FOLDER_STEPS = FOLDER_RECIPE.train.steps
