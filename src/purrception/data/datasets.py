@@ -324,7 +324,7 @@ register_dataset(EmbeddedDigits(
     name="digits", summary="the 5,000 embedded 28x28 grey MNIST digits (10 classes)", preset="digits-demo",
     protocol="digits", tokenizer=DIGITS_RECIPE, splits=("train", "heldout", "all")))
 register_dataset(ImageFolderData(
-    name="emoji", summary=f"the embedded Twemoji at {EMOJI_SIZE}x{EMOJI_SIZE} RGB (9 categories)", preset="digits-demo",
+    name="emoji", summary=f"the embedded Twemoji at {EMOJI_SIZE}x{EMOJI_SIZE} RGB (9 categories)", preset="folder-cpu",
     protocol="folder", tokenizer=FOLDER_RECIPE, extra="colour",
     folder=exported_folder("emoji", EMOJI_SIZE, _emoji_images), size=EMOJI_SIZE, channels=3,
     make_images=_emoji_images))

@@ -156,16 +156,17 @@ _PAPER = {
 #: The tokenizer (``vq-f8`` or ``vq-ds8-c2i``) is a property of the shards, so one preset per backbone serves both.
 #: Steps: DiT-L/2 2M and DiT-XL/2 3.5M iterations as in the paper (Fig. 3a, Table 1); DiT-B/2 is not trained in the
 #: paper, it takes the DiT paper's 400k.
-#: ``folder-cpu`` is ``digits-demo`` on 2x2 patches of codes (DiT-T/2: a quarter of the tokens, so a cheaper step)
-#: trained four times as long, for a colour image folder (why: BENCHMARKS.md, "Your own images"). An odd code grid
-#: is padded to whole patches inside the DiT (``models.heads``).
+#: ``digits-demo`` and ``folder-cpu`` read the codes in 2x2 patches (DiT-T/2: a quarter of DiT-T/1's tokens, so a
+#: cheaper step at equal accuracy); ``folder-cpu`` trains a colour image folder 3.5 times as long at twice the lr
+#: (why: BENCHMARKS.md, "CPU budget"). An odd code grid is padded to whole patches inside the DiT
+#: (``models.heads``).
 _CPU_SMALL = {
-    "model": "DiT-T/1", "steps": 1500, "batch_size": 64, "lr": 2e-3, "warmup_steps": 100,
+    "model": "DiT-T/2", "steps": 1000, "batch_size": 64, "lr": 2e-3, "warmup_steps": 100,
     "ema_decay": 0.999, "ema_warmup": True, "grad_clip": 1.0, "log_every": 50, "ckpt_every": 250,
 }
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "digits-demo": _CPU_SMALL,
-    "folder-cpu": {**_CPU_SMALL, "model": "DiT-T/2", "steps": 6000},
+    "folder-cpu": {**_CPU_SMALL, "steps": 3500, "lr": 4e-3},
     "digits-study": {
         "model": "DiT-M/1", "steps": 6000, "batch_size": 128, "lr": 1e-3, "warmup_steps": 200,
         "ema_decay": 0.999, "ema_warmup": True, "grad_clip": 1.0, "log_every": 100, "ckpt_every": 1000,
