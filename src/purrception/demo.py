@@ -71,9 +71,9 @@ class DemoSettings:
     train_overrides: list[str] = field(default_factory=list)
     temperatures: tuple[float | str, ...] = (0.5, 0.8, 1.0, 1.3)
     per_class: int = 10
-    sample_steps: int = 50
-    solver: str = "euler"
-    cfg_scale: float = 1.0
+    sample_steps: int = 5
+    solver: str = "heun"
+    cfg_scale: float = 1.5
     seed: int = 0
     tokenizer_steps: int | None = None
     device: str = "cpu"
