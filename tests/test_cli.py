@@ -87,8 +87,8 @@ def test_demo_continues_a_cached_run_and_says_when_it_reuses_another_config(tmp_
         assert main(common) == 0  # steps not given: the 4-step run is reused, and the demo says so
     training = json.loads((out / "demo.json").read_text())["training"]
     assert training["steps"] == 4 and math.isfinite(training["final_loss"])
-    assert training["differs_from_asked"] == {"steps": {"run": 4, "asked": 1000}}
-    assert "differs from the one asked for: steps is 4 in the run, 1000 asked" in caplog.text
+    assert training["differs_from_asked"] == {"steps": {"run": 4, "asked": 800}}
+    assert "differs from the one asked for: steps is 4 in the run, 800 asked" in caplog.text
 
 
 def _error_line(capsys) -> str:
