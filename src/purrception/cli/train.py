@@ -18,8 +18,8 @@ from purrception.training.config import PRESET_ALIASES, TRAIN_PRESETS, explicit_
 from purrception.training.loop import train
 
 _PRESET_HELP = ("named run (default: the --data set's own, digits-demo with --shards). digits-*: the embedded digits "
-                "on CPU; folder-cpu: digits-demo's small DiT on 2x2 patches (DiT-T/2), 3,500 steps at lr 4e-3, for "
-                "your own folder at 32x32 on CPU; paper-dit-b2 / -l2 / -xl2: paper App. C (batch 256, AdamW 1e-4, EMA 0.9999, "
+                "on CPU; folder-cpu: digits-demo's small DiT on 2x2 patches (DiT-T/2), 3,500 steps, for your own "
+                "folder at 32x32 on CPU; paper-dit-b2 / -l2 / -xl2: paper App. C (batch 256, AdamW 1e-4, EMA 0.9999, "
                 "bf16) on 32x32 codes; the tokenizer (vq-f8 or vq-ds8-c2i) comes with the --shards, so one preset per "
                 "backbone serves both")
 

@@ -157,15 +157,15 @@ _PAPER = {
 #: Steps: DiT-L/2 2M and DiT-XL/2 3.5M iterations as in the paper (Fig. 3a, Table 1); DiT-B/2 is not trained in the
 #: paper, it takes the DiT paper's 400k.
 #: ``digits-demo`` and ``folder-cpu`` read the codes in 2x2 patches (DiT-T/2: a quarter of DiT-T/1's tokens, so a
-#: cheaper step at equal accuracy); ``folder-cpu`` trains a colour image folder longer, 3,500 steps at lr 4e-3 (why:
-#: BENCHMARKS.md, "CPU budget"). An odd code grid is padded to whole patches inside the DiT (``models.heads``).
+#: cheaper step at equal accuracy); ``folder-cpu`` trains a colour image folder longer, 3,500 steps (why: BENCHMARKS.md,
+#: "CPU budget"). An odd code grid is padded to whole patches inside the DiT (``models.heads``).
 _CPU_SMALL = {
     "model": "DiT-T/2", "steps": 800, "batch_size": 64, "lr": 3e-3, "warmup_steps": 100,
     "ema_decay": 0.999, "ema_warmup": True, "grad_clip": 1.0, "log_every": 50, "ckpt_every": 250,
 }
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "digits-demo": _CPU_SMALL,
-    "folder-cpu": {**_CPU_SMALL, "steps": 3500, "lr": 4e-3},
+    "folder-cpu": {**_CPU_SMALL, "steps": 3500},
     "digits-study": {
         "model": "DiT-M/1", "steps": 6000, "batch_size": 128, "lr": 1e-3, "warmup_steps": 200,
         "ema_decay": 0.999, "ema_warmup": True, "grad_clip": 1.0, "log_every": 100, "ckpt_every": 1000,
