@@ -7,7 +7,6 @@ import json
 
 from purrception.cli.common import add_sample_steps_arg, positive_int, seed_int
 from purrception.data.datasets import DATASETS
-from purrception.data.embedded_shards import DIGITS_RECIPE
 from purrception.data.tokenizer_folder import FOLDER_RECIPE
 from purrception.demo import DemoSettings, run_demo
 from purrception.sampling.schedules import SHAPES, as_spec
@@ -43,8 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"classifier-free guidance scale (1 = off; default {DemoSettings.cfg_scale:g})")
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--tokenizer-steps", type=positive_int, default=None,
-                   help=f"training steps of the tokenizer, on first use (default: the data set's recipe, "
-                        f"{DIGITS_RECIPE.train.steps} for digits, {FOLDER_RECIPE.train.steps} for emoji and folders)")
+                   help="training steps of the tokenizer, on first use (default: the data set's recipe: "
+                        + ", ".join(f"{d.name} {d.tokenizer.train.steps}" for d in DATASETS.values())
+                        + f", an image folder {FOLDER_RECIPE.train.steps})")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.set_defaults(func=run)
 
